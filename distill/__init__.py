@@ -1,0 +1,1 @@
+"""The distill stage: datasets, models, distillation losses and the trainer (needs torch)."""

@@ -1,0 +1,141 @@
+"""Named segmentation models that return logits and, on request, the feature maps to distill.
+
+`build_model(arch, num_classes)` builds one; `ARCHS` lists them. Forward returns logits at the
+input resolution; `forward(x, return_features=True)` returns `(logits, {name: feature})`.
+Nothing is downloaded unless `pretrained="torchvision"` is asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nfdseg.errors import ConfigError
+from .heads import DeepLabV3Head, upsample_to
+from .resnet import ResNetBackbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    family: str  # "deeplabv3_resnet" or "lraspp_mobilenetv3"
+    block: str = "basic"
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    head_width: int = 256
+    rates: tuple[int, ...] = (12, 24, 36)
+    output_stride: int = 8
+    torchvision_backbone: str = ""
+    description: str = ""
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "deeplabv3_resnet101": ArchSpec("deeplabv3_resnet", "bottleneck", (3, 4, 23, 3), torchvision_backbone="resnet101",
+                                    description="paper teacher, 58.6M params"),
+    "deeplabv3_resnet50": ArchSpec("deeplabv3_resnet", "bottleneck", (3, 4, 6, 3), torchvision_backbone="resnet50",
+                                   description="teacher, 39.6M params"),
+    "deeplabv3_resnet18": ArchSpec("deeplabv3_resnet", "basic", (2, 2, 2, 2), torchvision_backbone="resnet18",
+                                   description="paper student, 15.9M params"),
+    "lraspp_mobilenetv3_large": ArchSpec("lraspp_mobilenetv3", description="mobile student, 3.2M params"),
+    # Scaled-down variants for the built-in quick default on small inputs (96 px) and CPUs.
+    "deeplabv3_resnet18_w32": ArchSpec("deeplabv3_resnet", "basic", (2, 2, 2, 2), (32, 64, 128, 256), 128, (2, 4, 6),
+                                       description="quick-default teacher: ResNet-18 layout at half width"),
+    "deeplabv3_resnet10_w8": ArchSpec("deeplabv3_resnet", "basic", (1, 1, 1, 1), (8, 16, 32, 64), 32, (2, 4, 6),
+                                      description="quick-default student: ResNet-10 layout at 1/8 width"),
+    "deeplabv3_resnet_tiny": ArchSpec("deeplabv3_resnet", "basic", (1, 1, 1, 1), (4, 8, 8, 16), 8, (1, 2, 3),
+                                      description="test model, a few thousand params"),
+}
+
+
+class SegModel(nn.Module):
+    """Backbone + head. `feature_channels` maps each distillable feature name to its channel count."""
+
+    def __init__(self, arch: str, num_classes: int):
+        super().__init__()
+        spec = ARCHS[arch]
+        self.arch, self.num_classes, self.family = arch, num_classes, spec.family
+        if spec.family == "deeplabv3_resnet":
+            self.backbone = ResNetBackbone(spec.block, spec.depths, spec.widths, spec.output_stride)
+            self.head = DeepLabV3Head(self.backbone.channels["layer4"], num_classes, spec.head_width, spec.rates)
+            self.feature_channels = {**self.backbone.channels, **self.head.channels}
+        else:
+            from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+            tv = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
+            self.backbone, self.head = tv.backbone, tv.classifier
+            self.feature_channels = {"low": tv.classifier.low_classifier.in_channels,
+                                     "high": tv.classifier.cbr[0].in_channels}
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        size = (x.shape[-2], x.shape[-1])
+        feats = dict(self.backbone(x))
+        if self.family == "deeplabv3_resnet":
+            logits, head_feats = self.head(feats["layer4"])
+            feats.update(head_feats)
+        else:
+            logits = self.head(feats)
+        logits = upsample_to(logits, size)
+        return (logits, feats) if return_features else logits
+
+
+def build_model(arch: str, num_classes: int, pretrained: str = "") -> SegModel:
+    """Build `arch` for `num_classes`. pretrained: '' (random init), 'torchvision' (ImageNet backbone,
+    downloads once into the torch cache), or a local .pth/.pt file (a full state dict or a backbone one)."""
+    if arch not in ARCHS:
+        import difflib
+
+        close = difflib.get_close_matches(arch, list(ARCHS), n=1)
+        raise ConfigError(f"unknown architecture '{arch}'", fix=(f"did you mean '{close[0]}'? " if close else "")
+                          + f"available: {', '.join(ARCHS)}")
+    if num_classes < 1 or num_classes > 255:
+        raise ConfigError("num_classes must be between 1 and 255", seen=str(num_classes))
+    model = SegModel(arch, num_classes)
+    if pretrained:
+        load_pretrained(model, pretrained)
+    return model
+
+
+def load_pretrained(model: SegModel, source: str) -> None:
+    spec = ARCHS[model.arch]
+    if source == "torchvision":
+        import torchvision
+
+        if spec.family == "lraspp_mobilenetv3":
+            tv = torchvision.models.mobilenet_v3_large(weights="IMAGENET1K_V1")
+            state = {k.replace("features.", "", 1): v for k, v in tv.state_dict().items() if k.startswith("features.")}
+            missing = model.backbone.load_state_dict(state, strict=False)
+        else:
+            if not spec.torchvision_backbone:
+                raise ConfigError(f"{model.arch} has no torchvision ImageNet weights (its widths are custom)",
+                                  fix="train from scratch or pass a local .pth")
+            tv = getattr(torchvision.models, spec.torchvision_backbone)(weights="IMAGENET1K_V1")
+            state = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+            missing = model.backbone.load_state_dict(state, strict=False)
+        log.info("loaded torchvision ImageNet backbone for %s (missing: %d)", model.arch, len(missing.missing_keys))
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"pretrained weights file not found: {path}", fix="pass an existing .pth or 'torchvision'")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"cannot read weights {path}", seen=f"{type(e).__name__}: {e}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    own = model.state_dict()
+    target = model if any(k in own for k in state) else model.backbone
+    result = target.load_state_dict(state, strict=False)
+    loaded = len(state) - len(result.unexpected_keys)
+    if loaded == 0:
+        raise ConfigError(f"no tensor in {path} matches {model.arch}", seen=f"first keys: {list(state)[:3]}")
+    log.info("loaded %d tensors from %s (%d missing, %d unexpected)", loaded, path,
+             len(result.missing_keys), len(result.unexpected_keys))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,301 @@
+"""The training loop for both stages: the teacher (cross-entropy) and the student (cross-entropy + distillation).
+
+Reads top to bottom: setup, data, models, optimiser, loop (with eval and checkpoints), deliverables.
+Batches are a pure function of (seed, iteration), and RNG state is checkpointed, so a killed run
+resumed from last.pt ends exactly where an uninterrupted run would (on the same device).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import resource
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from nfdseg.config import to_dict
+from nfdseg.errors import ArtifactError, ConfigError
+from nfdseg.fsutil import sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from nfdseg.manifest import Manifest, TensorSpec, runtime_versions, write_manifest
+from nfdseg.metrics import ConfusionMatrix
+
+from .checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
+from .config import RunConfig, StageConfig
+from .data import SegDataset, build_source, preprocess_spec
+from .losses import KDLoss, build_loss
+from .models import build_model, count_parameters
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- setup helpers
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device asks for CUDA but no CUDA GPU is visible", seen=name,
+                          fix="use train.device=auto or cpu")
+    return dev
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "off" or device.type != "cuda":
+        if mode in ("bf16", "fp16") and device.type != "cuda":
+            log.warning("AMP %s requested but training on %s: running fp32", mode, device)
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def poly_lr(base: float, it: int, total: int, power: float, warmup: int) -> float:
+    if warmup and it < warmup:
+        return base * (it + 1) / warmup
+    return base * (1 - min(it, total - 1) / total) ** power
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class BatchPlan:
+    """Which samples (and augmentation seeds) make up batch `it`: depends only on seed and it."""
+
+    def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
+
+    def indices(self, it: int) -> list[tuple[int, int]]:
+        global_batch = self.batch * self.world
+        start = it * global_batch
+        out = []
+        for k in range(start + self.rank * self.batch, start + (self.rank + 1) * self.batch):
+            epoch, pos = divmod(k, self.n)
+            perm = np.random.default_rng((self.seed, epoch)).permutation(self.n)
+            out.append((int(perm[pos]), (self.seed * 1_000_003 + k) & 0x7FFFFFFF))
+        return out
+
+
+def _collate_plan(ds: SegDataset, plan_items: list[tuple[int, int]]):
+    xs, ys = [], []
+    for index, aug_seed in plan_items:
+        torch.manual_seed(aug_seed)  # SegDataset draws its augmentation from torch's RNG
+        x, y = ds[index]
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs), torch.stack(ys)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: SegDataset, device: torch.device, batch_size: int = 16,
+             amp: torch.dtype | None = None, class_names=None, progress: bool = False) -> dict[str, Any]:
+    """mIoU (%), pixel accuracy (%) and per-class IoU (%) of `model` on `dataset`."""
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(dataset.source.classes.num_classes, dataset.ignore)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x.to(device))
+        cm.update(logits.argmax(1).cpu().numpy(), y.numpy())
+    model.train(was_training)
+    return cm.summary(class_names)
+
+
+# ----------------------------------------------------------------------------- the stage
+def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: str | Path | None = None,
+                resume: bool = True, stop_after: int | None = None, progress: bool = True) -> Manifest | None:
+    """Train the teacher (stage='teacher') or the student (stage='student', distilled from teacher_dir).
+
+    Writes into out_dir: config.yaml, last.pt (resumable state), best.pt + checkpoint.json, history.json.
+    `stop_after` ends the run after that many iterations without writing deliverables (to test resume).
+    Returns the manifest of best.pt, or None when stopped early.
+    """
+    sc: StageConfig = getattr(cfg, stage)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # --- distributed setup (torchrun sets WORLD_SIZE); single process otherwise
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    device = pick_device(sc.train.device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    main_proc = rank == 0
+    seed = sc.train.seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    # --- data
+    train_src, val_src = build_source(cfg.data, "train"), build_source(cfg.data, "val")
+    if train_src.classes != val_src.classes:
+        raise ConfigError("train and val splits declare different classes")
+    classes = train_src.classes
+    spec = preprocess_spec(cfg.data)
+    train_ds = SegDataset(train_src, spec, True, cfg.data.crop_size, cfg.data.scale_range, cfg.data.hflip)
+    val_ds = SegDataset(val_src, spec, False, limit=cfg.data.max_val_images)
+    plan = BatchPlan(len(train_ds), sc.train.batch_size, seed, rank, world)
+
+    # --- models and loss
+    model = build_model(sc.model.arch, classes.num_classes, sc.model.pretrained).to(device)
+    teacher, teacher_manifest, distill = None, None, None
+    if stage == "student":
+        if teacher_dir is None:
+            raise ConfigError("the student stage needs a trained teacher", fix="pass --teacher DIR (a teacher run's output)")
+        teacher, teacher_manifest = load_model_from_dir(teacher_dir, device)
+        if teacher_manifest.num_classes != classes.num_classes:
+            raise ArtifactError("the teacher was trained for a different class count than this dataset",
+                                seen=f"teacher {teacher_manifest.num_classes}, dataset {classes.num_classes}",
+                                fix="train a teacher on this dataset first")
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        distill = build_loss(cfg.distill, model.feature_channels, teacher.feature_channels).to(device)
+        extra_kd = (KDLoss(cfg.distill.logits_kd_weight, cfg.distill.temperature)
+                    if cfg.distill.logits_kd_weight > 0 and cfg.distill.loss != "kd" else None)
+    if sc.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=torch.channels_last)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = list(model.parameters()) + (list(distill.parameters()) if distill is not None else [])
+    if sc.optim.name == "sgd":
+        opt = torch.optim.SGD(params, lr=sc.optim.lr, momentum=sc.optim.momentum, weight_decay=sc.optim.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=sc.optim.lr, weight_decay=sc.optim.weight_decay)
+    amp = amp_dtype(sc.train.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+
+    # --- resume
+    run_key = sha256_json({"stage": stage, "config": cfg.to_dict(),
+                           "teacher": teacher_manifest.sha256 if teacher_manifest else ""})
+    start_it, best, history, elapsed = 0, -1.0, {"train": [], "eval": []}, 0.0
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        if state.get("run_key") != run_key:
+            raise ArtifactError(f"{out} holds a run with another config or teacher",
+                                fix="use a new --out directory, or pass --restart to discard it")
+        model.load_state_dict(state["model"])
+        if distill is not None:
+            distill.load_state_dict(state["distill"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_it, best, history, elapsed = state["iter"], state["best"], state["history"], state["elapsed"]
+        set_rng_state(state["rng"])
+        if main_proc:
+            log.info("resuming %s from iteration %d of %d", stage, start_it, sc.train.iters)
+    if main_proc:
+        write_text_atomic(out / "config.yaml", yaml.safe_dump({"stage": stage, **cfg.to_dict()}, sort_keys=False))
+
+    def save_state(it: int) -> None:
+        save_torch_atomic({"run_key": run_key, "iter": it, "model": model.state_dict(),
+                           "distill": distill.state_dict() if distill is not None else None,
+                           "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "best": best,
+                           "history": history, "elapsed": elapsed, "rng": rng_state()}, last)
+
+    def save_best(metrics: dict[str, Any]) -> None:
+        save_torch_atomic({"format": CHECKPOINT_FORMAT, "arch": sc.model.arch, "num_classes": classes.num_classes,
+                           "model": model.state_dict()}, out / "best.pt")
+
+    # --- loop
+    net.train()
+    accum = sc.train.grad_accum
+    t0 = time.perf_counter()
+    bar = tqdm(total=sc.train.iters, initial=start_it, desc=f"{stage} ({sc.model.arch})", disable=not (progress and main_proc),
+               mininterval=1.0, dynamic_ncols=True)
+    it = start_it
+    while it < sc.train.iters:
+        lr = poly_lr(sc.optim.lr, it, sc.train.iters, sc.optim.poly_power, sc.optim.warmup_iters)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        ce_sum = kd_sum = 0.0
+        for micro in range(accum):
+            x, y = _collate_plan(train_ds, plan.indices(it * accum + micro))
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if sc.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits, feats = net(x, return_features=True)
+                ce = F.cross_entropy(logits.float(), y, ignore_index=classes.ignore_index)
+                loss_d = torch.zeros((), device=device)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits, t_feats = teacher(x, return_features=True)
+                    loss_d = distill(logits, feats, t_logits, t_feats)
+                    if extra_kd is not None:
+                        loss_d = loss_d + extra_kd(logits, feats, t_logits, t_feats)
+            loss = (ce + loss_d) / accum
+            if not torch.isfinite(loss):
+                raise ArtifactError(f"training diverged at iteration {it}: loss is {loss.item()}",
+                                    fix="lower optim.lr or the distillation weight, or use amp=off")
+            scaler.scale(loss).backward()
+            ce_sum += ce.item() / accum
+            kd_sum += float(loss_d.detach()) / accum
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        it += 1
+        bar.update(1)
+        if it % sc.train.log_every == 0 or it == sc.train.iters:
+            history["train"].append({"iter": it, "lr": round(lr, 6), "ce": round(ce_sum, 5), "distill": round(kd_sum, 5)})
+            bar.set_postfix(ce=f"{ce_sum:.3f}", distill=f"{kd_sum:.3f}", best=f"{max(best, 0):.1f}")
+        if main_proc and (it % sc.train.eval_every == 0 or it == sc.train.iters):
+            m = evaluate(model, val_ds, device, amp=amp, class_names=classes.names)
+            history["eval"].append({"iter": it, "miou": m["miou"]})
+            log.info("%s iter %d: val mIoU %.2f%%", stage, it, m["miou"])
+            if m["miou"] > best:
+                best = m["miou"]
+                save_best(m)
+                write_json_atomic(out / "best_metrics.json", {"iter": it, **m})
+        if main_proc and (it % sc.train.ckpt_every == 0 or it == sc.train.iters):
+            elapsed_now = elapsed + time.perf_counter() - t0
+            elapsed, t0 = elapsed_now, time.perf_counter()
+            save_state(it)
+        if stop_after is not None and it - start_it >= stop_after:
+            bar.close()
+            return None
+    bar.close()
+    elapsed += time.perf_counter() - t0
+    if world > 1:
+        torch.distributed.barrier()
+    if not main_proc:
+        return None
+
+    # --- deliverables: best.pt + checkpoint.json
+    import json
+
+    best_metrics = json.loads((out / "best_metrics.json").read_text())
+    images = sc.train.iters * sc.train.batch_size * accum * world
+    h, w = spec.input_size
+    manifest = Manifest(
+        kind="checkpoint", artifact="best.pt", architecture=sc.model.arch, classes=classes, preprocess=spec,
+        precision="fp32", output_kind="logits",
+        inputs=(TensorSpec("input", "float32", ("N", 3, h, w), "NCHW"),),
+        outputs=(TensorSpec("logits", "float32", ("N", classes.num_classes, h, w), "NCHW"),),
+        parent_sha256=teacher_manifest.sha256 if teacher_manifest else "",
+        parent=str(Path(teacher_dir).resolve()) if teacher_dir else "",
+        metrics={**best_metrics, "params": count_parameters(model), "train_time_s": round(elapsed, 2),
+                 "images_per_s": round(images / max(elapsed, 1e-9), 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+                 "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": world},
+        config={"stage": stage, **cfg.to_dict(), "run_key": run_key},
+        versions=runtime_versions("torch", "torchvision", "numpy"),
+    )
+    write_json_atomic(out / "history.json", history)
+    return write_manifest(manifest, out / "checkpoint.json")

@@ -1,0 +1,112 @@
+"""The `nfdseg` command: one subcommand per stage, plus the whole pipeline.
+
+Heavy libraries are imported inside each command, so `nfdseg --help` is instant and `serve`-side
+commands work without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import NfdsegError
+
+log = logging.getLogger("nfdseg")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="quick",
+                   help="YAML run config, or a built-in name: quick (default), cityscapes_r101_r18")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set student.train.iters=200 (repeatable)")
+
+
+def _load_cfg(args):
+    from nfdseg.config import parse_overrides
+    from nfdseg.distill.config import load_run_config
+
+    over = parse_overrides(args.overrides)
+    if getattr(args, "loss", None):
+        over.setdefault("distill", {})["loss"] = args.loss
+    return load_run_config(args.config, over)
+
+
+def cmd_distill(args) -> int:
+    from nfdseg.distill.trainer import train_stage
+
+    cfg = _load_cfg(args)
+    out = Path(args.out)
+    teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
+    if args.stage in ("teacher", "both"):
+        m = train_stage(cfg, "teacher", out / "teacher", resume=not args.restart, progress=not args.quiet)
+        print(f"teacher {m.architecture}: val mIoU {m.metrics['miou']:.2f}% -> {out / 'teacher'}")
+    if args.stage in ("student", "both"):
+        student_dir = out / (args.student_name or "student")
+        m = train_stage(cfg, "student", student_dir, teacher_dir=teacher_dir, resume=not args.restart,
+                        progress=not args.quiet)
+        print(f"student {m.architecture} ({cfg.distill.loss}): val mIoU {m.metrics['miou']:.2f}% -> {student_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nfdseg",
+        description="Train a small segmentation student by Normalized Feature Distillation, export it to "
+                    "ONNX / TensorRT, serve it, and demo it.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("distill", help="train the teacher, then the student by distillation",
+                       description="Train the teacher (cross-entropy), then the student (cross-entropy + the "
+                                   "distillation loss). Each stage writes best.pt + checkpoint.json; rerunning the "
+                                   "same command resumes from last.pt.")
+    _add_config_args(p)
+    p.add_argument("--out", default="runs/quick", help="output directory (default: runs/quick)")
+    p.add_argument("--stage", choices=("teacher", "student", "both"), default="both",
+                   help="which stage to run (default: both)")
+    p.add_argument("--teacher", help="teacher run directory for the student stage (default: OUT/teacher)")
+    p.add_argument("--loss", choices=("nfd", "kd", "cwd", "none"), help="distillation loss (default: the config's, nfd)")
+    p.add_argument("--student-name", help="subdirectory for the student (default: student)")
+    p.add_argument("--restart", action="store_true", help="discard last.pt and start the stage over")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_distill)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Commands of later stages register themselves here (each module owns its flags)."""
+    regs = []
+    for mod in ("nfdseg.export.cli", "nfdseg.serve.cli", "nfdseg.demo.cli", "nfdseg.pipeline"):
+        try:
+            module = __import__(mod, fromlist=["register"])
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("nfdseg"):
+                continue  # stage not present in this build
+            raise
+        regs.append(module.register)
+    return regs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except NfdsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

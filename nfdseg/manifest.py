@@ -1,0 +1,216 @@
+"""The artifact contract: a typed JSON manifest beside every checkpoint, ONNX file and engine.
+
+Every stage writes one for what it made and reads (and checks) the one of what it consumes.
+This module imports numpy-free stdlib only, so the embedded runtime can use it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import from_dict, to_dict
+from .errors import ArtifactError, ConfigError
+from .fsutil import sha256_file, write_json_atomic
+
+FORMAT_VERSION = 1
+KINDS = ("checkpoint", "onnx", "engine")
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """Class names, their RGB colours, and the label value that means 'ignore'."""
+
+    names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int = 255
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes the network input; identical in training, export and serving.
+
+    pixels are scaled to [0, 1] (divided by 255), then (x - mean) / std per channel, in `color_order`.
+    `input_size` is (height, width) in pixels; `size_policy` 'resize' stretches any image to it and the
+    label map is resized back (nearest) to the original size.
+    """
+
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    color_order: str = "RGB"
+    input_size: tuple[int, int] = (64, 64)
+    size_policy: str = "resize"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype, layout and shape (strings for dynamic axes)."""
+
+    name: str
+    dtype: str
+    shape: tuple[Any, ...]
+    layout: str = ""
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    opset: int
+    ir_version: int
+    normalize_in_graph: bool = False
+    argmax_in_graph: bool = False
+    simplified_with: str = ""
+    fp16_converter: str = ""
+    kept_fp32_ops: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    tensorrt_version: str
+    tensorrt_flavor: str  # "tensorrt" or "tensorrt_rtx"
+    gpu_name: str
+    compute_capability: str
+    precision_requested: str
+    precision_built: str
+    strongly_typed: bool
+    profile: dict[str, Any] = field(default_factory=dict)
+    timing_cache: str = ""
+    timing_cache_reused: bool = False
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an artifact is and how it was made. Saved as `<artifact>.json` or a fixed name beside it."""
+
+    kind: str
+    artifact: str
+    architecture: str
+    classes: ClassSpec
+    preprocess: PreprocessSpec
+    precision: str = "fp32"
+    output_kind: str = "logits"  # "logits" (N, C, H, W) or "labels" (N, H, W)
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    sha256: str = ""
+    parent_sha256: str = ""
+    parent: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    onnx: OnnxInfo | None = None
+    engine: EngineInfo | None = None
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return self.classes.num_classes
+
+    def with_updates(self, **changes: Any) -> "Manifest":
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def runtime_versions(*modules: str) -> dict[str, str]:
+    """Versions of python and of the named modules that are importable (without importing heavy ones twice)."""
+    import importlib
+    import sys
+
+    out = {"python": platform.python_version(), "nfdseg": __import__("nfdseg").__version__}
+    for name in modules:
+        mod = sys.modules.get(name)
+        if mod is None:
+            try:
+                mod = importlib.import_module(name)
+            except Exception:  # an optional module that is absent is simply not recorded
+                continue
+        out[name] = str(getattr(mod, "__version__", "unknown"))
+    return out
+
+
+def write_manifest(manifest: Manifest, path: str | Path, hash_artifact: bool = True) -> Manifest:
+    """Write `manifest` to `path` (atomically). Fills in sha256 of the artifact (resolved beside `path`)."""
+    path = Path(path)
+    if manifest.kind not in KINDS:
+        raise ValueError(f"manifest kind must be one of {KINDS}, got {manifest.kind!r}")
+    changes: dict[str, Any] = {}
+    if not manifest.created:
+        changes["created"] = now_iso()
+    artifact = path.parent / manifest.artifact
+    if hash_artifact and artifact.is_file():
+        changes["sha256"] = sha256_file(artifact)
+    manifest = replace(manifest, **changes) if changes else manifest
+    write_json_atomic(path, manifest.to_json())
+    return manifest
+
+
+def read_manifest(path: str | Path, expect_kind: str | None = None, verify_sha: bool = True) -> Manifest:
+    """Read and check a manifest: format version, kind, and (optionally) the artifact's sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(
+            f"manifest not found: {path}",
+            fix="point at a directory or file produced by `nfdseg distill` / `nfdseg export`",
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"manifest {path} is not valid JSON", seen=str(e)) from None
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ArtifactError(f"{path} is not an nfdseg manifest", seen="no 'kind' field",
+                            fix="use the .json written beside the artifact by nfdseg")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"manifest {path} has format version {version}, this nfdseg reads version {FORMAT_VERSION}",
+            fix="re-export the artifact with this nfdseg version",
+        )
+    try:
+        manifest = from_dict(Manifest, data)
+    except ConfigError as e:
+        raise ArtifactError(f"manifest {path} is malformed", seen=str(e)) from None
+    if expect_kind and manifest.kind != expect_kind:
+        raise ArtifactError(
+            f"expected a {expect_kind} manifest, got a {manifest.kind} manifest", seen=str(path)
+        )
+    artifact = path.parent / manifest.artifact
+    if not artifact.is_file():
+        raise ArtifactError(f"the artifact named by {path} is missing", seen=str(artifact),
+                            fix="copy the artifact together with its manifest")
+    if verify_sha and manifest.sha256:
+        actual = sha256_file(artifact)
+        if actual != manifest.sha256:
+            raise ArtifactError(
+                f"{artifact} does not match its manifest (sha256 differs): it was changed, truncated or replaced",
+                seen=f"manifest {manifest.sha256[:12]}..., file {actual[:12]}...",
+                fix="re-export the artifact, or copy the matching file and manifest together",
+            )
+    return manifest
+
+
+def default_palette(n: int) -> tuple[tuple[int, int, int], ...]:
+    """The Pascal VOC bit-interleaved palette: distinct, deterministic colours for any class count."""
+    out = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out.append((r, g, b))
+    return tuple(out)

@@ -1,0 +1,1 @@
+"""nfdseg stage package."""

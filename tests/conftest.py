@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny config and one tiny trained teacher + student, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TINY_OVERRIDES = {
+    "data": {"synthetic_train": 64, "synthetic_val": 12, "synthetic_size": [48, 48], "crop_size": [48, 48],
+             "input_size": [48, 48]},
+    "teacher": {"model": {"arch": "deeplabv3_resnet_tiny"}, "train": {"iters": 8, "batch_size": 4, "eval_every": 4,
+                                                                        "ckpt_every": 4, "log_every": 2}},
+    "student": {"model": {"arch": "deeplabv3_resnet_tiny"}, "train": {"iters": 6, "batch_size": 4, "eval_every": 3,
+                                                                        "ckpt_every": 2, "log_every": 2}},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from nfdseg.distill.config import load_run_config
+
+    return load_run_config("quick", TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_cfg) -> Path:
+    """A tiny teacher and NFD student trained on synthetic 48 px scenes: <run>/teacher, <run>/student."""
+    from nfdseg.distill.trainer import train_stage
+
+    run = tmp_path_factory.mktemp("run")
+    train_stage(tiny_cfg, "teacher", run / "teacher", progress=False)
+    train_stage(tiny_cfg, "student", run / "student", teacher_dir=run / "teacher", progress=False)
+    return run

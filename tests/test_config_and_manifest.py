@@ -1,0 +1,80 @@
+"""Config loading (unknown keys, types, built-ins) and manifest round trips and refusals."""
+
+import json
+
+import pytest
+
+from nfdseg.config import parse_overrides
+from nfdseg.distill.config import RunConfig, load_run_config
+from nfdseg.errors import ArtifactError, ConfigError
+from nfdseg.manifest import ClassSpec, Manifest, PreprocessSpec, default_palette, read_manifest, write_manifest
+
+
+def test_builtin_configs_load():
+    quick = load_run_config("quick")
+    assert isinstance(quick, RunConfig) and quick.distill.loss == "nfd" and quick.distill.layers == ("head",)
+    cs = load_run_config("cityscapes_r101_r18")
+    assert cs.data.crop_size == (512, 1024) and cs.student.train.iters == 40000
+    assert cs.student.optim.lr == 0.02 and cs.student.optim.poly_power == 0.9 and cs.student.optim.weight_decay == 1e-4
+    assert cs.teacher.model.arch == "deeplabv3_resnet101" and cs.student.model.arch == "deeplabv3_resnet18"
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("student:\n  trian:\n    iters: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_run_config(p)
+    assert "student.trian" in str(e.value) and "did you mean 'train'" in str(e.value)
+
+
+def test_type_errors_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="must be int"):
+        load_run_config("quick", {"student": {"train": {"iters": "many"}}})
+    with pytest.raises(ConfigError, match="distill.loss"):
+        load_run_config("quick", {"distill": {"loss": "magic"}})
+    with pytest.raises(ConfigError, match="data.root is required"):
+        load_run_config("quick", {"data": {"format": "cityscapes"}})
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(bad)
+
+
+def test_overrides_parse_yaml_scalars():
+    assert parse_overrides(["a.b=3", "a.c=[1, 2]", "d=true"]) == {"a": {"b": 3, "c": [1, 2]}, "d": True}
+    with pytest.raises(ConfigError):
+        parse_overrides(["nokey"])
+
+
+def _manifest(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    m = Manifest(kind="onnx", artifact="model.bin", architecture="x",
+                 classes=ClassSpec(("a", "b"), default_palette(2)), preprocess=PreprocessSpec())
+    return write_manifest(m, tmp_path / "model.json")
+
+
+def test_manifest_round_trip_and_sha(tmp_path):
+    m = _manifest(tmp_path)
+    back = read_manifest(tmp_path / "model.json", expect_kind="onnx")
+    assert back == m and back.sha256 and back.num_classes == 2
+    (tmp_path / "model.bin").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="does not match its manifest"):
+        read_manifest(tmp_path / "model.json")
+
+
+def test_manifest_refusals(tmp_path):
+    _manifest(tmp_path)
+    with pytest.raises(ArtifactError, match="expected a engine manifest"):
+        read_manifest(tmp_path / "model.json", expect_kind="engine")
+    data = json.loads((tmp_path / "model.json").read_text())
+    data["format_version"] = 99
+    (tmp_path / "v.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="format version 99"):
+        read_manifest(tmp_path / "v.json")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        read_manifest(tmp_path / "junk.json")
+    with pytest.raises(ArtifactError, match="not found"):
+        read_manifest(tmp_path / "absent.json")
