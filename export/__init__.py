@@ -1,1 +1,1 @@
-"""nfdseg stage package."""
+"""The export stage: ONNX, FP16 ONNX, TensorRT engine, parity check, Triton repository."""

@@ -1,1 +1,119 @@
-"""nfdseg stage package."""
+"""Backends by name, and `open_backend`, which resolves an artifact path and picks a runtime.
+
+An artifact is an export directory (model.onnx, model.fp16.onnx, *.engine with their .json), one of
+those files, or a checkpoint directory (checkpoint.json, torch backend). `backend="auto"` picks the
+best that can run here and logs why.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nfdseg.errors import ArtifactError, ConfigError, NfdsegError
+from nfdseg.manifest import Manifest, read_manifest
+
+from .base import Backend
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+def _manifest_for(file: Path) -> Manifest:
+    return read_manifest(file.with_suffix(".json"))
+
+
+def _candidates(path: Path) -> dict[str, list[Path]]:
+    """Files in an artifact path by backend kind, best first."""
+    if path.is_file():
+        if path.suffix == ".engine":
+            return {"tensorrt": [path]}
+        if path.suffix == ".onnx":
+            return {"onnxruntime": [path]}
+        if path.name == "checkpoint.json" or path.suffix == ".pt":
+            return {"torch": [path.parent / "best.pt"]}
+        if path.suffix == ".json":
+            m = read_manifest(path, verify_sha=False)
+            return _candidates(path.parent / m.artifact)
+        raise ArtifactError(f"{path} is not an artifact nfdseg can serve",
+                            fix="pass an export directory, a .onnx, a .engine or a checkpoint directory")
+    if not path.is_dir():
+        raise ArtifactError(f"artifact not found: {path}", fix="pass the output directory of `nfdseg export`")
+    out = {"tensorrt": sorted(path.glob("*.engine")), "onnxruntime": [], "torch": []}
+    for name in ("model.onnx", "model.fp16.onnx"):
+        if (path / name).is_file():
+            out["onnxruntime"].append(path / name)
+    if (path / "checkpoint.json").is_file():
+        out["torch"].append(path / "best.pt")
+    if not any(out.values()):
+        raise ArtifactError(f"{path} holds no servable artifact",
+                            seen=", ".join(sorted(p.name for p in path.iterdir())[:10]) or "empty directory",
+                            fix="run `nfdseg export CHECKPOINT_DIR --out DIR` and pass DIR")
+    return out
+
+
+def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
+                 **kwargs) -> Backend:
+    """Open the artifact at `path` with `backend` (auto | tensorrt | onnxruntime | torch)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}'", fix=f"choose one of {', '.join(BACKENDS)}")
+    path = Path(path)
+    cands = _candidates(path)
+    gpu = _has_gpu()
+    order = [backend] if backend != "auto" else ["tensorrt", "onnxruntime", "torch"]
+    reasons = []
+    for name in order:
+        files = cands.get(name, [])
+        if not files:
+            reasons.append(f"{name}: no artifact")
+            continue
+        try:
+            if name == "tensorrt":
+                from .tensorrt_backend import TensorRTBackend
+
+                b = TensorRTBackend(files[0], _manifest_for(files[0]), allow_rtx=kwargs.get("allow_rtx", False))
+            elif name == "onnxruntime":
+                from .onnxruntime_backend import OnnxRuntimeBackend
+
+                f = _pick_onnx(files, precision, gpu and device != "cpu")
+                b = OnnxRuntimeBackend(f, _manifest_for(f), device=device, threads=kwargs.get("threads", 0))
+            else:
+                from .torch_backend import TorchBackend
+
+                f = files[0]
+                b = TorchBackend(f, read_manifest(f.parent / "checkpoint.json", expect_kind="checkpoint"),
+                                 device=device, precision=precision, cuda_graphs=kwargs.get("cuda_graphs", False))
+        except NfdsegError as e:
+            if backend != "auto":
+                raise
+            reasons.append(f"{name}: {e.what}")
+            continue
+        if backend == "auto":
+            log.info("backend auto -> %s on %s (%s)%s", b.name, b.device, b.precision,
+                     f"; skipped {'; '.join(reasons)}" if reasons else "")
+        return b
+    raise ArtifactError(f"no backend can serve {path}", seen="; ".join(reasons),
+                        fix="install onnxruntime, or pass an artifact the chosen backend can load")
+
+
+def _pick_onnx(files: list[Path], precision: str, on_gpu: bool) -> Path:
+    """fp32 ONNX on CPU (FP16 is slower there), the FP16 ONNX on GPU, unless precision says otherwise."""
+    by_name = {f.name: f for f in files}
+    want_fp16 = precision == "fp16" or (precision == "auto" and on_gpu)
+    if want_fp16 and "model.fp16.onnx" in by_name:
+        return by_name["model.fp16.onnx"]
+    if precision == "fp16" and "model.fp16.onnx" not in by_name:
+        raise ArtifactError("FP16 was requested but there is no model.fp16.onnx", fix="export with FP16 enabled")
+    return by_name.get("model.onnx", files[0])
+
+
+def _has_gpu() -> bool:
+    """Whether onnxruntime can run on a GPU here (decides fp16 vs fp32 ONNX); never imports torch."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+__all__ = ["Backend", "open_backend", "BACKENDS"]

@@ -1,0 +1,125 @@
+"""`nfdseg export` and `nfdseg check`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _export_config(args):
+    from .onnx2engine import EngineProfile
+    from .parity import ParityBudget
+    from .run import ExportConfig
+    from .torch2onnx import OnnxExportOptions
+
+    hw = tuple(int(v) for v in args.profile_hw.split("x")) if args.profile_hw else None
+    batches = [int(v) for v in args.profile_batch.split(",")]
+    if len(batches) != 3:
+        from nfdseg.errors import ConfigError
+
+        raise ConfigError("--profile-batch takes min,opt,max", seen=args.profile_batch, fix="e.g. 1,4,8")
+    return ExportConfig(
+        onnx=OnnxExportOptions(opset=args.opset, output=args.output, label_dtype=args.label_dtype,
+                               normalize_in_graph=args.normalize_in_graph, dynamic_hw=not args.static_hw,
+                               simplify=not args.no_simplify),
+        fp16=not args.no_fp16, engine=args.engine, engine_precision=args.engine_precision,
+        engine_allow_rtx=args.allow_rtx,
+        profile=EngineProfile(*batches, min_hw=hw, opt_hw=hw, max_hw=hw),
+        parity=ParityBudget(args.fp32_min_agreement, args.fp16_max_delta_miou, args.parity_images),
+        triton_dir=args.triton or "",
+    )
+
+
+def cmd_export(args) -> int:
+    from .run import run_export
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "export"
+    summary = run_export(args.checkpoint, out, _export_config(args), expect_classes=args.num_classes)
+    for name, mb in summary["files"].items():
+        print(f"{mb:8.2f} MB  {out / name}")
+    eng = summary.get("engine", {})
+    if eng and not eng.get("path"):
+        print(f"NO TensorRT ENGINE: {eng.get('reason')} - serve model.onnx with onnxruntime, or rebuild where TensorRT is installed")
+    if summary.get("triton"):
+        print(f"Triton repository: {summary['triton']}")
+    print(summary["parity"]["text"])
+    if not summary["parity"]["passed"]:
+        print("export FAILED its parity budget (see parity.json)")
+        return 1
+    return 0
+
+
+def cmd_check(args) -> int:
+    from nfdseg.fsutil import write_json_atomic
+
+    from .parity import ParityBudget, format_report, run_parity
+
+    export_dir = Path(args.export_dir)
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+    else:
+        from nfdseg.manifest import read_manifest
+
+        m = read_manifest(export_dir / "model.json", expect_kind="onnx")
+        ckpt = _find_checkpoint(export_dir, m.parent_sha256)
+    from .torch2onnx import load_onnx_checked
+
+    for p in export_dir.glob("*.onnx"):
+        load_onnx_checked(p)
+    report = run_parity(export_dir, ckpt, ParityBudget(args.fp32_min_agreement, args.fp16_max_delta_miou,
+                                                       args.parity_images), engine_allow_rtx=args.allow_rtx)
+    write_json_atomic(export_dir / "parity.json", report)
+    print(format_report(report))
+    return 0 if report["passed"] else 1
+
+
+def _find_checkpoint(export_dir: Path, sha: str) -> Path:
+    from nfdseg.errors import ArtifactError
+    from nfdseg.fsutil import sha256_file
+
+    for cand in [export_dir.parent / "student", export_dir.parent, *export_dir.parent.glob("*/")]:
+        if (cand / "best.pt").is_file() and sha256_file(cand / "best.pt") == sha:
+            return cand
+    raise ArtifactError(f"cannot find the checkpoint {export_dir} was exported from",
+                        seen=f"parent sha256 {sha[:12]}...", fix="pass --checkpoint DIR")
+
+
+def _parity_args(p) -> None:
+    p.add_argument("--fp32-min-agreement", type=float, default=99.9, help="fp32 budget: %% of pixels equal to torch (default 99.9)")
+    p.add_argument("--fp16-max-delta-miou", type=float, default=0.5, help="fp16 budget: max |ΔmIoU| in points (default 0.5)")
+    p.add_argument("--parity-images", type=int, default=64, help="validation images compared (0 = all; default 64)")
+    p.add_argument("--allow-rtx", action="store_true", help="let TensorRT-RTX stand in for TensorRT")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export a student checkpoint to ONNX, FP16 ONNX, a TensorRT engine; check parity",
+                       description="Turn a trained student (a `nfdseg distill` directory) into deployable artifacts, "
+                                   "each with a manifest, and prove they match torch (parity.json). Exits 1 when a "
+                                   "parity budget is broken.")
+    p.add_argument("checkpoint", help="student checkpoint directory (holds best.pt + checkpoint.json)")
+    p.add_argument("--out", help="export directory (default: CHECKPOINT/../export)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17-20 (default 17)")
+    p.add_argument("--output", choices=("logits", "probs", "labels"), default="logits",
+                   help="graph output: logits (default), softmax probs, or an argmax label map")
+    p.add_argument("--label-dtype", choices=("uint8", "int32"), default="uint8", help="label map dtype with --output labels")
+    p.add_argument("--normalize-in-graph", action="store_true", help="graph takes uint8 NHWC RGB and normalises itself")
+    p.add_argument("--static-hw", action="store_true", help="fix height/width to the training input size")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
+    p.add_argument("--no-fp16", action="store_true", help="skip the FP16 ONNX")
+    p.add_argument("--engine", choices=("auto", "on", "off"), default="auto",
+                   help="TensorRT engine: auto = build when TensorRT is installed (default), on = required, off")
+    p.add_argument("--engine-precision", choices=("fp16", "fp32"), default="fp16", help="engine precision (default fp16)")
+    p.add_argument("--profile-batch", default="1,4,8", help="engine profile batch min,opt,max (default 1,4,8)")
+    p.add_argument("--profile-hw", help="engine profile HxW (default: the training input size)")
+    p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository to DIR")
+    p.add_argument("--num-classes", type=int, help="refuse the checkpoint unless it has this many classes")
+    _parity_args(p)
+    p.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("check", help="re-run the parity check of an export directory",
+                       description="Compare the ONNX / FP16 / engine artifacts of an export directory with the torch "
+                                   "checkpoint they came from; rewrite parity.json; exit 1 when a budget is broken.")
+    c.add_argument("export_dir", help="directory written by `nfdseg export`")
+    c.add_argument("--checkpoint", help="checkpoint directory (default: found by the ONNX manifest's parent hash)")
+    _parity_args(c)
+    c.set_defaults(func=cmd_check)

@@ -1,0 +1,92 @@
+"""FP16 ONNX: weights and most ops in float16, inputs/outputs kept float32, sensitive ops kept float32.
+
+Uses onnxconverter-common's converter (keep_io_types). Ops whose float16 results drift or overflow
+(Resize of logits, Softmax, reductions, ArgMax inputs) are blocked from conversion. The converter
+has been seen to leave a float16 graph output despite keep_io_types, so outputs are checked and,
+if needed, a final Cast to float32 is appended; the manifest records what was done.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+from nfdseg.errors import MissingDependencyError
+from nfdseg.fsutil import atomic_path, sha256_file
+from nfdseg.manifest import Manifest, OnnxInfo, runtime_versions, write_manifest
+
+from .torch2onnx import IR_VERSION
+
+log = logging.getLogger(__name__)
+
+KEEP_FP32_OPS = ("Resize", "Softmax", "ReduceMean", "GlobalAveragePool", "ArgMax", "ReduceSum", "Exp", "Log", "Pow",
+                 "Sqrt", "Div")
+
+
+def _fix_float16_outputs(model: onnx.ModelProto) -> list[str]:
+    fixed = []
+    for out in model.graph.output:
+        if out.type.tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        internal = f"{out.name}__fp16"
+        for node in model.graph.node:
+            node.output[:] = [internal if o == out.name else o for o in node.output]
+            node.input[:] = [internal if i == out.name else i for i in node.input]
+        model.graph.node.append(helper.make_node("Cast", [internal], [out.name], to=TensorProto.FLOAT,
+                                                 name=f"{out.name}_to_fp32"))
+        out.type.tensor_type.elem_type = TensorProto.FLOAT
+        fixed.append(out.name)
+    return fixed
+
+
+def convert_to_fp16(fp32_path: str | Path, fp32_manifest: Manifest, out_path: str | Path,
+                    keep_fp32_ops: tuple[str, ...] = KEEP_FP32_OPS) -> Manifest:
+    """Write an FP16 twin of `fp32_path` to `out_path` with its manifest `<stem>.json`."""
+    try:
+        from onnxconverter_common import float16
+        import onnxconverter_common
+    except ImportError:
+        raise MissingDependencyError("FP16 conversion needs onnxconverter-common",
+                                     fix="pip install onnxconverter-common") from None
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    model = onnx.load(str(fp32_path))
+    # A blocked op that produces a graph output trips the converter's cast clean-up
+    # ("downstream node of the second cast node should be graph output"), so ops feeding
+    # graph outputs directly are converted; the others in keep_fp32_ops stay float32.
+    # Stale value_info (from the simplifier's shape inference) makes the converter type blocked
+    # ops' outputs wrongly; drop it and let the converter and runtime infer types afresh.
+    del model.graph.value_info[:]
+    outputs = {o.name for o in model.graph.output}
+    feeding_output = [n for n in model.graph.node if set(n.output) & outputs]
+    blocked_nodes = [n.name for n in model.graph.node
+                     if n.op_type in keep_fp32_ops and n not in feeding_output and n.name]
+    converted_at_output = sorted({n.op_type for n in feeding_output if n.op_type in keep_fp32_ops})
+    ops_kept = tuple(sorted({n.op_type for n in model.graph.node if n.name in set(blocked_nodes)}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter warns about values it clamps to fp16 range
+        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=[],
+                                                node_block_list=blocked_nodes)
+    if converted_at_output:
+        log.info("fp16: %s feeding the graph output run in float16 (the converter cannot block them)",
+                 converted_at_output)
+    fixed = _fix_float16_outputs(half)
+    if fixed:
+        log.info("converter left float16 outputs %s: appended Cast to float32", fixed)
+    half.ir_version = IR_VERSION
+    onnx.checker.check_model(half)
+    with atomic_path(out_path) as tmp:
+        onnx.save(half, str(tmp))
+    info = replace(fp32_manifest.onnx or OnnxInfo(opset=17, ir_version=IR_VERSION),
+                   fp16_converter=f"onnxconverter-common {onnxconverter_common.__version__} keep_io_types"
+                                  + (f"; output cast appended for {fixed}" if fixed else ""),
+                   kept_fp32_ops=ops_kept)
+    manifest = replace(fp32_manifest, artifact=out_path.name, precision="fp16", sha256="", created="",
+                       parent_sha256=sha256_file(fp32_path), parent=fp32_path.name, onnx=info,
+                       versions={**fp32_manifest.versions, **runtime_versions("onnxconverter_common")})
+    return write_manifest(manifest, out_path.with_suffix(".json"))

@@ -1,0 +1,95 @@
+"""`run_export`: checkpoint directory -> export directory (the whole export stage in one call)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nfdseg.errors import ArtifactError, MissingDependencyError, NfdsegError
+from nfdseg.fsutil import sha256_file, write_json_atomic
+from nfdseg.manifest import read_manifest
+
+from .onnx2engine import EngineProfile
+from .parity import ParityBudget
+from .torch2onnx import OnnxExportOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """engine: auto (build when TensorRT is installed) | on (fail without TensorRT) | off.
+    engine_allow_rtx: let TensorRT-RTX stand in for TensorRT (tests and RTX deployments)."""
+
+    onnx: OnnxExportOptions = field(default_factory=OnnxExportOptions)
+    fp16: bool = True
+    engine: str = "auto"
+    engine_precision: str = "fp16"
+    engine_allow_rtx: bool = False
+    profile: EngineProfile = field(default_factory=EngineProfile)
+    parity: ParityBudget = field(default_factory=ParityBudget)
+    triton_dir: str = ""
+    triton_name: str = "nfdseg"
+
+
+def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = ExportConfig(),
+               expect_classes: int | None = None) -> dict[str, Any]:
+    """Export the student in ckpt_dir to out_dir; returns a summary (paths, sizes, parity verdict)."""
+    from nfdseg.distill.checkpoint import load_model_from_dir
+
+    from .fp16 import convert_to_fp16
+    from .onnx2engine import onnx2engine
+    from .parity import format_report, run_parity
+    from .torch2onnx import file_mb, torch2onnx
+    from .triton import write_triton_repository
+
+    ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
+    if ckpt_dir.is_file():
+        ckpt_dir = ckpt_dir.parent
+    if not (ckpt_dir / "checkpoint.json").is_file():
+        raise ArtifactError(f"{ckpt_dir} is not an nfdseg checkpoint directory (no checkpoint.json)",
+                            fix="pass the directory `nfdseg distill` wrote, e.g. runs/quick/student")
+    model, ckpt = load_model_from_dir(ckpt_dir)
+    if expect_classes is not None and expect_classes != ckpt.num_classes:
+        raise ArtifactError(f"--num-classes {expect_classes} disagrees with the checkpoint's {ckpt.num_classes} classes",
+                            seen=", ".join(ckpt.classes.names[:10]), fix="drop --num-classes or export the right checkpoint")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    summary: dict[str, Any] = {"checkpoint": str(ckpt_dir), "out": str(out), "files": {}}
+    onnx_m = torch2onnx(model, ckpt, sha256_file(ckpt_dir / ckpt.artifact), out / "model.onnx", cfg.onnx)
+    summary["files"]["model.onnx"] = file_mb(out / "model.onnx")
+    fp16_path = None
+    if cfg.fp16:
+        convert_to_fp16(out / "model.onnx", onnx_m, out / "model.fp16.onnx")
+        fp16_path = out / "model.fp16.onnx"
+        summary["files"]["model.fp16.onnx"] = file_mb(fp16_path)
+    engine_path, engine_m = None, None
+    if cfg.engine != "off":
+        try:
+            engine_m = onnx2engine(out / "model.onnx", onnx_m, out, cfg.engine_precision, fp16_path, cfg.profile,
+                                   timing_cache=out / "timing.cache", allow_rtx=cfg.engine_allow_rtx)
+            engine_path = out / engine_m.artifact
+            summary["files"][engine_m.artifact] = file_mb(engine_path)
+            summary["engine"] = {"path": str(engine_path), "precision_built": engine_m.precision}
+        except MissingDependencyError as e:
+            if cfg.engine == "on":
+                raise
+            summary["engine"] = {"path": None, "reason": e.what}
+            log.warning("NO ENGINE BUILT: %s. Deploy model.onnx / model.fp16.onnx with onnxruntime, or rebuild "
+                        "on a machine with TensorRT: nfdseg export %s --engine on", e.what, ckpt_dir)
+    summary["export_time_s"] = round(time.perf_counter() - t0, 2)
+    report = run_parity(out, ckpt_dir, cfg.parity, engine_allow_rtx=cfg.engine_allow_rtx)
+    write_json_atomic(out / "parity.json", report)
+    summary["parity"] = {"passed": report["passed"], "text": format_report(report)}
+    if cfg.triton_dir:
+        repo = Path(cfg.triton_dir)
+        write_triton_repository(repo, out / "model.onnx", read_manifest(out / "model.json"), engine_path, engine_m,
+                                name=cfg.triton_name, max_batch=cfg.profile.max_batch)
+        summary["triton"] = str(repo)
+    write_json_atomic(out / "export_summary.json", {k: v for k, v in summary.items() if k != "parity"}
+                      | {"parity_passed": report["passed"]})
+    return summary

@@ -1,0 +1,139 @@
+"""Segmenter: the embeddable runtime. Images in (any size, path/bytes/PIL/numpy, RGB or BGR), label maps out.
+
+Pre- and post-processing are nfdseg.preprocess, the same code training used. Batches larger than
+the backend accepts (an engine's profile) are split, not refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nfdseg.errors import ArtifactError, InputError
+from nfdseg.manifest import Manifest
+from nfdseg.preprocess import ImageLimits, load_image, prepare_batch, resize_labels
+
+from .backends import open_backend
+from .backends.base import Backend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """One image's result at the input image's size: labels (HxW uint8), optional probs (CxHxW float32)."""
+
+    labels: np.ndarray
+    probs: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Segmenter:
+    """Load an artifact by its manifest and segment images.
+
+    Args:
+        artifact: export directory, .onnx, .engine, or checkpoint directory.
+        backend: auto | tensorrt | onnxruntime | torch. device: auto | cpu | cuda.
+        expect_classes: refuse the artifact unless it has this many classes (a deployment's guard).
+        max_pixels: refuse images larger than this many pixels.
+    """
+
+    def __init__(self, artifact: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
+                 expect_classes: int | None = None, max_pixels: int | None = None, **backend_kwargs: Any):
+        self.backend: Backend = open_backend(artifact, backend, device, precision, **backend_kwargs)
+        m = self.backend.manifest
+        if expect_classes is not None and m.num_classes != expect_classes:
+            raise ArtifactError(f"{artifact} predicts {m.num_classes} classes, this deployment expects {expect_classes}",
+                                seen=", ".join(m.classes.names[:10]), fix="pass the artifact trained for your classes")
+        self.manifest: Manifest = m
+        self.limits = ImageLimits(max_pixels=max_pixels) if max_pixels else ImageLimits()
+        self.normalize_in_graph = bool(m.onnx and m.onnx.normalize_in_graph)
+        self.output_kind = m.output_kind
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.classes.names
+
+    @property
+    def palette(self) -> tuple[tuple[int, int, int], ...]:
+        return self.manifest.classes.palette
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.backend.describe(), "architecture": self.manifest.architecture,
+                "classes": self.manifest.num_classes, "input_size": list(self.manifest.preprocess.input_size),
+                "output_kind": self.output_kind}
+
+    def decode(self, images: Any, bgr: bool = False) -> list[np.ndarray]:
+        """Decode one image or a sequence of them into RGB uint8 arrays (raises InputError naming the bad one)."""
+        items = [images] if _is_single(images) else list(images)
+        if not items:
+            raise InputError("no images given", fix="pass at least one image")
+        return [load_image(im, bgr=bgr, limits=self.limits, name=None if not isinstance(im, np.ndarray) else f"image {i}")
+                for i, im in enumerate(items)]
+
+    def infer_arrays(self, rgb: Sequence[np.ndarray]) -> np.ndarray:
+        """Run the model on decoded same-policy images; returns the raw graph output for the whole batch,
+        in chunks of the backend's max batch."""
+        x = prepare_batch(rgb, self.manifest.preprocess, self.normalize_in_graph)
+        step = self.backend.max_batch or len(x)
+        outs = [self.backend.infer(x[i:i + step]) for i in range(0, len(x), step)]
+        return np.concatenate(outs, 0)
+
+    def postprocess(self, out: np.ndarray, sizes: Sequence[tuple[int, int]], with_probs: bool = False) -> list[Prediction]:
+        preds = []
+        for o, (h, w) in zip(out, sizes):
+            if self.output_kind == "labels":
+                labels, probs = o.astype(np.uint8), None
+            else:
+                labels = o.argmax(0).astype(np.uint8)
+                probs = _softmax(o) if (with_probs and self.output_kind == "logits") else (o if with_probs else None)
+            labels = resize_labels(labels, (h, w))
+            if probs is not None:
+                probs = _resize_probs(probs, (h, w))
+            preds.append(Prediction(labels, probs))
+        return preds
+
+    def predict(self, images: Any, bgr: bool = False, with_probs: bool = False) -> list[Prediction] | Prediction:
+        """Segment one image (returns a Prediction) or a list (returns a list), at each input's own size."""
+        single = _is_single(images)
+        t0 = time.perf_counter()
+        rgb = self.decode(images, bgr)
+        t1 = time.perf_counter()
+        out = self.infer_arrays(rgb)
+        t2 = time.perf_counter()
+        preds = self.postprocess(out, [im.shape[:2] for im in rgb], with_probs)
+        t3 = time.perf_counter()
+        timing = {"decode_pre_ms": (t1 - t0) * 1e3, "infer_ms": (t2 - t1) * 1e3, "post_ms": (t3 - t2) * 1e3}
+        for p in preds:
+            p.timings_ms = timing
+        return preds[0] if single else preds
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _is_single(images: Any) -> bool:
+    if isinstance(images, np.ndarray):
+        return images.ndim in (2, 3)
+    return not isinstance(images, (list, tuple))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(0, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(0, keepdims=True)).astype(np.float32)
+
+
+def _resize_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    h, w = size
+    if probs.shape[1:] == (h, w):
+        return probs
+    return np.stack([np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+                     for c in probs])
