@@ -111,12 +111,15 @@ def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precisi
     config.add_optimization_profile(opt_profile)
 
     cache_reused = False
-    cache_blob = b""
-    if timing_cache and Path(timing_cache).is_file():
-        cache_blob = Path(timing_cache).read_bytes()
-        cache_reused = True
-    cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if tm.flavor == "tensorrt_rtx":
+        timing_cache = None  # TensorRT-RTX treats timing caches as no-ops (it compiles just in time)
+    if timing_cache:
+        cache_blob = b""
+        if Path(timing_cache).is_file():
+            cache_blob = Path(timing_cache).read_bytes()
+            cache_reused = True
+        cache = config.create_timing_cache(cache_blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
 
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -131,10 +134,7 @@ def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precisi
     engine_path = out_dir / name
     write_bytes_atomic(engine_path, bytes(serialized))
     if timing_cache:
-        try:
-            write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
-        except Exception as e:  # TensorRT-RTX treats timing caches as no-ops
-            log.info("timing cache not saved: %s", e)
+        write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     write_text_atomic(engine_path.with_suffix(".log"), "\n".join(logger.lines) + "\n")
     info = EngineInfo(
         tensorrt_version=tm.version, tensorrt_flavor=tm.flavor, gpu_name=gpu.name if gpu else "",

@@ -77,12 +77,16 @@ class Segmenter:
                 for i, im in enumerate(items)]
 
     def infer_arrays(self, rgb: Sequence[np.ndarray]) -> np.ndarray:
-        """Run the model on decoded same-policy images; returns the raw graph output for the whole batch,
-        in chunks of the backend's max batch."""
-        x = prepare_batch(rgb, self.manifest.preprocess, self.normalize_in_graph)
+        """Run the model on decoded RGB images; returns the raw graph output for the whole batch."""
+        return self.backend_infer_batch(prepare_batch(rgb, self.manifest.preprocess, self.normalize_in_graph))
+
+    def backend_infer_batch(self, x: np.ndarray) -> np.ndarray:
+        """One preprocessed batch through the backend, split into chunks of the backend's max batch
+        (an engine profile), so a larger batch is served rather than refused."""
         step = self.backend.max_batch or len(x)
-        outs = [self.backend.infer(x[i:i + step]) for i in range(0, len(x), step)]
-        return np.concatenate(outs, 0)
+        if len(x) <= step:
+            return self.backend.infer(x)
+        return np.concatenate([self.backend.infer(x[i:i + step]) for i in range(0, len(x), step)], 0)
 
     def postprocess(self, out: np.ndarray, sizes: Sequence[tuple[int, int]], with_probs: bool = False) -> list[Prediction]:
         preds = []

@@ -35,3 +35,25 @@ def trained_run(tmp_path_factory, tiny_cfg) -> Path:
     train_stage(tiny_cfg, "teacher", run / "teacher", progress=False)
     train_stage(tiny_cfg, "student", run / "student", teacher_dir=run / "teacher", progress=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run) -> Path:
+    """The tiny student exported (fp32 + fp16 ONNX, parity, Triton repo; no engine): <run>/export."""
+    from nfdseg.export.run import ExportConfig, run_export
+
+    cfg = ExportConfig(engine="off", triton_dir=str(trained_run / "triton"))
+    summary = run_export(trained_run / "student", trained_run / "export", cfg)
+    assert summary["parity"]["passed"], summary["parity"]["text"]
+    return trained_run / "export"
+
+
+def tensorrt_like():
+    """An importable TensorRT (or TensorRT-RTX) module, or None."""
+    from nfdseg.errors import MissingDependencyError
+    from nfdseg.trt_compat import import_tensorrt
+
+    try:
+        return import_tensorrt(allow_rtx=True)
+    except MissingDependencyError:
+        return None

@@ -1,0 +1,145 @@
+"""`nfdseg bench`, `nfdseg eval` and `nfdseg predict`: the serve stage from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _ints(text: str) -> list[int]:
+    from nfdseg.errors import ConfigError
+
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got '{text}'", fix="e.g. 1,4,8") from None
+    if any(v < 1 for v in vals):
+        raise ConfigError(f"values must be at least 1, got '{text}'")
+    return vals
+
+
+def _segmenter(args):
+    from .segmenter import Segmenter
+
+    return Segmenter(args.artifact, backend=args.backend, device=args.device, precision=args.precision,
+                     allow_rtx=getattr(args, "allow_rtx", False))
+
+
+def cmd_bench(args) -> int:
+    from nfdseg.fsutil import write_json_atomic
+
+    from .bench import format_bench, run_bench
+
+    seg = _segmenter(args)
+    report = run_bench(seg, _ints(args.batch), _ints(args.concurrency) if args.concurrency else [], iters=args.iters,
+                       requests=args.requests, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    print(format_bench(report))
+    if args.json:
+        write_json_atomic(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from nfdseg.fsutil import write_json_atomic
+
+    from .evaluate import evaluate, load_eval_source
+
+    seg = _segmenter(args)
+    src = load_eval_source(seg, args.data, args.format, args.split)
+    res = evaluate(seg, src, batch=args.batch, limit=args.limit, progress=not args.quiet)
+    d = seg.describe()
+    print(f"{d['backend']} on {d['device']} ({d['precision']}): mIoU {res['miou']:.2f}% on {res['images']} images, "
+          f"pixel accuracy {res['pixel_accuracy']:.2f}%, p95 {res['latency_per_image']['p95_ms']:.2f} ms/image")
+    for name, iou in res["per_class_iou"].items():
+        print(f"  {name:<20} {'-' if iou is None else f'{iou:6.2f}'}")
+    failures = []
+    if args.min_miou is not None and res["miou"] < args.min_miou:
+        failures.append(f"mIoU {res['miou']:.2f}% < --min-miou {args.min_miou}")
+    p95 = res["latency_per_image"]["p95_ms"]
+    if args.max_p95_ms is not None and p95 > args.max_p95_ms:
+        failures.append(f"p95 latency {p95:.2f} ms > --max-p95-ms {args.max_p95_ms}")
+    res["checks"] = {"passed": not failures, "failures": failures}
+    if args.json:
+        write_json_atomic(args.json, res)
+    for f in failures:
+        print(f"CHECK FAILED: {f}")
+    return 1 if failures else 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from nfdseg.errors import InputError
+    from nfdseg.preprocess import colorize, load_image, overlay
+
+    seg = _segmenter(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bad = 0
+    for path in args.images:
+        try:
+            img = load_image(path)
+        except InputError as e:
+            print(f"skipped: {e}")
+            bad += 1
+            continue
+        pred = seg.predict(img)
+        stem = Path(path).stem
+        Image.fromarray(pred.labels).save(out / f"{stem}_labels.png")
+        Image.fromarray(overlay(img, pred.labels, seg.palette, args.alpha)).save(out / f"{stem}_overlay.png")
+        shares = np.bincount(pred.labels.ravel(), minlength=len(seg.class_names)) / pred.labels.size * 100
+        top = ", ".join(f"{seg.class_names[i]} {shares[i]:.1f}%" for i in np.argsort(-shares)[:3] if shares[i] > 0)
+        print(f"{path}: {top} ({pred.timings_ms['infer_ms']:.1f} ms infer)")
+    return 1 if bad else 0
+
+
+def _runtime_args(p) -> None:
+    p.add_argument("artifact", help="export directory, .onnx, .engine, or checkpoint directory")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto",
+                   help="runtime (default auto: TensorRT, then onnxruntime, then torch; the choice is logged)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="auto: fp16 on GPU, fp32 on CPU")
+
+
+def register(sub) -> None:
+    b = sub.add_parser("bench", help="latency and throughput per batch size and concurrency",
+                       description="Warm up, then time infer-only and end-to-end (decode + preprocess + infer + "
+                                   "postprocess) latency per batch size, and the micro-batcher against one-by-one "
+                                   "serving per concurrency level. Prints a table; --json writes the report.")
+    _runtime_args(b)
+    b.add_argument("--batch", default="1,4,8", help="batch sizes (default 1,4,8)")
+    b.add_argument("--concurrency", default="1,8", help="concurrent callers through the micro-batcher (default 1,8; '' to skip)")
+    b.add_argument("--iters", type=int, default=20, help="timed iterations per batch size (default 20)")
+    b.add_argument("--requests", type=int, default=200, help="requests per concurrency level (default 200)")
+    b.add_argument("--max-batch", type=int, default=8, help="micro-batcher max batch (default 8)")
+    b.add_argument("--max-wait-ms", type=float, default=5.0, help="micro-batcher max wait (default 5 ms)")
+    b.add_argument("--json", help="write the JSON report here")
+    b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("eval", help="mIoU and per-class IoU on a dataset, with pass/fail thresholds",
+                       description="Segment a validation set and report mIoU (%%) and per-class IoU. --min-miou and "
+                                   "--max-p95-ms make the command exit 1 when a check fails, for CI and release gates.")
+    _runtime_args(e)
+    e.add_argument("--data", default="default",
+                   help="dataset root, or 'default' for the validation split recorded in the artifact's manifest")
+    e.add_argument("--format", default="folder", choices=("folder", "cityscapes", "voc", "ade20k"),
+                   help="format of --data (default folder)")
+    e.add_argument("--split", default="val", help="split name (default val)")
+    e.add_argument("--batch", type=int, default=8, help="images per call (default 8)")
+    e.add_argument("--limit", type=int, default=0, help="evaluate at most this many images (default all)")
+    e.add_argument("--min-miou", type=float, help="fail (exit 1) when mIoU (%%) is below this")
+    e.add_argument("--max-p95-ms", type=float, help="fail (exit 1) when p95 latency per image (ms) is above this")
+    e.add_argument("--json", help="write the JSON report here")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="segment image files and write label maps and overlays",
+                       description="Segment each image; write <stem>_labels.png (class ids) and <stem>_overlay.png.")
+    _runtime_args(p)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", default="predictions", help="output directory (default predictions/)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0-1 (default 0.5)")
+    p.set_defaults(func=cmd_predict)

@@ -1,0 +1,166 @@
+"""Export: ONNX contents and options, FP16, parity budgets, TensorRT build path, Triton config, bad inputs."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from nfdseg.distill.checkpoint import load_model_from_dir
+from nfdseg.errors import ArtifactError, ConfigError
+from nfdseg.export.parity import ParityBudget, run_parity
+from nfdseg.export.run import ExportConfig, run_export
+from nfdseg.export.torch2onnx import IR_VERSION, OnnxExportOptions, load_onnx_checked
+from nfdseg.manifest import read_manifest
+
+from conftest import tensorrt_like
+
+
+def test_onnx_graph_and_manifest(exported, trained_run):
+    m = read_manifest(exported / "model.json", expect_kind="onnx")
+    proto = onnx.load(str(exported / "model.onnx"))
+    assert proto.ir_version == IR_VERSION and m.onnx.opset == 17
+    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 3, "H", "W"]
+    student, _ = load_model_from_dir(trained_run / "student")
+    n_conv = sum(isinstance(mod, torch.nn.Conv2d) for mod in student.modules())
+    assert sum(n.op_type == "Conv" for n in proto.graph.node) == n_conv, "only the student's convs are exported"
+    assert m.parent_sha256 and m.classes.num_classes == 8 and m.inputs[0].dtype == "float32"
+
+
+def test_dynamic_size_matches_torch(exported, trained_run):
+    student, _ = load_model_from_dir(trained_run / "student")
+    x = np.random.default_rng(0).standard_normal((3, 3, 40, 72)).astype(np.float32)
+    ref = student(torch.from_numpy(x)).detach().numpy()
+    out = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert out.shape == (3, 8, 40, 72)
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_fp16_model_keeps_fp32_io_and_passes_budget(exported):
+    proto = onnx.load(str(exported / "model.fp16.onnx"))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer)
+    report = json.loads((exported / "parity.json").read_text())
+    fp16 = next(r for r in report["results"] if r["artifact"] == "model.fp16.onnx")
+    assert fp16["passed"] and abs(fp16["delta_miou"]) <= 0.5 and fp16["max_abs_error"] < 0.1
+    fp32 = next(r for r in report["results"] if r["artifact"] == "model.onnx")
+    assert fp32["pixel_agreement_pct"] >= 99.9 and fp32["max_abs_error"] < 1e-3
+    assert read_manifest(exported / "model.fp16.json").precision == "fp16"
+
+
+def test_in_graph_normalization_and_argmax(trained_run, tmp_path):
+    from nfdseg.serve import Segmenter
+
+    cfg = ExportConfig(onnx=OnnxExportOptions(output="labels", normalize_in_graph=True), fp16=False, engine="off")
+    summary = run_export(trained_run / "student", tmp_path, cfg)
+    assert summary["parity"]["passed"]
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    imgs = [np.random.default_rng(i).integers(0, 255, (48, 48, 3), dtype=np.uint8) for i in range(4)]
+    a = [p.labels for p in Segmenter(tmp_path / "model.onnx").predict(imgs)]
+    b = [p.labels for p in Segmenter(trained_run / "student", backend="torch").predict(imgs)]
+    agree = np.mean([np.mean(x == y) for x, y in zip(a, b)])
+    assert agree >= 0.999
+
+
+def test_parity_budget_failure_names_images(exported, trained_run):
+    report = run_parity(exported, trained_run / "student", ParityBudget(fp32_min_agreement=100.01, max_images=8))
+    assert not report["passed"]
+    fail = next(f for f in report["failures"] if f["artifact"] == "model.onnx")
+    assert "pixel agreement" in fail["rule"]
+
+
+def test_check_command_exit_codes(exported, trained_run):
+    ok = subprocess.run([sys.executable, "-m", "nfdseg.cli", "check", str(exported), "--parity-images", "8"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "model.fp16.onnx" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "nfdseg.cli", "check", str(exported), "--parity-images", "8",
+                          "--fp32-min-agreement", "100.5"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "FAILED model.onnx" in bad.stdout
+
+
+def test_bad_inputs(trained_run, tmp_path, exported):
+    with pytest.raises(ArtifactError, match="not an nfdseg checkpoint directory"):
+        run_export(tmp_path, tmp_path / "out")
+    fake = tmp_path / "fake"
+    shutil.copytree(trained_run / "student", fake)
+    torch.save({"state_dict": {}}, fake / "best.pt")
+    with pytest.raises(ArtifactError, match="does not match its manifest"):
+        run_export(fake, tmp_path / "out")
+    with pytest.raises(ArtifactError, match="disagrees with the checkpoint's 8 classes"):
+        run_export(trained_run / "student", tmp_path / "out", expect_classes=19)
+    with pytest.raises(ConfigError, match="opset 11 is not supported"):
+        run_export(trained_run / "student", tmp_path / "out", ExportConfig(onnx=OnnxExportOptions(opset=11)))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes((exported / "model.onnx").read_bytes()[:5000])
+    with pytest.raises(ArtifactError, match="not a valid ONNX model"):
+        load_onnx_checked(broken)
+    cli = subprocess.run([sys.executable, "-m", "nfdseg.cli", "export", str(tmp_path / "nothing")],
+                         capture_output=True, text=True)
+    assert cli.returncode == 2 and "error:" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_engine_compatibility_refusals(exported):
+    from dataclasses import replace
+
+    from nfdseg.manifest import EngineInfo
+    from nfdseg.serve.backends.tensorrt_backend import check_engine_compatible
+    from nfdseg.trt_compat import GpuInfo, TrtModule
+
+    m = read_manifest(exported / "model.json")
+    eng = replace(m, kind="engine", engine=EngineInfo("10.13.0", "tensorrt", "NVIDIA H100", "9.0", "fp16", "fp16", False))
+    with pytest.raises(ArtifactError, match="built with tensorrt 10.13.0; this machine has tensorrt 11.0"):
+        check_engine_compatible(eng, TrtModule(None, "tensorrt", "11.0.1"), GpuInfo("NVIDIA H100", "9.0"))
+    with pytest.raises(ArtifactError, match="compute capability 9.0"):
+        check_engine_compatible(eng, TrtModule(None, "tensorrt", "10.13.2"), GpuInfo("NVIDIA A100", "8.0"))
+    with pytest.raises(ArtifactError, match="needs a CUDA GPU"):
+        check_engine_compatible(eng, TrtModule(None, "tensorrt", "10.13.2"), None)
+    check_engine_compatible(eng, TrtModule(None, "tensorrt", "10.13.2"), GpuInfo("NVIDIA H100", "9.0"))
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(tensorrt_like() is None, reason="neither tensorrt nor tensorrt-rtx is installed")
+def test_engine_build_path(trained_run, tmp_path):
+    """Builds a real engine with whatever TensorRT flavour is installed (tensorrt-rtx builds without a GPU)."""
+    tm = tensorrt_like()
+    cfg = ExportConfig(engine="on", engine_allow_rtx=True, parity=ParityBudget(max_images=4),
+                       triton_dir=str(tmp_path / "triton"))
+    summary = run_export(trained_run / "student", tmp_path / "exp", cfg)
+    eng = summary["engine"]
+    assert eng["path"] and eng["precision_built"] == "fp16"
+    m = read_manifest(tmp_path / "exp" / (eng["path"].rsplit("/", 1)[1].replace(".engine", ".json")), expect_kind="engine")
+    assert m.engine.tensorrt_flavor == tm.flavor and m.engine.precision_built == "fp16"
+    assert m.engine.strongly_typed == tm.strongly_typed_only
+    assert m.engine.profile["input"][2] == [8, 3, 48, 48]
+    assert f"_fp16_trt{tm.short_version}_" in m.artifact
+    assert (tmp_path / "exp" / m.artifact).with_suffix(".log").stat().st_size > 0
+    assert (tmp_path / "triton/nfdseg_trt/1/model.plan").is_file()
+    report = json.loads((tmp_path / "exp/parity.json").read_text())
+    if tm.flavor == "tensorrt_rtx":  # no GPU here: the engine is built but cannot run, and parity says so
+        assert any(n["artifact"] == m.artifact for n in report["not_run"]) or any(
+            r["artifact"] == m.artifact for r in report["results"])
+
+
+def test_triton_config_parses_with_tritons_protobuf(exported, trained_run):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                           reason="tritonclient[grpc] is not installed")
+    from google.protobuf import text_format
+
+    m = read_manifest(exported / "model.json")
+    cfg = text_format.Parse((trained_run / "triton/nfdseg_onnx/config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 8
+    assert cfg.input[0].name == m.inputs[0].name and cfg.output[0].name == m.outputs[0].name
+    assert cfg.input[0].data_type == model_config_pb2.TYPE_FP32 and list(cfg.input[0].dims) == [3, -1, -1]
+    assert list(cfg.output[0].dims) == [8, -1, -1]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds > 0 and list(cfg.dynamic_batching.preferred_batch_size)
+    assert (trained_run / "triton/nfdseg_onnx/1/model.onnx").is_file()
