@@ -1,0 +1,24 @@
+"""`nfdseg demo ARTIFACT`: start the Gradio app."""
+
+from __future__ import annotations
+
+
+def cmd_demo(args) -> int:
+    from .app import launch
+
+    launch(args.artifact, host=args.host, port=args.port, share=args.share, backend=args.backend, device=args.device)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="start the Gradio demo for an artifact",
+                       description="Serve a web page where people upload images and see the segmentation overlay, "
+                                   "legend, class shares and latency. Requests from simultaneous users are batched.")
+    p.add_argument("artifact", help="export directory, .onnx, .engine, or checkpoint directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs internet)")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto",
+                   help="runtime (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.set_defaults(func=cmd_demo)
