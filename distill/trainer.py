@@ -114,6 +114,24 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, device: torch.device, 
     return cm.summary(class_names)
 
 
+def stage_run_key(cfg: RunConfig, stage: str, teacher_sha: str = "") -> str:
+    """What identifies a stage's run: its config and (for the student) the exact teacher weights."""
+    return sha256_json({"stage": stage, "config": cfg.to_dict(), "teacher": teacher_sha})
+
+
+def stage_complete(out_dir: str | Path, run_key: str) -> bool:
+    """True when out_dir holds a finished run (checkpoint.json) of exactly this run key."""
+    import json
+
+    path = Path(out_dir) / "checkpoint.json"
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("config", {}).get("run_key") == run_key
+    except (OSError, ValueError):
+        return False
+
+
 # ----------------------------------------------------------------------------- the stage
 def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: str | Path | None = None,
                 resume: bool = True, stop_after: int | None = None, progress: bool = True) -> Manifest | None:
@@ -153,7 +171,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
 
     # --- models and loss
     model = build_model(sc.model.arch, classes.num_classes, sc.model.pretrained).to(device)
-    teacher, teacher_manifest, distill = None, None, None
+    teacher, teacher_manifest, distill, extra_kd = None, None, None, None
     if stage == "student":
         if teacher_dir is None:
             raise ConfigError("the student stage needs a trained teacher", fix="pass --teacher DIR (a teacher run's output)")
@@ -167,6 +185,8 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         distill = build_loss(cfg.distill, model.feature_channels, teacher.feature_channels).to(device)
         extra_kd = (KDLoss(cfg.distill.logits_kd_weight, cfg.distill.temperature)
                     if cfg.distill.logits_kd_weight > 0 and cfg.distill.loss != "kd" else None)
+    # the baseline ('none') keeps the teacher only as its recorded parent: no forward pass is spent on it
+    teacher_forward = teacher is not None and (cfg.distill.loss != "none" or extra_kd is not None)
     if sc.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
         if teacher is not None:
@@ -183,8 +203,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
     # --- resume
-    run_key = sha256_json({"stage": stage, "config": cfg.to_dict(),
-                           "teacher": teacher_manifest.sha256 if teacher_manifest else ""})
+    run_key = stage_run_key(cfg, stage, teacher_manifest.sha256 if teacher_manifest else "")
     start_it, best, history, elapsed = 0, -1.0, {"train": [], "eval": []}, 0.0
     last = out / "last.pt"
     if resume and last.is_file():
@@ -235,7 +254,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
                 logits, feats = net(x, return_features=True)
                 ce = F.cross_entropy(logits.float(), y, ignore_index=classes.ignore_index)
                 loss_d = torch.zeros((), device=device)
-                if teacher is not None:
+                if teacher_forward:
                     with torch.no_grad():
                         t_logits, t_feats = teacher(x, return_features=True)
                     loss_d = distill(logits, feats, t_logits, t_feats)

@@ -18,7 +18,8 @@ def build_source(cfg, split: str):
     """cfg is a DataConfig; split is 'train' or 'val' (mapped to the configured split names)."""
     if cfg.format == "synthetic":
         n = cfg.synthetic_train if split == "train" else cfg.synthetic_val
-        source = SyntheticScenes(split, n, tuple(cfg.synthetic_size), cfg.seed)
+        name = cfg.train_split if split == "train" else cfg.val_split
+        source = SyntheticScenes(name, n, tuple(cfg.synthetic_size), cfg.seed)
     else:
         name = cfg.train_split if split == "train" else cfg.val_split
         source = FORMATS[cfg.format](cfg.root, name)

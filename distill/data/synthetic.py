@@ -137,7 +137,8 @@ class SyntheticScenes:
 
     def __init__(self, split: str, length: int, size: tuple[int, int] = (96, 96), seed: int = 0):
         self.split, self.length, self.size, self.seed = split, length, tuple(size), seed
-        self._split_code = {"train": 1, "val": 2, "test": 3}.get(split, 9)
+        # "tune" is a held-out split for choosing hyper-parameters, so "val" figures stay untuned.
+        self._split_code = {"train": 1, "val": 2, "test": 3, "tune": 4}.get(split, 9)
 
     def __len__(self) -> int:
         return self.length

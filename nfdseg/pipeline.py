@@ -1,0 +1,189 @@
+"""`nfdseg pipeline`: teacher -> NFD student (+ baseline) -> export + parity -> eval -> bench -> report -> deploy/.
+
+A stage whose outputs already match its inputs and config (content hashes in the manifests) is
+skipped, so an interrupted run resumes where it stopped; `--force STAGE` reruns one stage (and,
+through the hashes, everything downstream of it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+from .fsutil import sha256_file, sha256_json, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+STAGES = ("teacher", "student", "baseline", "export", "bench", "report")
+
+
+class Pipeline:
+    def __init__(self, cfg, out: Path, baseline: bool = True, force: tuple[str, ...] = (), overwrite: bool = False,
+                 progress: bool = True, bench_iters: int = 10, engine: str = "auto"):
+        self.cfg, self.out, self.baseline, self.force = cfg, Path(out), baseline, set(force)
+        self.progress, self.bench_iters, self.engine = progress, bench_iters, engine
+        self.status: list[dict[str, Any]] = []
+        self._claim(overwrite)
+
+    # ------------------------------------------------------------------ output directory ownership
+    def _claim(self, overwrite: bool) -> None:
+        marker = self.out / "pipeline.json"
+        key = sha256_json(self.cfg.to_dict())
+        if self.out.exists() and any(self.out.iterdir()):
+            if not marker.is_file():
+                raise ArtifactError(f"{self.out} is not empty and was not written by `nfdseg pipeline`",
+                                    seen=", ".join(sorted(p.name for p in self.out.iterdir())[:8]),
+                                    fix="choose a new --out directory")
+            old = json.loads(marker.read_text())
+            if old.get("config_hash") != key and not overwrite:
+                raise ArtifactError(f"{self.out} holds another run's artifacts (made with a different config)",
+                                    fix="choose a new --out, or pass --overwrite to rerun the stages the change affects")
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(marker, {"config_hash": key, "config": self.cfg.to_dict()})
+
+    def _line(self, i: int, stage: str, state: str, detail: str, seconds: float) -> None:
+        self.status.append({"stage": stage, "state": state, "detail": detail, "seconds": round(seconds, 1)})
+        print(f"[{i}/{len(STAGES)}] {stage:<9} {state:<8} {detail} ({seconds:.0f}s)", flush=True)
+
+    # ------------------------------------------------------------------ stages
+    def _train(self, i: int, name: str, stage: str, cfg, teacher_dir: Path | None):
+        from nfdseg.distill.checkpoint import manifest_of
+        from nfdseg.distill.trainer import stage_complete, stage_run_key, train_stage
+
+        out = self.out / name
+        teacher_sha = manifest_of(teacher_dir).sha256 if teacher_dir else ""
+        key = stage_run_key(cfg, stage, teacher_sha)
+        if name in self.force and out.exists():
+            shutil.rmtree(out)
+        t0 = time.perf_counter()
+        if stage_complete(out, key):
+            m = manifest_of(out)
+            self._line(i, name, "skipped", f"up to date, mIoU {m.metrics['miou']:.2f}%", time.perf_counter() - t0)
+            return m
+        if out.exists() and (out / "last.pt").is_file():
+            import torch
+
+            state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+            if state.get("run_key") != key:  # inputs changed (e.g. a retrained teacher): start the stage over
+                shutil.rmtree(out)
+        m = train_stage(cfg, stage, out, teacher_dir=teacher_dir, progress=self.progress)
+        self._line(i, name, "done", f"{m.architecture} mIoU {m.metrics['miou']:.2f}%", time.perf_counter() - t0)
+        return m
+
+    def _export(self, i: int):
+        from nfdseg.export.parity import ParityBudget
+        from nfdseg.export.run import ExportConfig, run_export
+
+        out = self.out / "export"
+        cfg = ExportConfig(engine=self.engine, parity=ParityBudget(max_images=0), triton_dir=str(self.out / "triton"))
+        key = sha256_json({"student": sha256_file(self.out / "student/best.pt"), "export": repr(cfg)})
+        done = out / "export_summary.json"
+        t0 = time.perf_counter()
+        if "export" not in self.force and done.is_file() and json.loads(done.read_text()).get("key") == key:
+            self._line(i, "export", "skipped", "up to date", time.perf_counter() - t0)
+            return json.loads(done.read_text())
+        if out.exists():
+            shutil.rmtree(out)
+        summary = run_export(self.out / "student", out, cfg)
+        parity = json.loads((out / "parity.json").read_text())
+        record = {k: v for k, v in summary.items() if k != "parity"} | {"key": key, "parity_passed": parity["passed"]}
+        write_json_atomic(done, record)
+        eng = summary.get("engine", {})
+        detail = ("engine " + Path(eng["path"]).name) if eng.get("path") else "NO TensorRT engine (ONNX for onnxruntime)"
+        self._line(i, "export", "done" if parity["passed"] else "FAILED",
+                   f"{', '.join(summary['files'])}; {detail}; parity {'ok' if parity['passed'] else 'BROKEN'}",
+                   time.perf_counter() - t0)
+        if not parity["passed"]:
+            print(summary["parity"]["text"])
+        return record
+
+    def _bench(self, i: int):
+        from nfdseg.serve import Segmenter
+        from nfdseg.serve.bench import bench_batches
+
+        out = self.out / "bench.json"
+        key = sha256_json({"export": json.loads((self.out / "export/export_summary.json").read_text())["key"],
+                           "iters": self.bench_iters})
+        t0 = time.perf_counter()
+        if "bench" not in self.force and out.is_file() and json.loads(out.read_text()).get("key") == key:
+            self._line(i, "bench", "skipped", "up to date", time.perf_counter() - t0)
+            return json.loads(out.read_text())
+        rows = []
+        targets = [("onnxruntime", self.out / "export" / "model.onnx", "fp32"),
+                   ("onnxruntime", self.out / "export" / "model.fp16.onnx", "fp16"),
+                   ("torch", self.out / "student", "auto")]
+        engines = sorted((self.out / "export").glob("*.engine"))
+        if engines:
+            targets.insert(0, ("tensorrt", engines[0], "auto"))
+        for backend, path, precision in targets:
+            try:
+                seg = Segmenter(path, backend=backend, precision=precision)
+            except Exception as e:  # e.g. the engine cannot run on this machine: say so in the report
+                rows.append({"backend": backend, "artifact": path.name, "error": getattr(e, "what", str(e))})
+                continue
+            for r in bench_batches(seg, (1, 4, 8), warmup=2, iters=self.bench_iters):
+                rows.append({**seg.describe(), "artifact": path.name, **r})
+        result = {"key": key, "rows": rows}
+        write_json_atomic(out, result)
+        self._line(i, "bench", "done", f"{len(rows)} rows", time.perf_counter() - t0)
+        return result
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        import dataclasses
+
+
+        from .report import write_deploy, write_report
+
+        t_start = time.perf_counter()
+        teacher = self._train(1, "teacher", "teacher", self.cfg, None)
+        student = self._train(2, "student", "student", self.cfg, self.out / "teacher")
+        baseline = None
+        if self.baseline:
+            base_cfg = dataclasses.replace(self.cfg, distill=dataclasses.replace(self.cfg.distill, loss="none"))
+            baseline = self._train(3, "baseline", "student", base_cfg, self.out / "teacher")
+        else:
+            self._line(3, "baseline", "off", "--no-baseline", 0.0)
+        export = self._export(4)
+        bench = self._bench(5)
+        t0 = time.perf_counter()
+        report = write_report(self.out, teacher, student, baseline, export, bench, self.status,
+                              wall_s=time.perf_counter() - t_start)
+        deploy = write_deploy(self.out)
+        self._line(6, "report", "done", f"{self.out / 'report.md'}; deployable: {deploy}", time.perf_counter() - t0)
+        return report
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pipeline", help="the whole pipeline: teacher, NFD student, baseline, export, eval, bench, report",
+                       description="Run every stage in order on the built-in synthetic data (or the config's dataset). "
+                                   "Finished stages whose inputs and config are unchanged are skipped, so an interrupted "
+                                   "run resumes where it stopped. Writes report.md, report.json and deploy/.")
+    p.add_argument("--config", default="quick", help="YAML run config or built-in name (default quick)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set teacher.train.iters=300 (repeatable)")
+    p.add_argument("--out", default="runs/quick", help="output directory (default runs/quick)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline student (no NFD comparison)")
+    p.add_argument("--force", action="append", default=[], choices=STAGES, metavar="STAGE",
+                   help=f"rerun this stage even if it is up to date ({', '.join(STAGES)}); repeatable")
+    p.add_argument("--overwrite", action="store_true", help="reuse an output directory made with another config")
+    p.add_argument("--engine", choices=("auto", "on", "off"), default="auto",
+                   help="TensorRT engine: auto = when TensorRT is installed (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pipeline)
+
+
+def cmd_pipeline(args) -> int:
+    from nfdseg.config import parse_overrides
+    from nfdseg.distill.config import load_run_config
+
+    cfg = load_run_config(args.config, parse_overrides(args.overrides))
+    pipe = Pipeline(cfg, Path(args.out), baseline=not args.no_baseline, force=tuple(args.force),
+                    overwrite=args.overwrite, progress=not args.quiet, engine=args.engine)
+    report = pipe.run()
+    print(f"\nreport: {Path(args.out) / 'report.md'}")
+    return 0 if report["checks"]["parity_passed"] else 1

@@ -1,0 +1,189 @@
+"""The pipeline's report (report.md, report.json, PNG plots) and the deployable folder (deploy/)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .fsutil import write_json_atomic, write_text_atomic
+from .manifest import Manifest, read_manifest, runtime_versions
+
+
+def model_cost(ckpt_dir: Path) -> dict[str, float]:
+    """Parameters (millions) and forward FLOPs (GFLOPs, 2 x multiply-adds) at the model's input size."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nfdseg.distill.checkpoint import load_model_from_dir
+
+    model, m = load_model_from_dir(ckpt_dir)
+    h, w = m.preprocess.input_size
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, h, w))
+    return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 4),
+            "gflops": round(counter.get_total_flops() / 1e9, 4), "input_hw": [h, w]}
+
+
+def _plots(out: Path, runs: dict[str, Path], per_class: dict[str, dict], bench_rows: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, d in runs.items():
+        h = json.loads((d / "history.json").read_text())
+        a.plot([r["iter"] for r in h["train"]], [r["ce"] for r in h["train"]], label=name)
+        b.plot([r["iter"] for r in h["eval"]], [r["miou"] for r in h["eval"]], marker="o", label=name)
+    a.set(title="training cross-entropy", xlabel="iteration")
+    b.set(title="validation mIoU (%)", xlabel="iteration")
+    a.legend()
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=110)
+    plt.close(fig)
+    files.append("training_curves.png")
+
+    names = list(next(iter(per_class.values())).keys())
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    width = 0.8 / len(per_class)
+    for k, (label, ious) in enumerate(per_class.items()):
+        ax.bar([i + k * width for i in range(len(names))], [ious[n] or 0 for n in names], width, label=label)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=30, ha="right")
+    ax.set(ylabel="IoU (%)", title="per-class IoU on the validation split")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "per_class_iou.png", dpi=110)
+    plt.close(fig)
+    files.append("per_class_iou.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in bench_rows:
+        if "infer" in r:
+            series.setdefault(f"{r['backend']} {r['precision']} ({r['device']})", []).append(
+                (r["batch"], r["infer"]["p50_ms"] / r["batch"]))
+    for label, pts in series.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set(xlabel="batch size", ylabel="ms per image (p50, infer)", title="latency vs batch size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_batch.png", dpi=110)
+    plt.close(fig)
+    files.append("latency_vs_batch.png")
+    return files
+
+
+def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Manifest | None, export: dict,
+                 bench: dict, status: list[dict], wall_s: float) -> dict[str, Any]:
+    parity = json.loads((out / "export/parity.json").read_text())
+    by_artifact = {r["artifact"]: r for r in parity["results"]}
+    miou = {"teacher": teacher.metrics["miou"], "student_nfd": student.metrics["miou"],
+            "baseline": baseline.metrics["miou"] if baseline else None}
+    for name, key in (("model.onnx", "onnx_fp32"), ("model.fp16.onnx", "onnx_fp16")):
+        if name in by_artifact:
+            miou[key] = by_artifact[name]["miou"]
+            miou[f"{key}_delta"] = by_artifact[name]["delta_miou"]
+    engine = export.get("engine") or {}
+    for r in parity["results"]:
+        if r["artifact"].endswith(".engine"):
+            miou["engine"], miou["engine_delta"] = r["miou"], r["delta_miou"]
+    per_class = {"teacher": teacher.metrics["per_class_iou"], "student (NFD)": student.metrics["per_class_iou"]}
+    if baseline:
+        per_class["baseline"] = baseline.metrics["per_class_iou"]
+    runs = {"student (NFD)": out / "student"} | ({"baseline": out / "baseline"} if baseline else {})
+    plots = _plots(out, runs, per_class, bench["rows"])
+    cost = {"teacher": model_cost(out / "teacher"), "student": model_cost(out / "student")}
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
+        "versions": runtime_versions("torch", "onnx", "onnxruntime", "numpy"),
+        "wall_time_s": round(wall_s, 1), "stages": status, "miou": miou,
+        "nfd_gain_over_baseline": round(miou["student_nfd"] - miou["baseline"], 3) if baseline else None,
+        "per_class_iou": per_class, "cost": cost, "bench": bench["rows"], "plots": plots,
+        "engine": engine or {"path": None, "reason": "engine off"},
+        "parity": {"passed": parity["passed"], "images": parity["images"], "not_run": parity["not_run"]},
+        "checks": {"parity_passed": parity["passed"],
+                   "student_miou_matches_parity_torch": abs(parity["torch_miou"] - student.metrics["miou"]) < 1e-6},
+        "architectures": {"teacher": teacher.architecture, "student": student.architecture},
+    }
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", _markdown(report))
+    return report
+
+
+def _fmt(v, digits=2):
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    m = r["miou"]
+    lines = ["# nfdseg pipeline report", ""]
+    if not r["engine"].get("path"):
+        lines += [f"> **No TensorRT engine was built**: {r['engine'].get('reason', '')}. The deployable is the ONNX "
+                  "model for onnxruntime; rebuild on a machine with TensorRT with `nfdseg export ... --engine on`.", ""]
+    gain = r["nfd_gain_over_baseline"]
+    lines += [f"Teacher `{r['architectures']['teacher']}`, student `{r['architectures']['student']}`. "
+              f"NFD gain over the baseline student: **{_fmt(gain)} mIoU points**." if gain is not None else "", "",
+              "## Accuracy (validation split, mIoU %)", "", "| model | mIoU | Δ vs torch student |", "|---|---|---|",
+              f"| teacher | {_fmt(m['teacher'])} | |", f"| baseline student (no distillation) | {_fmt(m['baseline'])} | |",
+              f"| NFD student (torch) | {_fmt(m['student_nfd'])} | |"]
+    for key, label in (("onnx_fp32", "ONNX fp32 (onnxruntime)"), ("onnx_fp16", "ONNX fp16 (onnxruntime)"),
+                       ("engine", "TensorRT engine")):
+        if key in m:
+            lines.append(f"| {label} | {_fmt(m[key])} | {m[key + '_delta']:+.3f} |")
+    lines += ["", f"Parity: {'passed' if r['parity']['passed'] else '**FAILED**'} on {r['parity']['images']} images"
+              + "".join(f"; {n['artifact']} not run: {n['reason']}" for n in r["parity"]["not_run"]) + ".", "",
+              "## Cost", "", "| model | params (M) | GFLOPs | input |", "|---|---|---|---|"]
+    for name, c in r["cost"].items():
+        lines.append(f"| {name} | {c['params_m']:.3f} | {c['gflops']:.3f} | {c['input_hw'][0]}×{c['input_hw'][1]} |")
+    lines += ["", "## Latency (p50 / p99 ms per call; images/s)", "",
+              "| backend | artifact | precision | device | batch | infer p50 | infer p99 | end-to-end p50 | images/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["bench"]:
+        if "error" in row:
+            lines.append(f"| {row['backend']} | {row['artifact']} | | | | not run: {row['error']} | | | |")
+            continue
+        lines.append(f"| {row['backend']} | {row['artifact']} | {row['precision']} | {row['device']} | {row['batch']} | "
+                     f"{row['infer']['p50_ms']:.2f} | {row['infer']['p99_ms']:.2f} | {row['end_to_end']['p50_ms']:.2f} | "
+                     f"{row['end_to_end_images_per_s']:.0f} |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
+    lines += ["", "## Stages", ""] + [f"- {s['stage']}: {s['state']} — {s['detail']} ({s['seconds']:.0f}s)"
+                                      for s in r["stages"]]
+    lines += ["", f"Machine: {r['machine']['platform']} ({r['machine']['processor'] or 'cpu'}); "
+              f"versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}. Wall time {r['wall_time_s']:.0f}s.",
+              "", "## Deploy", "", "`deploy/` holds the artifact to ship, its manifest, the class list and `usage.py`.", ""]
+    return "\n".join(lines)
+
+
+USAGE = '''"""Minimal use of the deployed model: pip install "nfdseg" onnxruntime (or TensorRT + cuda-python)."""
+import sys
+
+from nfdseg.serve import Segmenter
+
+seg = Segmenter(sys.argv[1] if len(sys.argv) > 1 else ".")  # this folder: picks the engine or the ONNX
+pred = seg.predict(sys.argv[2] if len(sys.argv) > 2 else "image.png")
+print(seg.describe())
+print("classes present:", sorted({seg.class_names[i] for i in set(pred.labels.ravel().tolist())}))
+'''
+
+
+def write_deploy(out: Path) -> Path:
+    """deploy/: the engine (if built) and the ONNX models with their manifests, classes.json, usage.py."""
+    export, deploy = out / "export", out / "deploy"
+    if deploy.exists():
+        shutil.rmtree(deploy)
+    deploy.mkdir()
+    files = sorted(export.glob("*.engine")) + [p for p in (export / "model.onnx", export / "model.fp16.onnx") if p.is_file()]
+    for f in files:
+        shutil.copy2(f, deploy / f.name)
+        shutil.copy2(f.with_suffix(".json"), deploy / f.with_suffix(".json").name)
+    m = read_manifest(deploy / "model.json")
+    write_json_atomic(deploy / "classes.json", {"names": list(m.classes.names), "palette": [list(c) for c in m.classes.palette],
+                                                "ignore_index": m.classes.ignore_index})
+    write_text_atomic(deploy / "usage.py", USAGE)
+    return deploy

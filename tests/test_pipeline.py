@@ -1,0 +1,99 @@
+"""The one-shot pipeline on a tiny config: report figures equal the manifests, reruns skip, --force reruns,
+foreign output directories are refused, and a failed write never leaves a complete-looking artifact."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nfdseg.fsutil import atomic_path, write_json_atomic
+from nfdseg.manifest import read_manifest
+
+TINY = ["--set", "teacher.model.arch=deeplabv3_resnet_tiny", "--set", "student.model.arch=deeplabv3_resnet_tiny",
+        "--set", "teacher.train.iters=6", "--set", "student.train.iters=6", "--set", "teacher.train.eval_every=3",
+        "--set", "student.train.eval_every=3", "--set", "data.synthetic_val=12", "--set", "data.synthetic_train=32",
+        "--set", "data.synthetic_size=[48,48]", "--set", "data.input_size=[48,48]", "--set", "data.crop_size=[48,48]",
+        "--set", "teacher.train.batch_size=4", "--set", "student.train.batch_size=4"]
+
+
+def pipeline(out, *extra):
+    return subprocess.run([sys.executable, "-m", "nfdseg.cli", "pipeline", "--out", str(out), "--quiet", *TINY, *extra],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    r = pipeline(out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+def test_report_matches_manifests(run_dir):
+    rep = json.loads((run_dir / "report.json").read_text())
+    t = read_manifest(run_dir / "teacher/checkpoint.json")
+    s = read_manifest(run_dir / "student/checkpoint.json")
+    b = read_manifest(run_dir / "baseline/checkpoint.json")
+    assert rep["miou"]["teacher"] == t.metrics["miou"] and rep["miou"]["student_nfd"] == s.metrics["miou"]
+    assert rep["miou"]["baseline"] == b.metrics["miou"]
+    assert rep["nfd_gain_over_baseline"] == pytest.approx(s.metrics["miou"] - b.metrics["miou"], abs=1e-3)
+    assert b.config["distill"]["loss"] == "none" and s.config["distill"]["loss"] == "nfd"
+    parity = json.loads((run_dir / "export/parity.json").read_text())
+    assert parity["images"] == 12, "the report's ONNX figures cover the whole validation split"
+    assert rep["checks"]["student_miou_matches_parity_torch"], "torch in parity = the student's own evaluation"
+    onnx = next(r for r in parity["results"] if r["artifact"] == "model.onnx")
+    assert rep["miou"]["onnx_fp32"] == onnx["miou"]
+    assert rep["cost"]["student"]["params_m"] == pytest.approx(s.metrics["params"] / 1e6, abs=1e-4)
+    assert rep["cost"]["student"]["gflops"] > 0
+    backends = {row["backend"] for row in rep["bench"]}
+    assert {"onnxruntime", "torch"} <= backends
+    md = (run_dir / "report.md").read_text()
+    assert f"| teacher | {t.metrics['miou']:.2f} |" in md and "No TensorRT engine was built" in md
+    for png in rep["plots"]:
+        assert (run_dir / png).stat().st_size > 1000
+    deploy = {p.name for p in (run_dir / "deploy").iterdir()}
+    assert {"model.onnx", "model.json", "classes.json", "usage.py"} <= deploy
+
+
+def test_rerun_skips_and_force_reruns(run_dir):
+    before = (run_dir / "student/checkpoint.json").read_text()
+    r = pipeline(run_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("skipped") == 5
+    assert (run_dir / "student/checkpoint.json").read_text() == before
+    r = pipeline(run_dir, "--force", "bench")
+    assert "bench     done" in r.stdout and "student   skipped" in r.stdout
+
+
+def test_refuses_other_runs_and_foreign_dirs(run_dir, tmp_path):
+    r = pipeline(run_dir, "--set", "distill.weight=0.5")
+    assert r.returncode == 2 and "another run's artifacts" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "mine.txt").write_text("precious")
+    r = pipeline(tmp_path)
+    assert r.returncode == 2 and "not written by `nfdseg pipeline`" in r.stderr
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+    r = subprocess.run([sys.executable, "-m", "nfdseg.cli", "pipeline", "--config", str(tmp_path / "nope.yaml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "config file not found" in r.stderr
+
+
+def test_full_disk_leaves_no_complete_looking_file(tmp_path, monkeypatch):
+    target = tmp_path / "model.json"
+    write_json_atomic(target, {"old": True})
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"new": tr')  # half written...
+            disk_full()
+    assert json.loads(target.read_text()) == {"old": True}, "the old file is intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.json"], "no temporary file is left behind"
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        write_json_atomic(tmp_path / "new.json", {"x": 1})
+    assert not (tmp_path / "new.json").exists()
