@@ -67,3 +67,16 @@ def test_predict_writes_pngs_and_skips_bad_files(exported, tmp_path):
     assert r.returncode == 1 and "skipped" in r.stdout
     assert np.asarray(Image.open(tmp_path / "pred/a_labels.png")).shape == (20, 30)
     assert (tmp_path / "pred/a_overlay.png").is_file()
+
+
+def test_camera_loop_example_on_an_image_folder(exported, tmp_path):
+    from pathlib import Path
+
+    for i in range(2):
+        Image.fromarray(np.full((30, 40, 3), 60 * i, np.uint8)).save(tmp_path / f"f{i}.png")
+    script = Path(__file__).resolve().parents[1] / "examples/camera_loop.py"
+    r = subprocess.run([sys.executable, str(script), str(exported), "--source", str(tmp_path), "--save",
+                        str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "f0.png:" in r.stdout and "2 frames: p50" in r.stdout
+    assert (tmp_path / "out/f1.png.png").is_file()

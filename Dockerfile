@@ -1,0 +1,37 @@
+# nfdseg GPU image: NVIDIA's TensorRT container + nfdseg with its [trt,demo] extras.
+#   docker build -t nfdseg .                                   # default base below
+#   docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:24.08-py3 -t nfdseg:trt10 .   # TensorRT 10
+#   docker run --gpus all -p 7860:7860 -v $PWD/runs:/work/runs nfdseg demo runs/quick/export --host 0.0.0.0
+# The base image brings CUDA, cuDNN and TensorRT (10 or 11, by tag); engines built inside it must be
+# served by the same TensorRT version on the same GPU architecture (see docs/deploying.md).
+ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
+FROM ${BASE_IMAGE}
+
+ARG TORCH_SPEC="torch torchvision"
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 GRADIO_ANALYTICS_ENABLED=False MPLBACKEND=Agg
+
+WORKDIR /opt/nfdseg
+COPY pyproject.toml README.md ./
+COPY nfdseg ./nfdseg
+COPY distill ./distill
+COPY export ./export
+COPY serve ./serve
+COPY demo ./demo
+# TensorRT's Python package comes with the base image; torch is needed for distill/export only.
+RUN python3 -m pip install --upgrade pip \
+ && python3 -m pip install ${TORCH_SPEC} \
+ && python3 -m pip install ".[trt,demo]" \
+ && python3 -c "import nfdseg.serve, nfdseg.export.onnx2engine; print('nfdseg ok')"
+
+RUN useradd --create-home --uid 10001 nfdseg && mkdir -p /work && chown nfdseg /work
+USER nfdseg
+WORKDIR /work
+
+EXPOSE 7860
+# Healthy when the demo answers on its port, or (for batch commands, which serve nothing) when the
+# runtime imports.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:7860/', timeout=3)" \
+   || python3 -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('127.0.0.1',7860)) else 1)"
+ENTRYPOINT ["nfdseg"]
+CMD ["--help"]
