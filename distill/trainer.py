@@ -292,16 +292,24 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
             return None
     bar.close()
     elapsed += time.perf_counter() - t0
+    if main_proc:
+        write_json_atomic(out / "history.json", history)
     if world > 1:
         torch.distributed.barrier()
-    if not main_proc:
-        return None
+    manifest = _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manifest, teacher_dir, elapsed,
+                                   device, amp, world, run_key) if main_proc else None
+    if world > 1:
+        torch.distributed.barrier()  # other ranks may read checkpoint.json next (the student stage)
+    return manifest
 
-    # --- deliverables: best.pt + checkpoint.json
+
+def _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manifest, teacher_dir, elapsed, device,
+                        amp, world, run_key) -> Manifest:
+    """best.pt was saved at the best evaluation; now its manifest, checkpoint.json, and history.json."""
     import json
 
     best_metrics = json.loads((out / "best_metrics.json").read_text())
-    images = sc.train.iters * sc.train.batch_size * accum * world
+    images = sc.train.iters * sc.train.batch_size * sc.train.grad_accum * world
     h, w = spec.input_size
     manifest = Manifest(
         kind="checkpoint", artifact="best.pt", architecture=sc.model.arch, classes=classes, preprocess=spec,
@@ -316,5 +324,4 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         config={"stage": stage, **cfg.to_dict(), "run_key": run_key},
         versions=runtime_versions("torch", "torchvision", "numpy"),
     )
-    write_json_atomic(out / "history.json", history)
     return write_manifest(manifest, out / "checkpoint.json")

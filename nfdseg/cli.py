@@ -41,12 +41,14 @@ def cmd_distill(args) -> int:
     teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
     if args.stage in ("teacher", "both"):
         m = train_stage(cfg, "teacher", out / "teacher", resume=not args.restart, progress=not args.quiet)
-        print(f"teacher {m.architecture}: val mIoU {m.metrics['miou']:.2f}% -> {out / 'teacher'}")
+        if m is not None:  # None on non-main ranks under torchrun
+            print(f"teacher {m.architecture}: val mIoU {m.metrics['miou']:.2f}% -> {out / 'teacher'}")
     if args.stage in ("student", "both"):
         student_dir = out / (args.student_name or "student")
         m = train_stage(cfg, "student", student_dir, teacher_dir=teacher_dir, resume=not args.restart,
                         progress=not args.quiet)
-        print(f"student {m.architecture} ({cfg.distill.loss}): val mIoU {m.metrics['miou']:.2f}% -> {student_dir}")
+        if m is not None:
+            print(f"student {m.architecture} ({cfg.distill.loss}): val mIoU {m.metrics['miou']:.2f}% -> {student_dir}")
     return 0
 
 

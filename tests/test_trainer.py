@@ -66,3 +66,23 @@ def test_batch_plan_and_schedule():
     assert poly_lr(0.1, 0, 100, 0.9, 0) == pytest.approx(0.1)
     assert poly_lr(0.1, 50, 100, 0.9, 0) == pytest.approx(0.1 * 0.5**0.9)
     assert poly_lr(0.1, 0, 100, 0.9, 10) == pytest.approx(0.01)
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    """DistributedDataParallel through torchrun (gloo on CPU): both stages finish and record world_size 2."""
+    import subprocess
+    import sys
+
+    sets = ["teacher.model.arch=deeplabv3_resnet_tiny", "student.model.arch=deeplabv3_resnet_tiny",
+            "teacher.train.iters=4", "student.train.iters=4", "teacher.train.eval_every=2", "student.train.eval_every=2",
+            "teacher.train.batch_size=2", "student.train.batch_size=2", "data.synthetic_val=6",
+            "data.synthetic_train=16", "data.synthetic_size=[48,48]", "data.input_size=[48,48]", "data.crop_size=[48,48]"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "nfdseg.cli", "distill", "--out", str(tmp_path), "--quiet"]
+    for s in sets:
+        cmd += ["--set", s]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for stage in ("teacher", "student"):
+        m = read_manifest(tmp_path / stage / "checkpoint.json")
+        assert m.metrics["world_size"] == 2
