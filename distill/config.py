@@ -83,7 +83,7 @@ class DistillConfig:
     logits_kd_weight > 0 adds logits KD (temperature) on top of nfd or cwd."""
 
     loss: str = "nfd"
-    layers: tuple[str, ...] = ("head",)
+    layers: tuple[str, ...] = ("layer2", "layer3", "layer4", "head")
     weight: float | None = None
     norm: str = "squared"
     temperature: float = 1.0

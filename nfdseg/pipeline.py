@@ -151,9 +151,9 @@ class Pipeline:
         export = self._export(4)
         bench = self._bench(5)
         t0 = time.perf_counter()
+        deploy = write_deploy(self.out)
         report = write_report(self.out, teacher, student, baseline, export, bench, self.status,
                               wall_s=time.perf_counter() - t_start)
-        deploy = write_deploy(self.out)
         self._line(6, "report", "done", f"{self.out / 'report.md'}; deployable: {deploy}", time.perf_counter() - t0)
         return report
 

@@ -110,6 +110,7 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
         "checks": {"parity_passed": parity["passed"],
                    "student_miou_matches_parity_torch": abs(parity["torch_miou"] - student.metrics["miou"]) < 1e-6},
         "architectures": {"teacher": teacher.architecture, "student": student.architecture},
+        "deploy": sorted(p.name for p in (out / "deploy").iterdir()) if (out / "deploy").is_dir() else [],
     }
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", _markdown(report))
@@ -156,7 +157,9 @@ def _markdown(r: dict[str, Any]) -> str:
                                       for s in r["stages"]]
     lines += ["", f"Machine: {r['machine']['platform']} ({r['machine']['processor'] or 'cpu'}); "
               f"versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}. Wall time {r['wall_time_s']:.0f}s.",
-              "", "## Deploy", "", "`deploy/` holds the artifact to ship, its manifest, the class list and `usage.py`.", ""]
+              "", "## Deploy", "", "`deploy/` holds what to ship (each artifact with its manifest JSON), the class list "
+              "and a usage snippet (`python deploy/usage.py deploy image.png`):", ""]
+    lines += [f"- `deploy/{name}`" for name in r["deploy"]] + [""]
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from nfdseg.manifest import ClassSpec, Manifest, PreprocessSpec, default_palette
 
 def test_builtin_configs_load():
     quick = load_run_config("quick")
-    assert isinstance(quick, RunConfig) and quick.distill.loss == "nfd" and quick.distill.layers == ("head",)
+    assert isinstance(quick, RunConfig) and quick.distill.loss == "nfd" and quick.distill.layers == ("layer2", "layer3", "layer4", "head")
     cs = load_run_config("cityscapes_r101_r18")
     assert cs.data.crop_size == (512, 1024) and cs.student.train.iters == 40000
     assert cs.student.optim.lr == 0.02 and cs.student.optim.poly_power == 0.9 and cs.student.optim.weight_decay == 1e-4

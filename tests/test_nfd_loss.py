@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nfdseg.distill.config import DistillConfig
-from nfdseg.distill.losses import CWDLoss, KDLoss, NFDLoss, NoDistillLoss, build_loss
+from nfdseg.distill.losses import DEFAULT_WEIGHTS, CWDLoss, KDLoss, NFDLoss, NoDistillLoss, build_loss
 from nfdseg.distill.losses.nfd import nfd_distance
 
 
@@ -93,6 +93,8 @@ def test_kd_cwd_none_reference_values():
 
 
 def test_build_loss_uses_documented_default_weights():
-    nfd = build_loss(DistillConfig(loss="nfd"), {"head": 8}, {"head": 16})
-    assert isinstance(nfd, NFDLoss) and nfd.weight == 0.01 and nfd.norm == "squared"
+    chans = {"layer2": 8, "layer3": 8, "layer4": 8, "head": 8}
+    nfd = build_loss(DistillConfig(loss="nfd"), chans, {k: 16 for k in chans})
+    assert isinstance(nfd, NFDLoss) and nfd.weight == DEFAULT_WEIGHTS["nfd"] and nfd.norm == "squared"
+    assert nfd.layers == ("layer2", "layer3", "layer4", "head") and len(nfd.connectors) == 4
     assert build_loss(DistillConfig(loss="kd", weight=0.5), {}, {}).weight == 0.5
