@@ -101,6 +101,9 @@ def test_runtime_needs_no_torch(exported):
         "p = seg.predict(np.zeros((20, 30, 3), np.uint8))\n"
         "with MicroBatcher(seg) as mb: q = mb.predict(np.zeros((20, 30, 3), np.uint8))\n"
         "assert p.labels.shape == (20, 30) and (p.labels == q.labels).all()\n"
+        "from nfdseg.serve.evaluate import evaluate, load_eval_source\n"
+        "res = evaluate(seg, load_eval_source(seg, 'default', 'folder', 'val'), limit=4, progress=False)\n"
+        "assert 0 <= res['miou'] <= 100\n"
         "print(seg.describe()['backend'])\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
