@@ -8,7 +8,9 @@ ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
 FROM ${BASE_IMAGE}
 
 ARG TORCH_SPEC="torch torchvision"
-ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 GRADIO_ANALYTICS_ENABLED=False MPLBACKEND=Agg
+# PIP_BREAK_SYSTEM_PACKAGES: Ubuntu 24.04-based NVIDIA images mark the system Python externally managed
+# (PEP 668); this image is single-purpose, so nfdseg installs into it directly.
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_BREAK_SYSTEM_PACKAGES=1 GRADIO_ANALYTICS_ENABLED=False MPLBACKEND=Agg
 
 WORKDIR /opt/nfdseg
 COPY pyproject.toml README.md ./

@@ -38,6 +38,14 @@ class SlowBackend:
         return self.inner.infer(x)
 
 
+def wait_until_busy(backend, calls=1, timeout=10.0):
+    """Block until the worker has entered the backend `calls` times (no fixed sleeps: robust under load)."""
+    end = time.perf_counter() + timeout
+    while len(backend.calls) < calls:
+        assert time.perf_counter() < end, "the worker never picked up the request"
+        time.sleep(0.002)
+
+
 def test_many_threads_get_their_own_results(seg):
     imgs = _images(320)
     expected = [seg.predict(im).labels for im in imgs]
@@ -66,11 +74,11 @@ def test_async_callers(seg):
 
 def test_full_queue_is_busy_error(exported):
     seg = Segmenter(exported, backend="onnxruntime")
-    seg.backend = SlowBackend(seg.backend, 0.3)
+    seg.backend = SlowBackend(seg.backend, 1.0)
     im = _images(1)[0]
     with MicroBatcher(seg, max_batch=1, max_wait_ms=0, max_queue=2) as mb:
         futures = [mb.submit(im)]
-        time.sleep(0.05)  # the worker takes the first; two more fill the queue
+        wait_until_busy(seg.backend)  # the worker holds the first for 1 s; two more fill the queue
         futures += [mb.submit(im), mb.submit(im)]
         with pytest.raises(BusyError, match="queue is full"):
             mb.submit(im)
@@ -80,11 +88,11 @@ def test_full_queue_is_busy_error(exported):
 
 def test_deadline_passes_in_queue(exported):
     seg = Segmenter(exported, backend="onnxruntime")
-    seg.backend = SlowBackend(seg.backend, 0.4)
+    seg.backend = SlowBackend(seg.backend, 0.6)
     im = _images(1)[0]
     with MicroBatcher(seg, max_batch=1, max_wait_ms=0) as mb:
         first = mb.submit(im)
-        time.sleep(0.05)
+        wait_until_busy(seg.backend)
         late = mb.submit(im, timeout_s=0.1)
         assert first.result(timeout=5) is not None
         with pytest.raises(RequestTimeout, match="deadline"):
@@ -98,7 +106,7 @@ def test_shutdown_answers_every_request(exported):
     im = _images(1)[0]
     mb = MicroBatcher(seg, max_batch=1, max_wait_ms=0)
     futures = [mb.submit(im) for _ in range(5)]
-    time.sleep(0.05)
+    wait_until_busy(seg.backend)
     mb.close(drain=False)
     outcomes = [("ok" if f.exception(timeout=5) is None else type(f.exception()).__name__) for f in futures]
     assert len(outcomes) == 5 and "ShutdownError" in outcomes and outcomes[0] == "ok"
