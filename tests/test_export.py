@@ -164,3 +164,34 @@ def test_triton_config_parses_with_tritons_protobuf(exported, trained_run):
     assert list(cfg.output[0].dims) == [8, -1, -1]
     assert cfg.dynamic_batching.max_queue_delay_microseconds > 0 and list(cfg.dynamic_batching.preferred_batch_size)
     assert (trained_run / "triton/nfdseg_onnx/1/model.onnx").is_file()
+
+
+def _gpu_and_tensorrt_reason():
+    from nfdseg.trt_compat import current_gpu
+
+    tm = tensorrt_like()
+    if tm is None:
+        return "TensorRT is not installed"
+    if current_gpu() is None:
+        return "running a TensorRT engine needs a CUDA GPU and cuda-python; none here"
+    if tm.flavor == "tensorrt_rtx":
+        return "only TensorRT-RTX is installed; its engines target RTX GPUs, not this one"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_gpu_and_tensorrt_reason() is not None, reason=str(_gpu_and_tensorrt_reason()))
+def test_engine_runs_and_matches_onnx(trained_run, tmp_path):
+    """On a GPU with TensorRT: build, then serve through TensorRTBackend (set_input_shape, execute_async_v3)."""
+    from nfdseg.serve import Segmenter
+
+    cfg = ExportConfig(engine="on", profile=__import__("nfdseg.export.onnx2engine", fromlist=["x"]).EngineProfile(1, 2, 4))
+    summary = run_export(trained_run / "student", tmp_path, cfg)
+    assert summary["parity"]["passed"], summary["parity"]["text"]
+    imgs = [np.random.default_rng(i).integers(0, 255, (48, 48, 3), dtype=np.uint8) for i in range(6)]
+    trt_seg = Segmenter(tmp_path, backend="tensorrt")
+    assert trt_seg.backend.max_batch == 4  # 6 images are split 4 + 2
+    a = trt_seg.predict(imgs)
+    b = Segmenter(tmp_path / "model.onnx", backend="onnxruntime", device="cpu").predict(imgs)
+    assert np.mean([np.mean(x.labels == y.labels) for x, y in zip(a, b)]) >= 0.99
