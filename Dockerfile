@@ -23,7 +23,7 @@ COPY demo ./demo
 RUN python3 -m pip install --upgrade pip \
  && python3 -m pip install ${TORCH_SPEC} \
  && python3 -m pip install ".[trt,demo]" \
- && python3 -c "import nfdseg.serve, nfdseg.export.onnx2engine; print('nfdseg ok')"
+ && cd / && python3 -c "import nfdseg.serve, nfdseg.export.onnx2engine; print('nfdseg ok')"
 
 RUN useradd --create-home --uid 10001 nfdseg && mkdir -p /work && chown nfdseg /work
 USER nfdseg
