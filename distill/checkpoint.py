@@ -10,15 +10,20 @@ import numpy as np
 import torch
 
 from nfdseg.errors import ArtifactError
-from nfdseg.fsutil import atomic_path
+from nfdseg.fsutil import write_bytes_atomic
 from nfdseg.manifest import Manifest, read_manifest
 
 CHECKPOINT_FORMAT = "nfdseg-checkpoint-v1"
 
 
 def save_torch_atomic(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save, atomically. Serialised in memory first: saving straight to the temporary file would name
+    the zip records after it, so identical weights would hash differently from run to run."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def rng_state() -> dict[str, Any]:

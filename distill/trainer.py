@@ -88,14 +88,40 @@ class BatchPlan:
         return out
 
 
-def _collate_plan(ds: SegDataset, plan_items: list[tuple[int, int]]):
-    xs, ys = [], []
-    for index, aug_seed in plan_items:
+class _PlannedSamples(torch.utils.data.Dataset):
+    """Items are (sample index, augmentation seed) pairs from BatchPlan: the same seed gives the same crop,
+    in the main process or in any DataLoader worker."""
+
+    def __init__(self, ds: SegDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, aug_seed = item
         torch.manual_seed(aug_seed)  # SegDataset draws its augmentation from torch's RNG
-        x, y = ds[index]
-        xs.append(x)
-        ys.append(y)
-    return torch.stack(xs), torch.stack(ys)
+        return self.ds[index]
+
+
+class _PlanBatches(torch.utils.data.Sampler):
+    """Yields the plan's micro-batches from `start` on (so a resumed run continues the same sequence)."""
+
+    def __init__(self, plan: BatchPlan, start: int, stop: int):
+        self.plan, self.start, self.stop = plan, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        return (self.plan.indices(k) for k in range(self.start, self.stop))
+
+
+def plan_loader(ds: SegDataset, plan: BatchPlan, start: int, stop: int, workers: int) -> torch.utils.data.DataLoader:
+    """Micro-batches start..stop of the plan; `workers` > 0 prepares them in background processes."""
+    return torch.utils.data.DataLoader(_PlannedSamples(ds), batch_sampler=_PlanBatches(plan, start, stop),
+                                       num_workers=workers, persistent_workers=False,
+                                       pin_memory=torch.cuda.is_available())
 
 
 @torch.no_grad()
@@ -240,13 +266,20 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
     bar = tqdm(total=sc.train.iters, initial=start_it, desc=f"{stage} ({sc.model.arch})", disable=not (progress and main_proc),
                mininterval=1.0, dynamic_ncols=True)
     it = start_it
+    batches = iter(plan_loader(train_ds, plan, start_it * sc.train.grad_accum, sc.train.iters * sc.train.grad_accum,
+                               sc.train.workers))
     while it < sc.train.iters:
         lr = poly_lr(sc.optim.lr, it, sc.train.iters, sc.optim.poly_power, sc.optim.warmup_iters)
         for g in opt.param_groups:
             g["lr"] = lr
         ce_sum = kd_sum = 0.0
         for micro in range(accum):
-            x, y = _collate_plan(train_ds, plan.indices(it * accum + micro))
+            x, y = next(batches)
+            if sc.train.workers:
+                # With workers, augmentation seeding happens in other processes, so dropout's RNG here is seeded
+                # from the plan instead: reproducible, and resumable, for a given worker setting. (With workers=0
+                # the per-sample seeding above already fixes it, exactly as the published benchmarks ran.)
+                torch.manual_seed((seed * 7_919 + (it * accum + micro) * 104_729) & 0x7FFFFFFF)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if sc.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
