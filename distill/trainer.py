@@ -8,12 +8,10 @@ resumed from last.pt ends exactly where an uninterrupted run would (on the same 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import resource
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from nfdseg.config import to_dict
 from nfdseg.errors import ArtifactError, ConfigError
-from nfdseg.fsutil import sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from nfdseg.fsutil import sha256_json, write_json_atomic, write_text_atomic
 from nfdseg.manifest import Manifest, TensorSpec, runtime_versions, write_manifest
 from nfdseg.metrics import ConfusionMatrix
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nfdseg.errors import ArtifactError, ConfigError
-from nfdseg.fsutil import atomic_path, sha256_file, write_bytes_atomic, write_text_atomic
+from nfdseg.fsutil import sha256_file, write_bytes_atomic, write_text_atomic
 from nfdseg.manifest import EngineInfo, Manifest, write_manifest
 from nfdseg.trt_compat import current_gpu, import_tensorrt
 

@@ -104,10 +104,8 @@ def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBu
     ref_miou = cm.miou()
     report: dict[str, Any] = {"images": len(imgs), "torch_miou": round(ref_miou, 4),
                               "budget": budget.__dict__, "results": [], "not_run": [], "passed": True, "failures": []}
-    artifacts = [(p, "fp32") for p in [export_dir / "model.onnx"] if p.is_file()]
-    artifacts += [(p, "fp16") for p in [export_dir / "model.fp16.onnx"] if p.is_file()]
-    engines = sorted(export_dir.glob("*.engine"))
-    for path, precision in artifacts + [(e, "engine") for e in engines]:
+    onnx_files = [p for p in (export_dir / "model.onnx", export_dir / "model.fp16.onnx") if p.is_file()]
+    for path in onnx_files + sorted(export_dir.glob("*.engine")):  # each artifact's precision is in its manifest
         try:
             backend = open_backend(path, "tensorrt" if path.suffix == ".engine" else "onnxruntime", device="cpu"
                                    if path.suffix == ".onnx" else "auto", allow_rtx=engine_allow_rtx)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nfdseg.errors import ArtifactError, MissingDependencyError, NfdsegError
+from nfdseg.errors import ArtifactError, MissingDependencyError
 from nfdseg.fsutil import sha256_file, write_json_atomic
 from nfdseg.manifest import read_manifest
 

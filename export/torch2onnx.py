@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nfdseg.errors import ArtifactError, ConfigError
-from nfdseg.fsutil import atomic_path, sha256_file
+from nfdseg.fsutil import atomic_path
 from nfdseg.manifest import Manifest, OnnxInfo, TensorSpec, runtime_versions, write_manifest
 
 log = logging.getLogger(__name__)
@@ -174,4 +174,4 @@ def file_mb(path: str | Path) -> float:
     return round(Path(path).stat().st_size / 1e6, 3)
 
 
-__all__ = ["torch2onnx", "OnnxExportOptions", "IR_VERSION", "load_onnx_checked", "file_mb", "sha256_file"]
+__all__ = ["torch2onnx", "OnnxExportOptions", "IR_VERSION", "load_onnx_checked", "file_mb"]

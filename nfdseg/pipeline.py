@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
-from .fsutil import sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from .fsutil import sha256_file, sha256_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 STAGES = ("teacher", "student", "baseline", "export", "bench", "report")

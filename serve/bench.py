@@ -37,7 +37,6 @@ def _time(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
 
 def sample_images(seg: Segmenter, n: int, size: tuple[int, int] | None = None, seed: int = 0) -> list[np.ndarray]:
     """Deterministic test images: synthetic scenes at the model's input size (or `size`)."""
-    from PIL import Image
 
     try:
         from nfdseg.distill.data.synthetic import generate_scene

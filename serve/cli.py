@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -72,7 +71,7 @@ def cmd_predict(args) -> int:
     from PIL import Image
 
     from nfdseg.errors import InputError
-    from nfdseg.preprocess import colorize, load_image, overlay
+    from nfdseg.preprocess import load_image, overlay
 
     seg = _segmenter(args)
     out = Path(args.out)

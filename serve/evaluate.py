@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from nfdseg.errors import DataError
