@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
-from .fsutil import sha256_file, sha256_json, write_json_atomic
+from nfdseg.errors import ArtifactError
+from nfdseg.fsutil import sha256_file, sha256_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 STAGES = ("teacher", "student", "baseline", "export", "bench", "report")

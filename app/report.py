@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .fsutil import write_json_atomic, write_text_atomic
-from .manifest import Manifest, read_manifest, runtime_versions
+from nfdseg.fsutil import write_json_atomic, write_text_atomic
+from nfdseg.manifest import Manifest, read_manifest, runtime_versions
 
 
 def model_cost(ckpt_dir: Path) -> dict[str, float]:

@@ -29,7 +29,7 @@ def main() -> int:
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "nfdseg.cli", "pipeline", "--config", args.config, "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "nfdseg.app.cli", "pipeline", "--config", args.config, "--out", str(out),
                            "--quiet"], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -9,7 +9,7 @@ from PIL import Image
 from nfdseg.manifest import PreprocessSpec
 from nfdseg.preprocess import normalize, resize_image, resize_labels
 
-from .synthetic import SyntheticScenes
+from .data.synthetic import SyntheticScenes
 
 
 class SegDataset(torch.utils.data.Dataset):

@@ -28,7 +28,8 @@ from nfdseg.metrics import ConfusionMatrix
 
 from .checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
 from .config import RunConfig, StageConfig
-from .data import SegDataset, build_source, preprocess_spec
+from .data import build_source, preprocess_spec
+from .dataset import SegDataset
 from .losses import KDLoss, build_loss
 from .models import build_model, count_parameters
 

@@ -34,7 +34,7 @@ class ParityBudget:
 
 def validation_images(ckpt: Manifest, max_images: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """The checkpoint's validation split (from its recorded data config): RGB images, masks, names."""
-    from nfdseg.distill.config import DataConfig
+    from nfdseg.distill.data.config import DataConfig
     from nfdseg.distill.data import build_source
 
     data_cfg = from_dict(DataConfig, ckpt.config.get("data", {}))

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 from PIL import Image
 
-from nfdseg.cli import build_parser
+from nfdseg.app.cli import build_parser
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "nfdseg.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "nfdseg.app.cli", *map(str, args)], capture_output=True, text=True)
 
 
 def test_every_command_has_help():

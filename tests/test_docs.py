@@ -7,9 +7,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cli_reference_is_current():
-    from nfdseg.clidoc import render
+    from nfdseg.app.clidoc import render
 
-    assert (ROOT / "docs/cli.md").read_text() == render(), "docs/cli.md is stale: python -m nfdseg.clidoc > docs/cli.md"
+    assert (ROOT / "docs/cli.md").read_text() == render(), "docs/cli.md is stale: python -m nfdseg.app.clidoc > docs/cli.md"
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
@@ -23,7 +23,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
 
 
 def test_readme_commands_name_real_subcommands():
-    from nfdseg.cli import build_parser
+    from nfdseg.app.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -80,11 +80,11 @@ def test_parity_budget_failure_names_images(exported, trained_run):
 
 
 def test_check_command_exit_codes(exported, trained_run):
-    ok = subprocess.run([sys.executable, "-m", "nfdseg.cli", "check", str(exported), "--parity-images", "8"],
+    ok = subprocess.run([sys.executable, "-m", "nfdseg.app.cli", "check", str(exported), "--parity-images", "8"],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "model.fp16.onnx" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "nfdseg.cli", "check", str(exported), "--parity-images", "8",
+    bad = subprocess.run([sys.executable, "-m", "nfdseg.app.cli", "check", str(exported), "--parity-images", "8",
                           "--fp32-min-agreement", "100.5"], capture_output=True, text=True)
     assert bad.returncode == 1 and "FAILED model.onnx" in bad.stdout
 
@@ -105,7 +105,7 @@ def test_bad_inputs(trained_run, tmp_path, exported):
     broken.write_bytes((exported / "model.onnx").read_bytes()[:5000])
     with pytest.raises(ArtifactError, match="not a valid ONNX model"):
         load_onnx_checked(broken)
-    cli = subprocess.run([sys.executable, "-m", "nfdseg.cli", "export", str(tmp_path / "nothing")],
+    cli = subprocess.run([sys.executable, "-m", "nfdseg.app.cli", "export", str(tmp_path / "nothing")],
                          capture_output=True, text=True)
     assert cli.returncode == 2 and "error:" in cli.stderr and "Traceback" not in cli.stderr
 

@@ -20,7 +20,7 @@ TINY = ["--set", "teacher.model.arch=deeplabv3_resnet_tiny", "--set", "student.m
 
 
 def pipeline(out, *extra):
-    return subprocess.run([sys.executable, "-m", "nfdseg.cli", "pipeline", "--out", str(out), "--quiet", *TINY, *extra],
+    return subprocess.run([sys.executable, "-m", "nfdseg.app.cli", "pipeline", "--out", str(out), "--quiet", *TINY, *extra],
                           capture_output=True, text=True)
 
 
@@ -75,7 +75,7 @@ def test_refuses_other_runs_and_foreign_dirs(run_dir, tmp_path):
     r = pipeline(tmp_path)
     assert r.returncode == 2 and "not written by `nfdseg pipeline`" in r.stderr
     assert (tmp_path / "mine.txt").read_text() == "precious"
-    r = subprocess.run([sys.executable, "-m", "nfdseg.cli", "pipeline", "--config", str(tmp_path / "nope.yaml")],
+    r = subprocess.run([sys.executable, "-m", "nfdseg.app.cli", "pipeline", "--config", str(tmp_path / "nope.yaml")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "config file not found" in r.stderr
 

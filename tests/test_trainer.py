@@ -78,7 +78,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
             "teacher.train.batch_size=2", "student.train.batch_size=2", "data.synthetic_val=6",
             "data.synthetic_train=16", "data.synthetic_size=[48,48]", "data.input_size=[48,48]", "data.crop_size=[48,48]"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "nfdseg.cli", "distill", "--out", str(tmp_path), "--quiet"]
+           "-m", "nfdseg.app.cli", "distill", "--out", str(tmp_path), "--quiet"]
     for s in sets:
         cmd += ["--set", s]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

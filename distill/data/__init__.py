@@ -1,10 +1,13 @@
-"""Dataset sources (synthetic or on-disk formats; numpy only) and, lazily, their torch view `SegDataset`."""
+"""The data layer: dataset sources (synthetic or on-disk formats) and their config; numpy only, no torch.
+
+The torch view of a source, `SegDataset`, belongs to training: nfdseg.distill.dataset."""
 
 from __future__ import annotations
 
 from nfdseg.errors import DataError
 from nfdseg.manifest import ClassSpec, PreprocessSpec
 
+from .config import DataConfig
 from .sources import FORMATS, FileSource, check_mask_ids
 from .synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 
@@ -33,14 +36,5 @@ def preprocess_spec(cfg) -> PreprocessSpec:
                           input_size=tuple(cfg.input_size), size_policy="resize")
 
 
-def __getattr__(name: str):
-    # SegDataset needs torch; the sources (used by `nfdseg eval` on a device) must not.
-    if name == "SegDataset":
-        from .dataset import SegDataset
-
-        return SegDataset
-    raise AttributeError(name)
-
-
-__all__ = ["build_source", "preprocess_spec", "SegDataset", "FileSource", "SyntheticScenes", "SYNTHETIC_CLASSES",
+__all__ = ["build_source", "preprocess_spec", "DataConfig", "FileSource", "SyntheticScenes", "SYNTHETIC_CLASSES",
            "ClassSpec", "check_mask_ids"]
