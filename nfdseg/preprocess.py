@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 from .manifest import PreprocessSpec
@@ -26,6 +26,31 @@ class ImageLimits:
 
     min_side: int = 2
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+EXIF_ORIENTATION = 0x0112  # 1 = upright; 5-8 swap width and height
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1-8) of an opened image, read from its header; 1 when absent or unreadable."""
+    try:
+        value = int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a malformed EXIF block must not make an otherwise good image unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is displayed, i.e. after its EXIF orientation, without decoding pixels."""
+    w, h = img.size
+    return (h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)
+
+
+def apply_exif_orientation(img: Image.Image) -> Image.Image:
+    """Rotate/flip a decoded image upright as its EXIF orientation says (phone photos); a no-op for upright ones."""
+    if exif_orientation(img) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 def _from_pil(img: Image.Image, name: str) -> np.ndarray:
@@ -81,8 +106,9 @@ def load_image(
     """Decode `src` into a uint8 RGB HxWx3 array, or raise InputError saying why it cannot be used.
 
     `src` may be a path, raw bytes, a PIL image or a numpy array (HW, HWC with 1/3/4 channels; uint8,
-    uint16 or float in [0, 1]). Grayscale is repeated to 3 channels, alpha is composited on black,
-    16-bit is scaled to 8-bit. Set `bgr=True` for arrays in OpenCV's BGR order.
+    uint16 or float in [0, 1]). Files, bytes and PIL images are turned upright by their EXIF orientation,
+    as every viewer shows them (arrays carry no EXIF). Grayscale is repeated to 3 channels, alpha is
+    composited on black, 16-bit is scaled to 8-bit. Set `bgr=True` for arrays in OpenCV's BGR order.
     """
     label = name or (str(src) if isinstance(src, (str, Path)) else type(src).__name__)
     if isinstance(src, np.ndarray):
@@ -92,7 +118,7 @@ def load_image(
     else:
         if isinstance(src, (str, Path)):
             if not Path(src).is_file():
-                raise InputError(f"image file not found: {src}", fix="check the path")
+                raise InputError(f"image file not found: {label}", fix="check the path")
         elif isinstance(src, (bytes, bytearray)):
             src = io.BytesIO(src)
         elif not isinstance(src, Image.Image):
@@ -107,11 +133,15 @@ def load_image(
                     fix="downscale it, or raise the max_pixels limit",
                 )
             img.load()
+            img = apply_exif_orientation(img)
         except InputError:
             raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            seen = f"{type(e).__name__}: {e}"
+            if name and isinstance(src, (str, Path)):  # PIL quotes the path; the caller's name replaces it
+                seen = seen.replace(str(src), name)
             raise InputError(f"{label}: not a readable image (corrupt, truncated or not an image format)",
-                             seen=f"{type(e).__name__}: {e}", fix="pass a PNG, JPEG, BMP, TIFF or WebP file") from None
+                             seen=seen, fix="pass a PNG, JPEG, BMP, TIFF or WebP file") from None
         arr = _from_pil(img, label)
     h, w = arr.shape[:2]
     if h < limits.min_side or w < limits.min_side:

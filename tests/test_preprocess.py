@@ -9,7 +9,9 @@ from PIL import Image
 from nfdseg.errors import InputError
 from nfdseg.manifest import PreprocessSpec
 from nfdseg.metrics import ConfusionMatrix
-from nfdseg.preprocess import ImageLimits, load_image, normalize, prepare_batch, resize_labels
+from nfdseg.preprocess import ImageLimits, load_image, normalize, oriented_size, prepare_batch, resize_labels
+
+from imagefiles import quadrant_colours, quadrants, rotated_jpeg
 
 
 def _png(arr, mode=None) -> bytes:
@@ -51,6 +53,39 @@ def test_bad_inputs_are_clear():
         load_image(np.zeros((4, 4, 3), np.int32))
     with pytest.raises(InputError, match="shape"):
         load_image(np.zeros((4, 4, 2), np.uint8))
+
+
+UPRIGHT = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]]
+
+
+def _close(got, want, tol=12):
+    return all(abs(a - b) <= tol for g, w in zip(got, want) for a, b in zip(g, w))
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_exif_orientation_applied_to_files_bytes_and_pil(tmp_path, orientation):
+    up = quadrants(32, 16)  # portrait: 32 high, 16 wide
+    data = rotated_jpeg(up, orientation, tmp_path / "phone.jpg")
+    raw = np.asarray(Image.open(io.BytesIO(data)))
+    assert raw.shape[:2] == (16, 32), "the stored pixels are landscape, as a phone writes them"
+    assert not _close(quadrant_colours(np.ascontiguousarray(raw)), UPRIGHT), "the test picture must need turning"
+    for src in (data, tmp_path / "phone.jpg", str(tmp_path / "phone.jpg"), Image.open(io.BytesIO(data))):
+        out = load_image(src)
+        assert out.shape == (32, 16, 3), type(src)
+        assert _close(quadrant_colours(out), UPRIGHT), (type(src), quadrant_colours(out))
+    assert oriented_size(Image.open(io.BytesIO(data))) == (16, 32)  # (width, height) from the header alone
+
+
+def test_error_names_the_given_name_not_the_path(tmp_path):
+    bad = tmp_path / "deep" / "server-temp-dir" / "holiday.png"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(InputError) as e:
+        load_image(bad, name="holiday.png")
+    assert e.value.what.startswith("holiday.png:") and "server-temp-dir" not in str(e.value)
+    with pytest.raises(InputError) as e:
+        load_image(tmp_path / "gone.png", name="gone.png")
+    assert "gone.png" in e.value.what and str(tmp_path) not in str(e.value)
 
 
 def test_normalize_matches_definition():
