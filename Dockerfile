@@ -1,4 +1,4 @@
-# nfdseg GPU image: NVIDIA's TensorRT container + nfdseg with its [trt,demo] extras.
+# nfdseg GPU image: NVIDIA's TensorRT container + nfdseg with all its extras ([all]: train, export, trt, demo).
 #   docker build -t nfdseg .                                   # default base below
 #   docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:24.08-py3 -t nfdseg:trt10 .   # TensorRT 10
 #   docker run --gpus all -p 7860:7860 -v $PWD/runs:/work/runs nfdseg demo runs/quick/export --host 0.0.0.0
@@ -19,10 +19,11 @@ COPY distill ./distill
 COPY export ./export
 COPY serve ./serve
 COPY demo ./demo
+COPY app ./app
 # TensorRT's Python package comes with the base image; torch is needed for distill/export only.
 RUN python3 -m pip install --upgrade pip \
  && python3 -m pip install ${TORCH_SPEC} \
- && python3 -m pip install ".[trt,demo]" \
+ && python3 -m pip install ".[all]" \
  && cd / && python3 -c "import nfdseg.serve, nfdseg.export.onnx2engine; print('nfdseg ok')"
 
 RUN useradd --create-home --uid 10001 nfdseg && mkdir -p /work && chown nfdseg /work
