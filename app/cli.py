@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from nfdseg.errors import NfdsegError
+from nfdseg.errors import NfdsegError, missing_extra
 
 log = logging.getLogger("nfdseg")
 
@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NfdsegError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional library of another extra (torch, onnx, gradio, ...)
+        hint = missing_extra(e, args.command)
+        if hint is None:
+            raise
+        print(f"error: {hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)

@@ -44,3 +44,23 @@ class BusyError(NfdsegError):
 
 class MissingDependencyError(NfdsegError):
     """An optional library (TensorRT, CUDA bindings, Gradio) is not installed."""
+
+
+# Which extra of `pip install nfdseg[...]` brings each optional top-level module (docs/architecture.md).
+EXTRA_OF_MODULE = {
+    "torch": "train", "torchvision": "train", "matplotlib": "train",
+    "onnx": "export", "onnxconverter_common": "export", "onnxslim": "export",
+    "cuda": "trt", "tritonclient": "trt",
+    "gradio": "demo", "gradio_client": "demo",
+}
+
+
+def missing_extra(error: ModuleNotFoundError, command: str = "this command") -> MissingDependencyError | None:
+    """The install hint for an optional module that is not installed, or None when it is not one of ours."""
+    module = (error.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    return MissingDependencyError(f"`nfdseg {command}` needs {module}, which is not installed",
+                                  seen=f"the runtime-only install (`pip install nfdseg`) has no {module}",
+                                  fix=f"pip install 'nfdseg[{extra}]'  (or 'nfdseg[all]' for every stage)")
