@@ -27,11 +27,14 @@ def _segmenter(args):
 def cmd_bench(args) -> int:
     from nfdseg.fsutil import write_json_atomic
 
-    from .bench import format_bench, run_bench
+    from .bench import BenchBudget, format_bench, run_bench
 
+    budget = BenchBudget(duration_s=args.duration, min_iters=args.min_iters, warmup=args.warmup)
+    load_budget = BenchBudget(duration_s=args.duration, min_iters=args.requests, warmup=args.warmup,
+                              max_iters=max(args.requests, BenchBudget.max_iters))
     seg = _segmenter(args)
-    report = run_bench(seg, _ints(args.batch), _ints(args.concurrency) if args.concurrency else [], iters=args.iters,
-                       requests=args.requests, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    report = run_bench(seg, _ints(args.batch), _ints(args.concurrency) if args.concurrency else [], budget,
+                       load_budget, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, progress=not args.quiet)
     print(format_bench(report))
     if args.json:
         write_json_atomic(args.json, report)
@@ -107,15 +110,23 @@ def register(sub) -> None:
     b = sub.add_parser("bench", help="latency and throughput per batch size and concurrency",
                        description="Warm up, then time infer-only and end-to-end (decode + preprocess + infer + "
                                    "postprocess) latency per batch size, and the micro-batcher against one-by-one "
-                                   "serving per concurrency level. Prints a table; --json writes the report.")
+                                   "serving per concurrency level. Each row runs for --duration seconds and at least "
+                                   "--min-iters calls (like trtexec --duration/--iterations), with a progress bar. "
+                                   "Prints a table; --json writes the report, budget included.")
     _runtime_args(b)
     b.add_argument("--batch", default="1,4,8", help="batch sizes (default 1,4,8)")
     b.add_argument("--concurrency", default="1,8", help="concurrent callers through the micro-batcher (default 1,8; '' to skip)")
-    b.add_argument("--iters", type=int, default=20, help="timed iterations per batch size (default 20)")
-    b.add_argument("--requests", type=int, default=200, help="requests per concurrency level (default 200)")
+    b.add_argument("--duration", type=float, default=3.0,
+                   help="timed seconds per row and per concurrency level (default 3; 0 = count only)")
+    b.add_argument("--min-iters", "--iters", dest="min_iters", type=int, default=5,
+                   help="timed calls per row at least, even past --duration (default 5)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed calls before each row (default 2)")
+    b.add_argument("--requests", type=int, default=32,
+                   help="requests per concurrency level at least, even past --duration (default 32)")
     b.add_argument("--max-batch", type=int, default=8, help="micro-batcher max batch (default 8)")
     b.add_argument("--max-wait-ms", type=float, default=5.0, help="micro-batcher max wait (default 5 ms)")
     b.add_argument("--json", help="write the JSON report here")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
     e = sub.add_parser("eval", help="mIoU and per-class IoU on a dataset, with pass/fail thresholds",

@@ -47,7 +47,7 @@ def test_eval_thresholds_gate_the_exit_code(exported, tmp_path):
 
 def test_bench_writes_report(exported, tmp_path):
     r = run("bench", exported, "--batch", "1,2", "--concurrency", "2", "--iters", "3", "--requests", "12",
-            "--json", tmp_path / "b.json")
+            "--duration", "0", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "b.json").read_text())
     assert [row["batch"] for row in rep["batches"]] == [1, 2]
@@ -55,6 +55,8 @@ def test_bench_writes_report(exported, tmp_path):
         assert 0 < row["infer"]["p50_ms"] <= row["infer"]["p99_ms"]
     assert rep["concurrency"][0]["batcher"]["errors"] == 0 and rep["concurrency"][0]["batcher"]["requests"] == 12
     assert rep["segmenter"]["device"] == "cpu" and "onnxruntime" in rep["versions"]
+    assert rep["budget"]["batches"]["min_iters"] == 3 and rep["budget"]["batches"]["duration_s"] == 0
+    assert all(row["infer"]["n"] == 3 for row in rep["batches"]), "--duration 0: exactly the minimum count"
     assert "concurrency   2" in r.stdout
 
 
