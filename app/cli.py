@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Commands of later stages register themselves here (each module owns its flags)."""
     regs = []
-    for mod in ("nfdseg.export.cli", "nfdseg.serve.cli", "nfdseg.demo.cli", "nfdseg.app.pipeline"):
+    for mod in ("nfdseg.distill.data.cli", "nfdseg.export.cli", "nfdseg.serve.cli", "nfdseg.demo.cli", "nfdseg.app.pipeline"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:

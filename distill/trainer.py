@@ -28,7 +28,7 @@ from nfdseg.metrics import ConfusionMatrix
 
 from .checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
 from .config import RunConfig, StageConfig
-from .data import build_source, preprocess_spec
+from .data import build_source, preprocess_spec, require_clean_data
 from .dataset import SegDataset
 from .losses import KDLoss, build_loss
 from .models import build_model, count_parameters
@@ -184,6 +184,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
     torch.manual_seed(seed)
 
     # --- data
+    require_clean_data(cfg.data, progress=progress and main_proc)  # every bad file in one error, before training
     train_src, val_src = build_source(cfg.data, "train"), build_source(cfg.data, "val")
     if train_src.classes != val_src.classes:
         raise ConfigError("train and val splits declare different classes")

@@ -4,11 +4,14 @@ The torch view of a source, `SegDataset`, belongs to training: nfdseg.distill.da
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nfdseg.errors import DataError
 from nfdseg.manifest import ClassSpec, PreprocessSpec
 
+from .check import CheckReport, check_dataset, require_clean_data
 from .config import DataConfig
-from .sources import FORMATS, FileSource, check_mask_ids
+from .sources import FORMATS, FileSource, check_mask_ids, folder_source
 from .synthetic import SYNTHETIC_CLASSES, SyntheticScenes
 
 
@@ -20,7 +23,8 @@ def build_source(cfg, split: str):
         source = SyntheticScenes(name, n, tuple(cfg.synthetic_size), cfg.seed)
     else:
         name = cfg.train_split if split == "train" else cfg.val_split
-        source = FORMATS[cfg.format](cfg.root, name)
+        source = folder_source(cfg.root, name, class_file(cfg)) if cfg.format == "folder" else \
+            FORMATS[cfg.format](cfg.root, name)
     classes = source.classes
     if cfg.num_classes and cfg.num_classes != classes.num_classes:
         raise DataError(
@@ -31,10 +35,16 @@ def build_source(cfg, split: str):
     return source
 
 
+def class_file(cfg) -> Path | None:
+    """The folder format's class list: data.classes (relative to the data root unless absolute), else None
+    (ROOT/classes.yaml)."""
+    return Path(cfg.root) / cfg.classes if cfg.classes else None
+
+
 def preprocess_spec(cfg) -> PreprocessSpec:
     return PreprocessSpec(mean=tuple(cfg.mean), std=tuple(cfg.std), color_order="RGB",
                           input_size=tuple(cfg.input_size), size_policy="resize")
 
 
-__all__ = ["build_source", "preprocess_spec", "DataConfig", "FileSource", "SyntheticScenes", "SYNTHETIC_CLASSES",
+__all__ = ["build_source", "check_dataset", "require_clean_data", "CheckReport", "preprocess_spec", "DataConfig", "FileSource", "SyntheticScenes", "SYNTHETIC_CLASSES",
            "ClassSpec", "check_mask_ids"]

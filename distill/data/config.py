@@ -11,6 +11,7 @@ class DataConfig:
 
     format: str = "synthetic"
     root: str = ""
+    classes: str = ""  # folder format: the class list file; "" is ROOT/classes.yaml (see distill/data/classes.py)
     train_split: str = "train"
     val_split: str = "val"
     synthetic_train: int = 2000

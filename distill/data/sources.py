@@ -1,7 +1,9 @@
 """On-disk dataset formats: generic folder, Cityscapes, Pascal VOC 2012 (+SBD aug), ADE20K.
 
 A source is a list of (image, mask) file pairs plus a ClassSpec and an optional label lookup
-table that maps raw mask values to train ids. Every read is validated and a bad file is named.
+table that maps raw mask values to train ids. Listing a split collects every pairing problem
+(an image without a mask, a mask without an image, a missing folder, an empty split) instead of
+stopping at the first; every read is validated and a bad file is named.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from nfdseg.errors import DataError, InputError
 from nfdseg.manifest import ClassSpec, default_palette
-from nfdseg.preprocess import load_image
+from nfdseg.preprocess import apply_exif_orientation, load_image
+
+from .classes import load_class_list
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -36,6 +39,34 @@ VOC_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset: its kind (see KINDS), the file or folder, and what was seen."""
+
+    kind: str
+    file: str
+    detail: str = ""
+    split: str = ""
+
+    def line(self) -> str:
+        where = f"[{self.split}] " if self.split else ""
+        return f"{where}{self.kind}: {self.file}" + (f" -- {self.detail}" if self.detail else "")
+
+
+KINDS = ("class list", "missing folder", "empty split", "image without mask", "mask without image",
+         "missing image", "duplicate image", "unreadable image", "unreadable mask", "size mismatch", "ids out of range")
+
+
+@dataclass
+class Listing:
+    """The pairs of one split, the problems found while pairing them, and the split's classes."""
+
+    pairs: list[tuple[Path, Path]]
+    problems: list[Problem]
+    classes: ClassSpec
+    lut: np.ndarray | None = None
 
 
 @dataclass
@@ -65,42 +96,67 @@ class FileSource:
         if mask.shape != img.shape[:2]:
             raise DataError(
                 f"image and mask sizes differ for {img_path.name}",
-                seen=f"image {img.shape[1]}x{img.shape[0]}, mask {mask_path} {mask.shape[1]}x{mask.shape[0]}",
+                seen=f"image {img.shape[1]}x{img.shape[0]}, mask {mask_path} {mask.shape[1]}x{mask.shape[0]}"
+                     + turned_hint(img.shape[1::-1], mask.shape[::-1]),
                 fix="masks must have exactly the image's width and height",
             )
         check_mask_ids(mask, self.classes, mask_path)
         return img, mask
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Read a single-channel label PNG (mode L or P: the palette index is the class id) as uint8 HxW."""
-    try:
-        m = Image.open(path)
+def turned_hint(image_wh, mask_wh) -> str:
+    """A hint when the mask has the image's size turned by 90 degrees (EXIF orientation not applied to it)."""
+    if tuple(image_wh) == tuple(mask_wh)[::-1]:
+        return ("; the mask fits the image turned by 90 degrees: the image's EXIF orientation turns it upright, "
+                "so the mask was probably drawn on the unturned pixels")
+    return ""
+
+
+def open_mask(path: Path) -> np.ndarray:
+    """Decode a single-channel label image (mode L or P: the palette index is the class id) as uint8 HxW.
+
+    Raises ValueError/OSError (anything PIL raises) for an unreadable file and ValueError for a mask that is
+    not single-channel 8-bit; `read_mask` turns these into DataError naming the file."""
+    with Image.open(path) as m:
         m.load()
+        m = apply_exif_orientation(m)
+        if m.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"not a single-channel label image (mode {m.mode}); save masks as 8-bit grayscale or "
+                             "palette PNGs whose values are class ids")
+        arr = np.asarray(m)
+    if arr.dtype != np.uint8:
+        top = int(arr.max(initial=0))
+        if top > 255:
+            raise ValueError(f"values above 255 (max {top}): class ids must fit in 8 bits (ignore index 255)")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a label mask as uint8 HxW, or raise DataError naming the file."""
+    try:
+        return open_mask(path)
     except FileNotFoundError:
         raise DataError(f"mask file not found: {path}", fix="every image needs a mask with the same stem") from None
     except Exception as e:  # PIL raises many types for corrupt files
         raise DataError(f"unreadable mask {path}", seen=f"{type(e).__name__}: {e}", fix="replace this file") from None
-    if m.mode not in ("L", "P", "I", "I;16"):
-        raise DataError(f"mask {path} is not a single-channel label image", seen=f"mode {m.mode}",
-                        fix="save masks as 8-bit grayscale or palette PNGs whose values are class ids")
-    arr = np.asarray(m)
-    if arr.max(initial=0) > 255:
-        raise DataError(f"mask {path} has values above 255", seen=f"max {int(arr.max())}",
-                        fix="class ids must fit in 8 bits (ignore index 255)")
-    return arr.astype(np.uint8)
+
+
+def bad_ids(ids: np.ndarray, classes: ClassSpec) -> list[int]:
+    """The ids among `ids` that are neither a class nor the ignore index."""
+    return [int(i) for i in ids if i >= classes.num_classes and i != classes.ignore_index]
 
 
 def check_mask_ids(mask: np.ndarray, classes: ClassSpec, path: Path | str) -> None:
     """Raise DataError when a mask holds an id that is neither a class nor the ignore index."""
     ids = np.unique(mask)
-    bad = [int(i) for i in ids if i >= classes.num_classes and i != classes.ignore_index]
+    bad = bad_ids(ids, classes)
     if bad:
         raise DataError(
             f"mask {path} has class id {bad[0]} but the dataset declares {classes.num_classes} classes "
             f"(ids 0-{classes.num_classes - 1}, ignore {classes.ignore_index})",
             seen=f"ids present: {[int(i) for i in ids]}",
-            fix="check the class list / num_classes or the label mapping",
+            fix="check the class list / num_classes, or map raw values to classes with `label_map:` in the class list",
         )
 
 
@@ -108,110 +164,131 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
 
 
-def _require_dir(path: Path, what: str) -> None:
-    if not path.is_dir():
-        raise DataError(f"{what} folder not found: {path}", fix="check the data root and the split name")
+def _missing_dirs(split: str, *dirs: tuple[Path, str]) -> list[Problem]:
+    return [Problem("missing folder", str(d), f"no {what} folder for split '{split}'", split)
+            for d, what in dirs if not d.is_dir()]
 
 
-def _nonempty(pairs: list, root: Path, split: str) -> None:
-    if not pairs:
-        raise DataError(f"split '{split}' under {root} is empty", fix="check the data root, split name and file layout")
+def _finish(listing: Listing, root: Path, split: str) -> Listing:
+    if not listing.pairs and not listing.problems:
+        listing.problems.append(Problem("empty split", str(root), f"no image/mask pairs in split '{split}'", split))
+    return listing
 
 
-def folder_source(root: str | Path, split: str) -> FileSource:
-    """root/classes.yaml (names, optional palette and ignore_index), root/images/<split>/, root/masks/<split>/.
+def raise_problems(problems: list[Problem], root, split: str, show: int = 12) -> None:
+    """Raise one DataError listing (up to `show` of) the problems, with the command that lists them all."""
+    if not problems:
+        return
+    lines = [p.line() for p in problems[:show]]
+    if len(problems) > show:
+        lines.append(f"... and {len(problems) - show} more")
+    raise DataError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in split '{split}' of {root}",
+                    seen="\n    " + "\n    ".join(lines),
+                    fix=f"run `nfdseg data check {root}` for the full list and a summary; fix or remove those files")
 
-    A mask has the image's stem and a .png suffix; an image without one (or the reverse) is an error.
-    """
+
+def list_folder(root: str | Path, split: str, class_file: str | Path | None = None) -> Listing:
+    """root/classes.yaml (or `class_file`), root/images/<split>/, root/masks/<split>/; a mask has its image's
+    relative path with a .png suffix."""
     root = Path(root)
-    cls_file = root / "classes.yaml"
-    if not cls_file.is_file():
-        raise DataError(f"class list not found: {cls_file}",
-                        fix="write classes.yaml with `names: [background, ...]` (optional palette, ignore_index)")
-    meta = yaml.safe_load(cls_file.read_text()) or {}
-    names = meta.get("names") if isinstance(meta, dict) else None
-    if not names or not isinstance(names, list):
-        raise DataError(f"{cls_file} has no `names:` list", seen=repr(meta)[:200])
-    palette = meta.get("palette") or default_palette(len(names))
-    if len(palette) != len(names):
-        raise DataError(f"{cls_file}: palette has {len(palette)} colours for {len(names)} classes")
-    classes = ClassSpec(tuple(str(n) for n in names), tuple(tuple(int(v) for v in c) for c in palette),
-                        int(meta.get("ignore_index", 255)))
+    classes, lut = load_class_list(Path(class_file) if class_file else root / "classes.yaml")
     img_dir, mask_dir = root / "images" / split, root / "masks" / split
-    _require_dir(img_dir, "image")
-    _require_dir(mask_dir, "mask")
-    images = _images_in(img_dir)
-    masks = {p.relative_to(mask_dir).with_suffix(""): p for p in mask_dir.rglob("*.png")}
-    pairs = []
-    for img in images:
+    problems = _missing_dirs(split, (img_dir, "image"), (mask_dir, "mask"))
+    if problems:
+        return Listing([], problems, classes, lut)
+    masks = {p.relative_to(mask_dir).with_suffix(""): p for p in sorted(mask_dir.rglob("*.png"))}
+    pairs, seen = [], {}
+    for img in _images_in(img_dir):
         key = img.relative_to(img_dir).with_suffix("")
+        if key in seen:
+            problems.append(Problem("duplicate image", str(img), f"{seen[key].name} has the same name; which one does "
+                                    f"{mask_dir / key}.png label?", split))
+            continue
+        seen[key] = img
         if key not in masks:
-            raise DataError(f"image {img} has no mask", seen=f"expected {mask_dir / key}.png",
-                            fix="add the mask or remove the image")
-        pairs.append((img, masks.pop(key)))
-    if masks:
-        stray = next(iter(masks.values()))
-        raise DataError(f"mask {stray} has no image", fix="add the image or remove the mask")
-    _nonempty(pairs, root, split)
-    return FileSource(pairs, classes, split)
+            problems.append(Problem("image without mask", str(img), f"expected {mask_dir / key}.png", split))
+            continue
+        pairs.append((img, masks[key]))
+    for key, mask in masks.items():
+        if key not in seen:
+            problems.append(Problem("mask without image", str(mask), f"no image {img_dir / key}.*", split))
+    return _finish(Listing(pairs, problems, classes, lut), root, split)
 
 
-def cityscapes_source(root: str | Path, split: str) -> FileSource:
+def folder_source(root: str | Path, split: str, class_file: str | Path | None = None) -> FileSource:
+    """The generic folder format (see list_folder); any pairing problem is an error listing all of them."""
+    listing = list_folder(root, split, class_file)
+    raise_problems(listing.problems, root, split)
+    return FileSource(listing.pairs, listing.classes, split, listing.lut)
+
+
+def list_cityscapes(root: str | Path, split: str, class_file=None) -> Listing:
     """Cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelIds.png."""
     root = Path(root)
-    img_dir = root / "leftImg8bit" / split
-    _require_dir(img_dir, "Cityscapes leftImg8bit")
-    pairs = []
-    for img in sorted(img_dir.rglob("*_leftImg8bit.png")):
-        city = img.parent.name
-        stem = img.name[: -len("_leftImg8bit.png")]
-        mask = root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
-        if not mask.is_file():
-            raise DataError(f"Cityscapes image {img} has no labelIds mask", seen=f"expected {mask}")
-        pairs.append((img, mask))
-    _nonempty(pairs, root, split)
+    img_dir, gt_dir = root / "leftImg8bit" / split, root / "gtFine" / split
     lut = np.full(256, 255, np.uint8)
     for label_id, train_id in CITYSCAPES_ID_TO_TRAIN.items():
         lut[label_id] = train_id
-    return FileSource(pairs, ClassSpec(CITYSCAPES_NAMES, CITYSCAPES_PALETTE, 255), split, lut)
+    classes = ClassSpec(CITYSCAPES_NAMES, CITYSCAPES_PALETTE, 255)
+    problems = _missing_dirs(split, (img_dir, "Cityscapes leftImg8bit"), (gt_dir, "Cityscapes gtFine"))
+    if problems:
+        return Listing([], problems, classes, lut)
+    pairs, expected = [], set()
+    for img in sorted(img_dir.rglob("*_leftImg8bit.png")):
+        stem = img.name[: -len("_leftImg8bit.png")]
+        mask = gt_dir / img.parent.name / f"{stem}_gtFine_labelIds.png"
+        expected.add(mask)
+        if mask.is_file():
+            pairs.append((img, mask))
+        else:
+            problems.append(Problem("image without mask", str(img), f"expected {mask}", split))
+    for mask in sorted(gt_dir.rglob("*_gtFine_labelIds.png")):
+        if mask not in expected:
+            problems.append(Problem("mask without image", str(mask), "no matching *_leftImg8bit.png", split))
+    return _finish(Listing(pairs, problems, classes, lut), root, split)
+
+
+def cityscapes_source(root: str | Path, split: str) -> FileSource:
+    listing = list_cityscapes(root, split)
+    raise_problems(listing.problems, root, split)
+    return FileSource(listing.pairs, listing.classes, split, listing.lut)
+
+
+def list_voc(root: str | Path, split: str, class_file=None) -> Listing:
+    """Pascal VOC 2012 (VOCdevkit/VOC2012): ImageSets/Segmentation/<split>.txt, JPEGImages, SegmentationClass;
+    split 'train_aug' reads the SBD-augmented list and masks from SegmentationClassAug."""
+    root = Path(root)
+    classes = ClassSpec(VOC_NAMES, default_palette(21), 255)
+    list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not list_file.is_file():
+        return Listing([], [Problem("missing folder", str(list_file), "VOC split list not found (splits: train, val, "
+                                    "trainval, train_aug)", split)], classes)
+    mask_dir = root / ("SegmentationClassAug" if split == "train_aug" else "SegmentationClass")
+    ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    pairs, problems = [], []
+    for i in ids:
+        img, mask = root / "JPEGImages" / f"{i}.jpg", mask_dir / f"{i}.png"
+        if not img.is_file():
+            problems.append(Problem("missing image", str(img), f"listed in {list_file.name} but not on disk", split))
+        elif not mask.is_file():
+            problems.append(Problem("image without mask", str(img), f"expected {mask}", split))
+        else:
+            pairs.append((img, mask))
+    return _finish(Listing(pairs, problems, classes), root, split)
 
 
 def voc_source(root: str | Path, split: str) -> FileSource:
-    """Pascal VOC 2012 (VOCdevkit/VOC2012): ImageSets/Segmentation/<split>.txt, JPEGImages, SegmentationClass.
-
-    split 'train_aug' reads the SBD-augmented list and masks from SegmentationClassAug.
-    """
-    root = Path(root)
-    list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-    if not list_file.is_file():
-        raise DataError(f"VOC split list not found: {list_file}", fix="use split train, val, trainval or train_aug")
-    mask_dir = root / ("SegmentationClassAug" if split == "train_aug" else "SegmentationClass")
-    ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-    pairs = [(root / "JPEGImages" / f"{i}.jpg", mask_dir / f"{i}.png") for i in ids]
-    for img, _ in pairs:
-        if not img.is_file():
-            raise DataError(f"VOC image listed in {list_file.name} is missing: {img}")
-    _nonempty(pairs, root, split)
-    return FileSource(pairs, ClassSpec(VOC_NAMES, default_palette(21), 255), split)
+    listing = list_voc(root, split)
+    raise_problems(listing.problems, root, split)
+    return FileSource(listing.pairs, listing.classes, split)
 
 
-def ade20k_source(root: str | Path, split: str) -> FileSource:
-    """ADE20K (ADEChallengeData2016): images/<training|validation>/*.jpg, annotations/<...>/*.png.
-
-    Raw 0 ('other') becomes ignore; raw 1..150 become train ids 0..149. Class names are read from
-    objectInfo150.csv when present.
-    """
+def list_ade20k(root: str | Path, split: str, class_file=None) -> Listing:
+    """ADE20K (ADEChallengeData2016): images/<training|validation>/*.jpg, annotations/<...>/*.png. Raw 0 ('other')
+    becomes ignore; raw 1..150 become train ids 0..149. Class names from objectInfo150.csv when present."""
     root = Path(root)
     folder = {"train": "training", "val": "validation"}.get(split, split)
     img_dir, ann_dir = root / "images" / folder, root / "annotations" / folder
-    _require_dir(img_dir, "ADE20K image")
-    pairs = []
-    for img in sorted(img_dir.glob("*.jpg")):
-        mask = ann_dir / f"{img.stem}.png"
-        if not mask.is_file():
-            raise DataError(f"ADE20K image {img} has no annotation", seen=f"expected {mask}")
-        pairs.append((img, mask))
-    _nonempty(pairs, root, split)
     names = [f"class_{i:03d}" for i in range(1, 151)]
     info = root / "objectInfo150.csv"
     if info.is_file():
@@ -220,7 +297,29 @@ def ade20k_source(root: str | Path, split: str) -> FileSource:
             names = [r["Name"].split(";")[0].strip() for r in rows]
     lut = np.full(256, 255, np.uint8)
     lut[1:151] = np.arange(150, dtype=np.uint8)
-    return FileSource(pairs, ClassSpec(tuple(names), default_palette(150), 255), split, lut)
+    classes = ClassSpec(tuple(names), default_palette(150), 255)
+    problems = _missing_dirs(split, (img_dir, "ADE20K image"), (ann_dir, "ADE20K annotation"))
+    if problems:
+        return Listing([], problems, classes, lut)
+    pairs, stems = [], set()
+    for img in sorted(img_dir.glob("*.jpg")):
+        mask = ann_dir / f"{img.stem}.png"
+        stems.add(img.stem)
+        if mask.is_file():
+            pairs.append((img, mask))
+        else:
+            problems.append(Problem("image without mask", str(img), f"expected {mask}", split))
+    for mask in sorted(ann_dir.glob("*.png")):
+        if mask.stem not in stems:
+            problems.append(Problem("mask without image", str(mask), f"no image {img_dir / mask.stem}.jpg", split))
+    return _finish(Listing(pairs, problems, classes, lut), root, split)
+
+
+def ade20k_source(root: str | Path, split: str) -> FileSource:
+    listing = list_ade20k(root, split)
+    raise_problems(listing.problems, root, split)
+    return FileSource(listing.pairs, listing.classes, split, listing.lut)
 
 
 FORMATS = {"folder": folder_source, "cityscapes": cityscapes_source, "voc": voc_source, "ade20k": ade20k_source}
+LISTERS = {"folder": list_folder, "cityscapes": list_cityscapes, "voc": list_voc, "ade20k": list_ade20k}

@@ -1,0 +1,176 @@
+"""`nfdseg data check` and the same check before training; class lists as people write them; EXIF in datasets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagefiles import quadrants, rotated_jpeg
+from nfdseg.distill.data import DataConfig, build_source, check_dataset, require_clean_data
+from nfdseg.distill.data.classes import parse_class_list
+from nfdseg.distill.data.sources import folder_source
+from nfdseg.errors import DataError
+
+
+def _img(path: Path, h=12, w=16, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def _mask(path: Path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(arr, np.uint8), mode="L").save(path)
+
+
+# every mask of the clean tree: 96 pixels of class 0, 64 of class 1, 32 ignore; class 2 never appears
+MASK = np.array([0] * 96 + [1] * 64 + [255] * 32, np.uint8).reshape(12, 16)
+
+
+def _tree(root: Path, n=(4, 2), classes="classes: [bg, thing, stuff]\n"):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(classes)
+    for split, count in zip(("train", "val"), n):
+        for i in range(count):
+            _img(root / "images" / split / f"{i}.png", seed=i)
+            _mask(root / "masks" / split / f"{i}.png", MASK)
+    return root
+
+
+def _plant_faults(root: Path):
+    """The issue's four faults, plus a stray mask and an unreadable image, all in the train split."""
+    _mask(root / "masks/train/0.png", np.where(MASK == 1, 9, MASK))  # out-of-range id 9
+    _mask(root / "masks/train/1.png", MASK[:10])  # 16x10 mask for a 16x12 image
+    data = (root / "masks/train/2.png").read_bytes()
+    (root / "masks/train/2.png").write_bytes(data[: len(data) // 2])  # truncated mask
+    _img(root / "images/train/extra.png")  # image without a mask
+    _mask(root / "masks/train/stray.png", MASK)  # mask without an image
+    data = (root / "images/train/3.png").read_bytes()
+    (root / "images/train/3.png").write_bytes(data[:-20])  # truncated image: header fine, end marker gone
+
+
+def test_clean_dataset_summary_numbers(tmp_path):
+    report = check_dataset(DataConfig(format="folder", root=str(_tree(tmp_path))))
+    assert report.ok and report.problems == []
+    train, val = report.splits
+    assert (train.split, train.images, val.images) == ("train", 4, 2)
+    assert train.sizes == {"16x12": 4}
+    assert train.pixel_share == {"bg": pytest.approx(60.0), "thing": pytest.approx(40.0), "stuff": 0.0}
+    assert train.ignore_share == pytest.approx(100 * 32 / 192, abs=1e-3)
+    assert train.never_present == ["stuff"]
+
+
+def test_every_problem_listed_in_one_pass(tmp_path):
+    root = _tree(tmp_path)
+    _plant_faults(root)
+    (root / "images/val/0.png").unlink()
+    (root / "masks/val/0.png").unlink()
+    (root / "images/val/1.png").unlink()
+    (root / "masks/val/1.png").unlink()  # val is now empty
+    report = check_dataset(DataConfig(format="folder", root=str(root)))
+    found = {(p.kind, Path(p.file).name) for p in report.problems}
+    assert found == {("ids out of range", "0.png"), ("size mismatch", "1.png"), ("unreadable mask", "2.png"),
+                     ("unreadable image", "3.png"), ("image without mask", "extra.png"),
+                     ("mask without image", "stray.png"), ("empty split", root.name)}, found
+    ids = next(p for p in report.problems if p.kind == "ids out of range")
+    assert "[9]" in ids.detail and "ids seen: [0, 9, 255]" in ids.detail
+    size = next(p for p in report.problems if p.kind == "size mismatch")
+    assert "mask 16x10" in size.detail and "16x12" in size.detail
+    assert not report.ok and report.to_dict()["problem_counts"]["empty split"] == 1
+
+
+def test_cli_exit_status_text_and_json(tmp_path):
+    root = _tree(tmp_path / "ds")
+    cli = [sys.executable, "-m", "nfdseg.app.cli", "data", "check"]
+    ok = subprocess.run(cli + [str(root), "--json", str(tmp_path / "ok.json")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "no problems found" in ok.stdout and "classes never present: stuff" in ok.stdout
+    assert json.loads((tmp_path / "ok.json").read_text())["ok"] is True
+    _plant_faults(root)
+    bad = subprocess.run(cli + [str(root), "--json", "-"], capture_output=True, text=True)
+    assert bad.returncode == 1, bad.stderr
+    rep = json.loads(bad.stdout)
+    assert len(rep["problems"]) == 6 and {p["split"] for p in rep["problems"]} == {"train"}
+    cfg = tmp_path / "run.yaml"  # the run config's data section names the same dataset
+    cfg.write_text(f"data: {{format: folder, root: {root}}}\n")
+    via_cfg = subprocess.run(cli + ["--config", str(cfg), "--split", "val"], capture_output=True, text=True)
+    assert via_cfg.returncode == 0 and "val: 2 images" in via_cfg.stdout, via_cfg.stdout + via_cfg.stderr
+    usage = subprocess.run(cli, capture_output=True, text=True)
+    assert usage.returncode == 2 and "no dataset to check" in usage.stderr and "Traceback" not in usage.stderr
+
+
+def test_training_stops_before_it_starts_with_every_problem(tmp_path):
+    root = _tree(tmp_path)
+    _plant_faults(root)
+    cfg = DataConfig(format="folder", root=str(root))
+    with pytest.raises(DataError) as e:
+        require_clean_data(cfg)
+    msg = str(e.value)
+    assert msg.startswith("6 problems") and all(n in msg for n in ("0.png", "1.png", "2.png", "3.png", "extra.png",
+                                                                    "stray.png"))
+    pytest.importorskip("torch", reason="the trainer needs torch (pip install 'nfdseg[train]')")
+    from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.trainer import train_stage
+
+    run_cfg = load_run_config("quick", {"data": {"format": "folder", "root": str(root), "crop_size": [12, 16],
+                                                 "input_size": [12, 16]}})
+    with pytest.raises(DataError, match="6 problems"):
+        train_stage(run_cfg, "teacher", tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_class_lists_as_people_write_them(tmp_path):
+    for text in ("names: [bg, thing, stuff]", "classes: [bg, thing, stuff]", "classes: {0: bg, 1: thing, 2: stuff}",
+                 "[bg, thing, stuff]"):
+        import yaml
+
+        classes, lut = parse_class_list(yaml.safe_load(text))
+        assert classes.names == ("bg", "thing", "stuff") and classes.ignore_index == 255 and lut is None, text
+    classes, _ = parse_class_list({"classes": ["a", "b"], "palette": ["#ff0080", [1, 2, 3]], "ignore_index": 254})
+    assert classes.palette == ((255, 0, 128), (1, 2, 3)) and classes.ignore_index == 254
+    for bad, words in (({"clases": ["a"]}, "did you mean 'classes'"), ({"names": ["a"], "classes": ["a"]}, "both"),
+                       ({"classes": ["a", "b"], "palette": [[0, 0, 0]]}, "one colour per class"),
+                       ({"classes": ["a", "a"]}, "repeat"), ({"classes": {0: "a", 2: "b"}}, "without gaps"),
+                       ({"classes": ["a"], "label_map": {3: "zebra"}}, "no class"),
+                       ({"classes": ["a", "b"], "ignore_index": 1}, "also the id")):
+        with pytest.raises(DataError, match=words):
+            parse_class_list(bad)
+
+
+def test_label_map_translates_raw_values_and_ignores_the_rest(tmp_path):
+    raw = np.array([[0, 7, 7, 26], [0, 3, 255, 0]], np.uint8)  # 3 is in no map entry
+    (tmp_path / "classes.yaml").write_text("classes: [background, person, car]\n"
+                                           "label_map: {0: background, 7: 1, 26: car, 255: ignore}\n")
+    _img(tmp_path / "images/train/a.png", 2, 4)
+    _mask(tmp_path / "masks/train/a.png", raw)
+    _, mask = folder_source(tmp_path, "train").load(0)
+    assert mask.tolist() == [[0, 1, 1, 2], [0, 255, 255, 0]]
+    report = check_dataset(DataConfig(format="folder", root=str(tmp_path)), splits=["train"])
+    assert report.ok, report.format_text()  # raw 26 and 3 are not out of range: the map translates them
+    assert report.splits[0].pixel_share == pytest.approx({"background": 50.0, "person": 100 / 3, "car": 100 / 6}, abs=1e-3)
+    # data.classes points at a class list elsewhere (relative to the data root)
+    (tmp_path / "other.yaml").write_text("names: [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, x, "
+                                          "y, z, aa]\n")
+    src = build_source(DataConfig(format="folder", root=str(tmp_path), classes="other.yaml", val_split="train"), "val")
+    assert src.classes.num_classes == 27 and src.lut is None
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_exif_rotated_photos_in_a_dataset(tmp_path, orientation):
+    (tmp_path / "classes.yaml").write_text("classes: [top, bottom]\n")
+    up = quadrants(32, 16)  # a portrait photo as the annotator saw it
+    rotated_jpeg(up, orientation, tmp_path / "images/train/phone.jpg")
+    portrait = np.zeros((32, 16), np.uint8)
+    portrait[16:] = 1  # the annotator's mask: top half 0, bottom half 1
+    _mask(tmp_path / "masks/train/phone.png", portrait)
+    img, mask = folder_source(tmp_path, "train").load(0)
+    assert img.shape == (32, 16, 3) and mask.shape == (32, 16)
+    assert img[4, 4, 0] > 200 and img[4, 4, 2] < 60 and img[28, 4, 2] > 200, "the photo is upright, as annotated"
+    assert check_dataset(DataConfig(format="folder", root=str(tmp_path)), splits=["train"]).ok
+    _mask(tmp_path / "masks/train/phone.png", np.rot90(portrait))  # a mask drawn on the stored, unturned pixels
+    report = check_dataset(DataConfig(format="folder", root=str(tmp_path)), splits=["train"])
+    (p,) = report.problems
+    assert p.kind == "size mismatch" and "EXIF orientation" in p.detail
