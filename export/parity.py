@@ -1,7 +1,8 @@
 """Parity: torch vs ONNX (onnxruntime) vs FP16 ONNX vs engine, on the checkpoint's validation images.
 
-Per artifact: max and p99 absolute logit error against torch, label-map pixel agreement, mIoU and
-ΔmIoU. Budgets (fp32: agreement >= 99.9 %; fp16: |ΔmIoU| <= 0.5 points) decide pass/fail; a failure
+Per artifact: max and p99 absolute logit error against the checkpoint (or, where torch is not installed,
+the fp32 ONNX model, said in the report), label-map pixel agreement at the model's output size, and mIoU
+and ΔmIoU scored by the project's one evaluation at each label's own size. Budgets (fp32: agreement >= 99.9 %; fp16: |ΔmIoU| <= 0.5 points) decide pass/fail; a failure
 lists the images and classes that differ most.
 """
 
@@ -16,9 +17,7 @@ import numpy as np
 
 from nfdseg.config import from_dict
 from nfdseg.errors import ArtifactError, MissingDependencyError
-from nfdseg.manifest import Manifest
-from nfdseg.metrics import ConfusionMatrix
-from nfdseg.preprocess import prepare_batch, resize_labels
+from nfdseg.manifest import Manifest, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -32,49 +31,65 @@ class ParityBudget:
     max_images: int = 64
 
 
-def validation_images(ckpt: Manifest, max_images: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """The checkpoint's validation split (from its recorded data config): RGB images, masks, names."""
-    from nfdseg.distill.data.config import DataConfig
+def validation_source(ckpt: Manifest):
+    """The checkpoint's validation split, from its recorded data config."""
     from nfdseg.distill.data import build_source
+    from nfdseg.distill.data.config import DataConfig
 
-    data_cfg = from_dict(DataConfig, ckpt.config.get("data", {}))
-    src = build_source(data_cfg, "val")
+    return build_source(from_dict(DataConfig, ckpt.config.get("data", {})), "val")
+
+
+def validation_images(ckpt: Manifest, max_images: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """The first `max_images` (0: all) validation images of the checkpoint: RGB images, masks (own size), names."""
+    src = validation_source(ckpt)
     n = min(len(src), max_images) if max_images else len(src)
-    imgs, masks, names = [], [], []
-    for i in range(n):
-        im, m = src.load(i)
-        imgs.append(im)
-        masks.append(resize_labels(m, tuple(ckpt.preprocess.input_size)))
-        names.append(src.name(i))
-    return imgs, masks, names
+    items = [src.load(i) for i in range(n)]
+    return [im for im, _ in items], [m for _, m in items], [src.name(i) for i in range(n)]
 
 
 def _labels_of(out: np.ndarray, kind: str) -> np.ndarray:
     return out.astype(np.uint8) if kind == "labels" else out.argmax(1).astype(np.uint8)
 
 
-def compare(name: str, out: np.ndarray, kind: str, ref_logits: np.ndarray, ref_labels: np.ndarray,
-            masks: list[np.ndarray], names: list[str], ckpt: Manifest, ref_miou: float) -> dict[str, Any]:
-    labels = _labels_of(out, kind)
-    cm = ConfusionMatrix(ckpt.num_classes, ckpt.classes.ignore_index)
-    for lab, m in zip(labels, masks):
-        cm.update(lab, m)
-    agree_per_image = (labels == ref_labels).reshape(len(labels), -1).mean(1) * 100
+class _Agreement:
+    """Per-batch comparison of an artifact's graph output with the reference's, at the model's output size."""
+
+    def __init__(self, ref_out: np.ndarray, ref_kind: str, kind: str):
+        self.ref_out, self.ref_kind, self.kind = ref_out, ref_kind, kind
+        self.ref_labels = _labels_of(ref_out, ref_kind)
+        self.agree: list[np.ndarray] = []
+        self.errors: list[np.ndarray] = []
+        self.finite = True
+
+    def __call__(self, start: int, out: np.ndarray, preds) -> None:
+        ref_labels = self.ref_labels[start:start + len(out)]
+        labels = _labels_of(out, self.kind)
+        self.agree.append((labels == ref_labels).reshape(len(out), -1).mean(1) * 100)
+        if self.kind in ("logits", "probs") and self.ref_kind == "logits":
+            ref = self.ref_out[start:start + len(out)]
+            ref = ref if self.kind == "logits" else _softmax(ref)
+            self.errors.append(np.abs(out.astype(np.float32) - ref.astype(np.float32)).reshape(-1))
+            self.finite &= bool(np.isfinite(out).all())
+
+
+def compare(name: str, agreement: _Agreement, result: dict[str, Any], reference: dict[str, Any],
+            names: list[str]) -> dict[str, Any]:
+    """One artifact's parity figures: label agreement and logit error against the reference (model output size),
+    mIoU and its change (scored by the one evaluation, at each label's own size)."""
+    agree = np.concatenate(agreement.agree)
     res: dict[str, Any] = {
-        "artifact": name, "output_kind": kind,
-        "pixel_agreement_pct": round(float((labels == ref_labels).mean() * 100), 4),
-        "miou": round(cm.miou(), 4), "delta_miou": round(cm.miou() - ref_miou, 4),
-        "per_class_iou": cm.summary(ckpt.classes.names)["per_class_iou"],
-        "worst_images": [{"image": names[i], "agreement_pct": round(float(agree_per_image[i]), 3)}
-                         for i in np.argsort(agree_per_image)[:5] if agree_per_image[i] < 100.0],
+        "artifact": name, "output_kind": agreement.kind,
+        "pixel_agreement_pct": round(float(agree.mean()), 4),
+        "miou": result["miou"], "delta_miou": round(result["miou"] - reference["miou"], 4),
+        "per_class_iou": result["per_class_iou"],
+        "worst_images": [{"image": names[i], "agreement_pct": round(float(agree[i]), 3)}
+                         for i in np.argsort(agree)[:5] if agree[i] < 100.0],
     }
-    if kind in ("logits", "probs"):
-        ref = ref_logits if kind == "logits" else _softmax(ref_logits)
-        err = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-        res["max_abs_error"] = float(err.max())
-        res["p99_abs_error"] = float(np.percentile(err, 99))
-        finite = np.isfinite(out).all()
-        res["finite"] = bool(finite)
+    if agreement.errors:
+        err = np.concatenate(agreement.errors)
+        res["max_abs_error"] = float(np.nanmax(np.where(np.isfinite(err), err, np.inf)))
+        res["p99_abs_error"] = float(np.percentile(np.where(np.isfinite(err), err, np.inf), 99))
+        res["finite"] = agreement.finite
     return res
 
 
@@ -84,28 +99,55 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBudget(),
-               engine_allow_rtx: bool = False) -> dict[str, Any]:
-    """Compare every artifact in export_dir with the torch checkpoint. Returns the parity report dict."""
-    import torch
-
-    from nfdseg.distill.checkpoint import load_model_from_dir
+def _reference(ckpt_dir: Path, ckpt: Manifest, export_dir: Path):
+    """The checkpoint on the torch backend (CPU, fp32); without torch, the fp32 ONNX model, said loudly."""
     from nfdseg.serve.backends import open_backend
 
-    model, ckpt = load_model_from_dir(ckpt_dir, "cpu")
-    imgs, masks, names = validation_images(ckpt, budget.max_images)
-    x_ref = prepare_batch(imgs, ckpt.preprocess, False)
-    with torch.no_grad():
-        ref_logits = np.concatenate([model(torch.from_numpy(x_ref[i:i + 16])).numpy() for i in range(0, len(x_ref), 16)])
-    ref_labels = ref_logits.argmax(1).astype(np.uint8)
-    cm = ConfusionMatrix(ckpt.num_classes, ckpt.classes.ignore_index)
-    for lab, m in zip(ref_labels, masks):
-        cm.update(lab, m)
-    ref_miou = cm.miou()
-    report: dict[str, Any] = {"images": len(imgs), "torch_miou": round(ref_miou, 4),
-                              "budget": budget.__dict__, "results": [], "not_run": [], "passed": True, "failures": []}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        note = ("torch is not installed here, so the checkpoint itself was not run: the fp32 ONNX model is the "
+                "reference (pip install 'nfdseg[export]' to compare against the checkpoint)")
+        log.warning("parity: %s", note)
+        return open_backend(export_dir / "model.onnx", "onnxruntime", device="cpu"), "model.onnx", note
+    from nfdseg.serve.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(Path(ckpt_dir) / ckpt.artifact, ckpt, device="cpu", precision="fp32", channels_last=False)
+    return backend, "checkpoint", ""
+
+
+def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBudget(),
+               engine_allow_rtx: bool = False) -> dict[str, Any]:
+    """Compare every artifact in export_dir with the checkpoint on the validation images. Returns the report.
+
+    Every mIoU here is the project's one evaluation (nfdseg.serve.evaluate): labels scored at each mask's own
+    size, exactly as `nfdseg eval` and the trainer score them.
+    """
+    from nfdseg.serve.backends import open_backend
+    from nfdseg.serve.evaluate import evaluate
+    from nfdseg.serve.segmenter import Segmenter
+
+    ckpt_dir = Path(ckpt_dir)
+    ckpt = read_manifest(ckpt_dir / "checkpoint.json", expect_kind="checkpoint")
+    source = validation_source(ckpt)
+    n = min(len(source), budget.max_images) if budget.max_images else len(source)
+    names = [source.name(i) for i in range(n)]
+    ref_backend, ref_name, ref_note = _reference(ckpt_dir, ckpt, Path(export_dir))
+    ref_seg = Segmenter.from_backend(ref_backend)
+    ref_chunks: list[np.ndarray] = []
+    reference = evaluate(ref_seg, source, batch=16, limit=n, progress=False,
+                         on_batch=lambda start, out, preds: ref_chunks.append(out))
+    ref_backend.close()
+    ref_out = np.concatenate(ref_chunks)
+    report: dict[str, Any] = {"images": n, "reference": ref_name, "reference_note": ref_note,
+                              "torch_miou": reference["miou"] if ref_name == "checkpoint" else None,
+                              "reference_miou": reference["miou"], "budget": budget.__dict__, "results": [],
+                              "not_run": [], "passed": True, "failures": []}
     onnx_files = [p for p in (export_dir / "model.onnx", export_dir / "model.fp16.onnx") if p.is_file()]
     for path in onnx_files + sorted(export_dir.glob("*.engine")):  # each artifact's precision is in its manifest
+        if ref_name == path.name:
+            report["not_run"].append({"artifact": path.name, "reason": "it is the reference (torch not installed)"})
+            continue
         try:
             backend = open_backend(path, "tensorrt" if path.suffix == ".engine" else "onnxruntime", device="cpu"
                                    if path.suffix == ".onnx" else "auto", allow_rtx=engine_allow_rtx)
@@ -121,11 +163,10 @@ def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBu
             report["passed"] = False
             continue
         m = backend.manifest
-        nig = bool(m.onnx and m.onnx.normalize_in_graph)
-        x = prepare_batch(imgs, m.preprocess, nig)
-        step = backend.max_batch or 16
-        out = np.concatenate([backend.infer(x[i:i + step]) for i in range(0, len(x), step)])
-        res = compare(path.name, out, m.output_kind, ref_logits, ref_labels, masks, names, ckpt, ref_miou)
+        seg = Segmenter.from_backend(backend)
+        agreement = _Agreement(ref_out, ref_seg.output_kind, m.output_kind)
+        result = evaluate(seg, source, batch=backend.max_batch or 16, limit=n, progress=False, on_batch=agreement)
+        res = compare(path.name, agreement, result, reference, names)
         res["precision"] = m.precision
         res["backend"] = backend.describe()
         backend.close()
@@ -137,8 +178,8 @@ def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBu
             rule = f"|ΔmIoU| {abs(res['delta_miou']):.3f} > {budget.fp16_max_delta_miou} (or non-finite output)"
         res["passed"] = bool(ok)
         if not ok:
-            worst_cls = sorted(((k, (v or 0) - (ckpt_iou or 0)) for (k, v), ckpt_iou in
-                                zip(res["per_class_iou"].items(), _ref_iou(cm, ckpt))), key=lambda kv: kv[1])[:3]
+            deltas = [(k, (v or 0) - (reference["per_class_iou"].get(k) or 0)) for k, v in res["per_class_iou"].items()]
+            worst_cls = sorted(deltas, key=lambda kv: kv[1])[:3]
             report["failures"].append({"artifact": path.name, "rule": rule, "worst_images": res["worst_images"],
                                        "classes_most_changed": [{"class": k, "delta_iou": round(d, 3)} for k, d in worst_cls]})
             report["passed"] = False
@@ -152,12 +193,9 @@ def _engine_cannot_run_here(e: Exception) -> bool:
         or "was built for compute capability" in text
 
 
-def _ref_iou(cm: ConfusionMatrix, ckpt: Manifest) -> list[float | None]:
-    return list(cm.summary(ckpt.classes.names)["per_class_iou"].values())
-
-
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"parity on {report['images']} validation images (torch mIoU {report['torch_miou']:.2f}%)",
+    ref = "checkpoint" if report.get("reference", "checkpoint") == "checkpoint" else report["reference"]
+    lines = [f"parity on {report['images']} validation images (reference: {ref}, mIoU {report['reference_miou']:.2f}%)",
              f"{'artifact':<44} {'prec':<5} {'max|Δ|':>9} {'p99|Δ|':>9} {'agree%':>8} {'mIoU':>7} {'ΔmIoU':>7}  ok"]
     for r in report["results"]:
         lines.append(f"{r['artifact']:<44} {r['precision']:<5} {r.get('max_abs_error', float('nan')):>9.2e} "

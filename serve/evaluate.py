@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from tqdm.auto import tqdm
 
@@ -33,16 +35,29 @@ def load_eval_source(seg: Segmenter, data: str, fmt: str, split: str):
     return src
 
 
-def evaluate(seg: Segmenter, source, batch: int = 8, limit: int = 0, progress: bool = True) -> dict[str, Any]:
+def evaluate(seg: Segmenter, source, batch: int = 8, limit: int = 0, progress: bool = True,
+             on_batch: Callable[[int, np.ndarray, list], None] | None = None) -> dict[str, Any]:
+    """mIoU (%), pixel accuracy (%) and per-class IoU (%) of `seg` on `source`, scored at each label's own size.
+
+    The one evaluation of the project: the trainer (through a Segmenter over its in-memory model), export
+    parity, `nfdseg eval` and the pipeline all call it, so the figures they report are measured the same way:
+    the shared preprocessing to the model's input size, the model, then the label map resized (nearest) to
+    the mask's resolution. `limit` > 0 scores the first `limit` images. `on_batch(first_index, raw_output,
+    predictions)` sees every batch's graph output (parity compares them). latency_per_image is in ms.
+    """
     n = min(len(source), limit) if limit else len(source)
     cm = ConfusionMatrix(seg.manifest.num_classes, source.classes.ignore_index)
     lat = []
     for start in tqdm(range(0, n, batch), desc="eval", disable=not progress, unit="batch"):
         items = [source.load(i) for i in range(start, min(start + batch, n))]
         t = time.perf_counter()
-        preds = seg.predict([im for im, _ in items])
+        rgb = [im for im, _ in items]
+        out = seg.infer_arrays(rgb)
+        preds = seg.postprocess(out, [im.shape[:2] for im in rgb])
         lat.append((time.perf_counter() - t) * 1e3 / len(items))
         for p, (_, mask) in zip(preds, items):
             cm.update(p.labels, mask)
+        if on_batch is not None:
+            on_batch(start, out, preds)
     return {"images": n, **cm.summary(seg.class_names), "latency_per_image": percentiles(lat or [0.0]),
             "segmenter": seg.describe()}
