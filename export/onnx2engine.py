@@ -1,9 +1,10 @@
 """onnx2engine: ONNX -> serialized TensorRT engine + engine.json, for TensorRT 10 and 11 (and TensorRT-RTX).
 
-TensorRT 10: parse the fp32 ONNX, set the FP16 builder flag (if the GPU has fast FP16).
-TensorRT 11 / RTX: strongly typed network parsed from the FP16 ONNX (the types are the precision).
-The optimisation profile comes from config; the timing cache is loaded, reused and saved; the
-builder log is captured to <engine>.log; the manifest records the precision actually built.
+FP16: on TensorRT 11, TensorRT-RTX and TensorRT >= 10.12 (where the FP16 builder flag is deprecated) a
+strongly typed network parsed from the FP16 ONNX (the types are the precision); on older TensorRT 10
+the fp32 ONNX with the FP16 builder flag. The optimisation profile comes from config and must contain
+the size the runtime resizes to; the timing cache is loaded, checked, reused and saved; the builder
+log (INFO and up) is kept in <engine>.log; the manifest records the precision and path actually built.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from pathlib import Path
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import sha256_file, write_bytes_atomic, write_text_atomic
 from nfdseg.manifest import EngineInfo, Manifest, write_manifest
-from nfdseg.trt_compat import current_gpu, import_tensorrt
+from nfdseg.trt_compat import current_gpu, fp16_build_path, import_tensorrt
 
 log = logging.getLogger(__name__)
+MAX_LOG_LINES = 20_000
 
 
 @dataclass(frozen=True)
 class EngineProfile:
-    """Batch and (height, width) ranges the engine accepts; opt is what TensorRT tunes for."""
+    """Batch and (height, width) ranges the engine accepts; opt is what TensorRT tunes for.
+
+    The runtime always resizes images to the manifest's `preprocess.input_size`, so an (h, w) range
+    that excludes it would build an engine nothing could serve: `shapes` refuses that.
+    """
 
     min_batch: int = 1
     opt_batch: int = 4
@@ -38,6 +44,16 @@ class EngineProfile:
                               seen=f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
         size = tuple(manifest.preprocess.input_size)
         hws = [tuple(v) if v else size for v in (self.min_hw, self.opt_hw, self.max_hw)]
+        if not all(hws[0][i] <= hws[1][i] <= hws[2][i] for i in range(2)):
+            raise ConfigError("engine profile sizes must satisfy min <= opt <= max in height and width",
+                              seen=" / ".join(f"{h}x{w}" for h, w in hws))
+        if not all(hws[0][i] <= size[i] <= hws[2][i] for i in range(2)):
+            raise ConfigError(
+                f"the engine profile ({hws[0][0]}x{hws[0][1]} to {hws[2][0]}x{hws[2][1]}) excludes the model's "
+                f"input size {size[0]}x{size[1]}, which the runtime and parity always resize images to",
+                seen=f"--profile-hw {hws[1][0]}x{hws[1][1]}, preprocess.input_size {size[0]}x{size[1]}",
+                fix=f"drop --profile-hw (or pass {size[0]}x{size[1]}), or train/export with data.input_size "
+                    "set to the size you want to serve")
         inp = manifest.inputs[0]
         nhwc = inp.layout == "NHWC"
         dims = [(b, h, w, 3) if nhwc else (b, 3, h, w)
@@ -46,16 +62,28 @@ class EngineProfile:
 
 
 class _CapturingLogger:
-    """A TensorRT ILogger that keeps every message (the build log) and forwards warnings to logging."""
+    """A TensorRT ILogger that keeps the build log (INFO and up, bounded) and forwards warnings to logging.
 
-    def __new__(cls, trt):
+    TensorRT calls a Python ILogger for every message, VERBOSE included (the built-in trt.Logger filters in
+    C++, a subclass cannot): VERBOSE is dropped on arrival so a build does not pile up thousands of lines.
+    """
+
+    def __new__(cls, trt, keep_verbose: bool = False):
+        verbose = trt.ILogger.Severity.VERBOSE
+
         class Impl(trt.ILogger):
             def __init__(self):
                 trt.ILogger.__init__(self)
                 self.lines: list[str] = []
+                self.dropped = 0
 
             def log(self, severity, msg):
-                self.lines.append(f"[{severity.name}] {msg}")
+                if severity == verbose and not keep_verbose:
+                    return
+                if len(self.lines) < MAX_LOG_LINES:
+                    self.lines.append(f"[{severity.name}] {msg}")
+                else:
+                    self.dropped += 1
                 if severity <= trt.ILogger.Severity.WARNING:
                     log.warning("TensorRT: %s", msg)
 
@@ -66,12 +94,49 @@ def engine_name(manifest: Manifest, precision: str, trt_short: str, sm: str) -> 
     return f"{manifest.architecture}_{precision}_trt{trt_short}_{sm}.engine"
 
 
+def attach_timing_cache(config, path: Path | None, flavor: str) -> tuple[object | None, str]:
+    """Attach the timing cache at `path` (or a new one) to a builder config.
+
+    Returns (cache or None, state) with state one of "off" (no path, or TensorRT-RTX, whose timing caches
+    are no-ops), "new", "reused", or "discarded: ..." when TensorRT refused the saved cache (another GPU or
+    TensorRT version: set_timing_cache returns False with ignore_mismatch=False) and a new one was started.
+    """
+    if not path or flavor == "tensorrt_rtx":
+        return None, "off"
+    blob = Path(path).read_bytes() if Path(path).is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache, "reused" if blob else "new"
+    reason = f"discarded: TensorRT refused {path} (made on another GPU or TensorRT version); a new cache was started"
+    log.warning("TIMING CACHE %s", reason)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("TensorRT would not attach even an empty timing cache: building without one")
+        return None, reason + "; building without a cache"
+    return cache, reason
+
+
+def serialized_timing_cache(config) -> bytes | None:
+    """The builder config's timing cache as bytes, or None (logged) when TensorRT has none to give."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        log.warning("TensorRT returned no timing cache after the build: the cache file is not updated")
+        return None
+    data = cache.serialize()
+    return bytes(data) if data is not None else None
+
+
 def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precision: str = "fp16",
                 fp16_onnx: Path | None = None, profile: EngineProfile = EngineProfile(),
                 timing_cache: Path | None = None, workspace_mb: int = 2048, allow_rtx: bool = True) -> Manifest:
-    """Build an engine in `out_dir`; return its manifest (also written as <engine>.json)."""
+    """Build an engine in `out_dir`; return its manifest (also written as <engine>.json).
+
+    Nothing is written until the build has succeeded and its timing cache is in hand, so a failure
+    leaves no engine without a manifest.
+    """
     if precision not in ("fp16", "fp32"):
         raise ConfigError(f"engine precision '{precision}' is not supported", fix="use fp16 or fp32")
+    shapes = profile.shapes(fp32_manifest)  # refuse a profile the runtime could never use before any work
     tm = import_tensorrt(allow_rtx)
     trt = tm.module
     gpu = current_gpu()
@@ -81,45 +146,31 @@ def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precisi
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
 
     # choose the network source and precision path by API generation
-    precision_built, strongly_typed, source = "fp32", False, fp32_onnx
-    if tm.strongly_typed_only:
-        strongly_typed = True
-        if precision == "fp16":
-            if fp16_onnx is None or not Path(fp16_onnx).is_file():
-                raise ArtifactError(f"TensorRT {tm.version} builds FP16 only from an FP16 ONNX (strongly typed)",
-                                    fix="export with FP16 enabled (the default) so model.fp16.onnx exists")
-            source, precision_built = Path(fp16_onnx), "fp16"
-        flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        network = builder.create_network(flag)
-    else:
-        network = builder.create_network(0)
-        if precision == "fp16":
-            if getattr(builder, "platform_has_fast_fp16", True):
-                config.set_flag(trt.BuilderFlag.FP16)
-                precision_built = "fp16"
-            else:
-                log.warning("FALLBACK: this GPU has no fast FP16; building an fp32 engine")
+    precision_built, source, fp16_path = "fp32", Path(fp32_onnx), ""
+    has_fp16_onnx = fp16_onnx is not None and Path(fp16_onnx).is_file()
+    strongly_typed = tm.strongly_typed_only
+    if precision == "fp16":
+        fp16_path = fp16_build_path(tm, has_fp16_onnx)
+        if fp16_path == "strongly_typed":
+            strongly_typed, source, precision_built = True, Path(fp16_onnx), "fp16"
+        elif getattr(builder, "platform_has_fast_fp16", True):
+            config.set_flag(trt.BuilderFlag.FP16)
+            precision_built = "fp16"
+        else:
+            fp16_path = "fallback_fp32"
+            log.warning("FALLBACK: this GPU has no fast FP16; building an fp32 engine (recorded in the manifest)")
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(source).read_bytes()):
+    if not parser.parse(source.read_bytes()):
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise ArtifactError(f"TensorRT could not parse {source}", seen=errors[:500],
                             fix="check the opset (17-20) and that the ONNX passes `nfdseg check`")
-    shapes = profile.shapes(fp32_manifest)
     opt_profile = builder.create_optimization_profile()
     for name, (lo, mid, hi) in shapes.items():
         opt_profile.set_shape(name, lo, mid, hi)
     config.add_optimization_profile(opt_profile)
-
-    cache_reused = False
-    if tm.flavor == "tensorrt_rtx":
-        timing_cache = None  # TensorRT-RTX treats timing caches as no-ops (it compiles just in time)
-    if timing_cache:
-        cache_blob = b""
-        if Path(timing_cache).is_file():
-            cache_blob = Path(timing_cache).read_bytes()
-            cache_reused = True
-        cache = config.create_timing_cache(cache_blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    cache, cache_state = attach_timing_cache(config, timing_cache, tm.flavor)
 
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -128,24 +179,31 @@ def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precisi
         tail = "\n".join(logger.lines[-10:])
         raise ArtifactError("TensorRT failed to build the engine", seen=tail[-800:],
                             fix="read the build log; try --engine-precision fp32 or a smaller profile")
+    cache_blob = serialized_timing_cache(config) if cache is not None else None
+    if cache is not None and cache_blob is None:
+        cache_state += "; not saved (TensorRT returned no cache)"
     sm = gpu.sm if gpu else "nogpu"
     name = engine_name(fp32_manifest, precision_built, tm.short_version, sm)
     out_dir.mkdir(parents=True, exist_ok=True)
     engine_path = out_dir / name
-    write_bytes_atomic(engine_path, bytes(serialized))
-    if timing_cache:
-        write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
-    write_text_atomic(engine_path.with_suffix(".log"), "\n".join(logger.lines) + "\n")
     info = EngineInfo(
         tensorrt_version=tm.version, tensorrt_flavor=tm.flavor, gpu_name=gpu.name if gpu else "",
         compute_capability=gpu.compute_capability if gpu else "", precision_requested=precision,
         precision_built=precision_built, strongly_typed=strongly_typed,
         profile={k: [list(s) for s in v] for k, v in shapes.items()},
-        timing_cache=str(timing_cache or ""), timing_cache_reused=cache_reused,
+        timing_cache=str(timing_cache or "") if cache is not None else "", timing_cache_reused=cache_state == "reused",
     )
     manifest = replace(fp32_manifest, kind="engine", artifact=name, precision=precision_built, engine=info,
-                       sha256="", created="", parent=Path(source).name, parent_sha256=sha256_file(source),
+                       sha256="", created="", parent=source.name, parent_sha256=sha256_file(source),
                        metrics={**fp32_manifest.metrics, "engine_build_s": round(seconds, 2)},
+                       config={**fp32_manifest.config, "engine_build": {
+                           "fp16_path": fp16_path, "timing_cache": cache_state, "log_lines_dropped": logger.dropped}},
                        versions={**fp32_manifest.versions, tm.flavor: tm.version})
-    log.info("built %s (%s) in %.1fs", name, precision_built, seconds)
-    return write_manifest(manifest, engine_path.with_suffix(".json"))
+    write_bytes_atomic(engine_path, bytes(serialized))
+    write_text_atomic(engine_path.with_suffix(".log"), "\n".join(logger.lines) + "\n")
+    manifest = write_manifest(manifest, engine_path.with_suffix(".json"))
+    if cache_blob is not None:
+        write_bytes_atomic(Path(timing_cache), cache_blob)
+    log.info("built %s (%s, %s) in %.1fs; timing cache: %s", name, precision_built, fp16_path or "fp32", seconds,
+             cache_state)
+    return manifest

@@ -1,7 +1,9 @@
 """Lazy, version-aware access to TensorRT and the CUDA device (shared by export and serve).
 
-TensorRT 10 (Jetson, most servers) builds FP16 from an fp32 network with the FP16 builder flag;
-TensorRT 11 and TensorRT-RTX build strongly typed networks whose precision comes from the ONNX.
+TensorRT 10 (Jetson, most servers) builds FP16 from an fp32 network with the FP16 builder flag, which
+10.12 deprecates in favour of strongly typed networks; TensorRT 11 and TensorRT-RTX build strongly
+typed networks only, whose precision comes from the ONNX. Nothing here imports TensorRT, CUDA or
+torch until asked.
 """
 
 from __future__ import annotations
@@ -10,12 +12,23 @@ import importlib
 import logging
 from dataclasses import dataclass
 
-from .errors import MissingDependencyError
+from .errors import ArtifactError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = ("install TensorRT: use NVIDIA's TensorRT container or JetPack, or `pip install tensorrt` "
                 "(needs NVIDIA's package host); tests may use `pip install tensorrt-rtx`")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'10.13.2.6' -> (10, 13, 2, 6); non-numeric parts (e.g. 'rc1') end the tuple."""
+    out = []
+    for part in str(version).split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -26,7 +39,7 @@ class TrtModule:
 
     @property
     def major(self) -> int:
-        return int(self.version.split(".")[0])
+        return version_tuple(self.version)[0]
 
     @property
     def strongly_typed_only(self) -> bool:
@@ -34,9 +47,29 @@ class TrtModule:
         return self.flavor == "tensorrt_rtx" or self.major >= 11
 
     @property
+    def fp16_flag_deprecated(self) -> bool:
+        """TensorRT 10.12 deprecated weak typing (the FP16 builder flag); 11 removed it."""
+        return self.strongly_typed_only or version_tuple(self.version)[:2] >= (10, 12)
+
+    @property
     def short_version(self) -> str:
         prefix = "rtx" if self.flavor == "tensorrt_rtx" else ""
         return prefix + ".".join(self.version.split(".")[:2])
+
+
+def fp16_build_path(tm: TrtModule, fp16_onnx_exists: bool) -> str:
+    """How to build an FP16 engine here: "strongly_typed" (network parsed from the FP16 ONNX) or
+    "builder_flag" (fp32 network + BuilderFlag.FP16, TensorRT 10 before 10.12 or without an FP16 ONNX)."""
+    if tm.strongly_typed_only:
+        if not fp16_onnx_exists:
+            raise ArtifactError(f"{tm.flavor} {tm.version} builds FP16 only from an FP16 ONNX (strongly typed)",
+                                fix="export with FP16 enabled (the default) so model.fp16.onnx exists")
+        return "strongly_typed"
+    if tm.fp16_flag_deprecated and fp16_onnx_exists:
+        return "strongly_typed"
+    if tm.fp16_flag_deprecated:
+        log.warning("TensorRT %s deprecates the FP16 builder flag and there is no FP16 ONNX: using the flag", tm.version)
+    return "builder_flag"
 
 
 def import_tensorrt(allow_rtx: bool = True) -> TrtModule:
@@ -51,6 +84,18 @@ def import_tensorrt(allow_rtx: bool = True) -> TrtModule:
     raise MissingDependencyError("TensorRT is not installed", fix=INSTALL_HINT)
 
 
+def engine_version_problem(built: str, here: str) -> tuple[str, str]:
+    """Compare an engine's TensorRT version with this runtime's, as TensorRT does when deserializing:
+    major.minor.patch must match ("expecting library version X got Y"). Returns (refusal, warning), each
+    "" when there is none; a different build number is only warned about."""
+    b, h = version_tuple(built), version_tuple(here)
+    if b[:3] != h[:3]:
+        return f"built with TensorRT {built}; this machine has {here}", ""
+    if b[3:4] != h[3:4] and b[3:4] and h[3:4]:
+        return "", f"engine built with TensorRT {built}, running on {here} (same release, another build)"
+    return "", ""
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     name: str
@@ -61,25 +106,92 @@ class GpuInfo:
         return "sm" + self.compute_capability.replace(".", "")
 
 
-def current_gpu() -> GpuInfo | None:
-    """The first CUDA GPU, found through cuda-python (or torch when present), or None when there is none."""
+class CudaSetupError(MissingDependencyError):
+    """A GPU driver is present but the CUDA binding cannot use it (e.g. cuda-python 13 on a CUDA 12 driver)."""
+
+
+def binding_mismatch(driver_version: int, runtime_version: int) -> str:
+    """Why a CUDA binding built for `runtime_version` cannot run on `driver_version` (CUDA's integer
+    form, 12060 = 12.6), or "" when it can. Drivers run any runtime of their CUDA major or older."""
+    if driver_version and runtime_version and driver_version // 1000 < runtime_version // 1000:
+        d, r = driver_version // 1000, runtime_version // 1000
+        return (f"cuda-python is built for CUDA {r}.{runtime_version % 1000 // 10} but the driver supports CUDA "
+                f"{d}.{driver_version % 1000 // 10}")
+    return ""
+
+
+def current_gpu(index: int = 0) -> GpuInfo | None:
+    """CUDA GPU `index` (default the first), or None when this machine has no NVIDIA driver or no GPU.
+
+    Found through cuda-python (or torch when cuda-python is absent). A driver that the installed
+    binding cannot use raises CudaSetupError: an engine must never be named or checked as if no GPU were there.
+    """
     try:
         cudart = cuda_runtime()
-        err, props = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-            return GpuInfo(name.strip("\x00"), f"{props.major}.{props.minor}")
-    except Exception:
-        pass
+    except MissingDependencyError:
+        cudart = None
+    if cudart is not None:
+        err, driver = cudart.cudaDriverGetVersion()
+        if int(err) != 0 or driver == 0:  # 0: no NVIDIA driver installed
+            return None
+        err, runtime = cudart.cudaRuntimeGetVersion()
+        problem = binding_mismatch(driver, runtime if int(err) == 0 else 0)
+        if problem:
+            d = driver // 1000
+            raise CudaSetupError("the CUDA binding does not match this machine's driver", seen=problem,
+                                 fix=f"install the binding of the driver's CUDA major: pip install 'cuda-python>={d},<{d + 1}' "
+                                     "(docs/deploying.md)")
+        err, count = cudart.cudaGetDeviceCount()
+        if int(err) == 100 or (int(err) == 0 and count == 0):  # cudaErrorNoDevice
+            return None
+        if int(err) == 0 and index >= count:
+            raise CudaSetupError(f"there is no CUDA GPU {index}", seen=f"{count} GPU(s) visible",
+                                 fix=f"pass a device from cuda:0 to cuda:{count - 1}, or check CUDA_VISIBLE_DEVICES")
+        if int(err) != 0:
+            raise CudaSetupError("CUDA cannot see the GPU", seen=_cuda_error_text(cudart, err),
+                                 fix="check the driver (nvidia-smi), CUDA_VISIBLE_DEVICES, and the cuda-python version")
+        err, props = cudart.cudaGetDeviceProperties(index)
+        if int(err) != 0:
+            raise CudaSetupError("CUDA cannot read the GPU's properties", seen=_cuda_error_text(cudart, err),
+                                 fix="check the driver (nvidia-smi) and the cuda-python version")
+        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+        return GpuInfo(name.strip("\x00"), f"{props.major}.{props.minor}")
     try:  # torch is not a runtime dependency: only asked when cuda-python is absent
         import torch
-
-        if torch.cuda.is_available():
-            p = torch.cuda.get_device_properties(0)
-            return GpuInfo(p.name, f"{p.major}.{p.minor}")
-    except Exception:
-        pass
+    except ImportError:
+        return None
+    if torch.cuda.is_available() and index < torch.cuda.device_count():
+        p = torch.cuda.get_device_properties(index)
+        return GpuInfo(p.name, f"{p.major}.{p.minor}")
     return None
+
+
+def _cuda_error_text(cudart, err) -> str:
+    try:
+        return f"{err!r}: {cudart.cudaGetErrorString(err)[1].decode()}"
+    except Exception:  # an old binding without cudaGetErrorString
+        return repr(err)
+
+
+def cuda_check(cudart, result, what: str):
+    """Unwrap a cuda-python call's (err, value...) tuple; raise ArtifactError naming the call on failure."""
+    err = result[0]
+    if int(err) != 0:
+        raise ArtifactError(f"CUDA call failed: {what}", seen=_cuda_error_text(cudart, err),
+                            fix="check GPU memory (nvidia-smi) and that cuda-python matches the driver")
+    return None if len(result) == 1 else (result[1] if len(result) == 2 else result[1:])
+
+
+def cuda_device_index(device: str) -> int:
+    """'auto' | 'cuda' -> 0, 'cuda:N' -> N; anything else is a ConfigError (TensorRT runs on a GPU only)."""
+    from .errors import ConfigError
+
+    if device in ("auto", "cuda", "gpu"):
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    raise ConfigError(f"the TensorRT backend runs on a CUDA GPU, not on '{device}'",
+                      fix="pass device auto, cuda or cuda:N, or serve the ONNX with --backend onnxruntime")
 
 
 def cuda_runtime():
@@ -96,4 +208,5 @@ def cuda_runtime():
         return cudart
     except ImportError:
         raise MissingDependencyError("the TensorRT backend needs CUDA bindings",
-                                     fix="pip install cuda-python (or use the NVIDIA TensorRT container)") from None
+                                     fix="pip install 'cuda-python>=12,<13' on CUDA 12 drivers (JetPack 6), "
+                                         "'cuda-python>=13,<14' on CUDA 13 (see docs/deploying.md)") from None
