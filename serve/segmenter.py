@@ -41,15 +41,29 @@ class Segmenter:
         backend: auto | tensorrt | onnxruntime | torch. device: auto | cpu | cuda.
         expect_classes: refuse the artifact unless it has this many classes (a deployment's guard).
         max_pixels: refuse images larger than this many pixels.
+
+    `predict` may be called from several threads at once; results equal sequential calls.
     """
 
     def __init__(self, artifact: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
                  expect_classes: int | None = None, max_pixels: int | None = None, **backend_kwargs: Any):
-        self.backend: Backend = open_backend(artifact, backend, device, precision, **backend_kwargs)
-        m = self.backend.manifest
+        self._attach(open_backend(artifact, backend, device, precision, **backend_kwargs), expect_classes, max_pixels)
+
+    @classmethod
+    def from_backend(cls, backend: Backend, expect_classes: int | None = None,
+                     max_pixels: int | None = None) -> "Segmenter":
+        """A Segmenter over an already opened backend (the trainer's in-memory model, a custom runtime)."""
+        seg = cls.__new__(cls)
+        seg._attach(backend, expect_classes, max_pixels)
+        return seg
+
+    def _attach(self, backend: Backend, expect_classes: int | None, max_pixels: int | None) -> None:
+        self.backend: Backend = backend
+        m = backend.manifest
         if expect_classes is not None and m.num_classes != expect_classes:
-            raise ArtifactError(f"{artifact} predicts {m.num_classes} classes, this deployment expects {expect_classes}",
-                                seen=", ".join(m.classes.names[:10]), fix="pass the artifact trained for your classes")
+            raise ArtifactError(f"{backend.path} predicts {m.num_classes} classes, this deployment expects "
+                                f"{expect_classes}", seen=", ".join(m.classes.names[:10]),
+                                fix="pass the artifact trained for your classes")
         self.manifest: Manifest = m
         self.limits = ImageLimits(max_pixels=max_pixels) if max_pixels else ImageLimits()
         self.normalize_in_graph = bool(m.onnx and m.onnx.normalize_in_graph)
@@ -76,22 +90,26 @@ class Segmenter:
         return [load_image(im, bgr=bgr, limits=self.limits, name=None if not isinstance(im, np.ndarray) else f"image {i}")
                 for i, im in enumerate(items)]
 
-    def infer_arrays(self, rgb: Sequence[np.ndarray]) -> np.ndarray:
-        """Run the model on decoded RGB images; returns the raw graph output for the whole batch."""
-        return self.backend_infer_batch(prepare_batch(rgb, self.manifest.preprocess, self.normalize_in_graph))
+    def infer_arrays(self, rgb: Sequence[np.ndarray], labels_only: bool = False) -> np.ndarray:
+        """Run the model on decoded RGB images; returns the raw graph output for the whole batch, or
+        (labels_only) the (N, H, W) uint8 label maps, which a GPU backend computes on the GPU."""
+        x = prepare_batch(rgb, self.manifest.preprocess, self.normalize_in_graph)
+        return self.backend_infer_batch(x, labels_only)
 
-    def backend_infer_batch(self, x: np.ndarray) -> np.ndarray:
+    def backend_infer_batch(self, x: np.ndarray, labels_only: bool = False) -> np.ndarray:
         """One preprocessed batch through the backend, split into chunks of the backend's max batch
-        (an engine profile), so a larger batch is served rather than refused."""
+        (an engine profile), so a larger batch is served rather than refused. Safe to call from several
+        threads at once (each backend guards what its calls share)."""
+        run = self.backend.infer_labels if labels_only else self.backend.infer
         step = self.backend.max_batch or len(x)
         if len(x) <= step:
-            return self.backend.infer(x)
-        return np.concatenate([self.backend.infer(x[i:i + step]) for i in range(0, len(x), step)], 0)
+            return run(x)
+        return np.concatenate([run(x[i:i + step]) for i in range(0, len(x), step)], 0)
 
     def postprocess(self, out: np.ndarray, sizes: Sequence[tuple[int, int]], with_probs: bool = False) -> list[Prediction]:
         preds = []
         for o, (h, w) in zip(out, sizes):
-            if self.output_kind == "labels":
+            if self.output_kind == "labels" or o.ndim == 2:  # a label-map graph, or labels_only inference
                 labels, probs = o.astype(np.uint8), None
             else:
                 labels = o.argmax(0).astype(np.uint8)
@@ -108,7 +126,7 @@ class Segmenter:
         t0 = time.perf_counter()
         rgb = self.decode(images, bgr)
         t1 = time.perf_counter()
-        out = self.infer_arrays(rgb)
+        out = self.infer_arrays(rgb, labels_only=not with_probs)
         t2 = time.perf_counter()
         preds = self.postprocess(out, [im.shape[:2] for im in rgb], with_probs)
         t3 = time.perf_counter()

@@ -109,3 +109,59 @@ def test_runtime_needs_no_torch(exported):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "onnxruntime"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_predict_from_eight_threads_equals_sequential(exported, trained_run, backend):
+    """Segmenter.predict called from 8 threads at once returns exactly what sequential calls return."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    art = exported if backend == "onnxruntime" else trained_run / "student"
+    s = Segmenter(art, backend=backend, device="cpu")
+    imgs = [_img(40 + 3 * i, 56 - 2 * i, i) for i in range(16)]
+    want = [s.predict(im, with_probs=i % 2 == 0) for i, im in enumerate(imgs)]
+    barrier = __import__("threading").Barrier(8)
+
+    def call(i):
+        if i < 8:
+            barrier.wait()  # all eight threads enter predict together
+        return s.predict(imgs[i], with_probs=i % 2 == 0)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(call, range(16)))
+    for w, g in zip(want, got):
+        assert np.array_equal(w.labels, g.labels)
+        if w.probs is not None:
+            np.testing.assert_array_equal(w.probs, g.probs)
+
+
+def test_labels_only_equals_argmax_of_logits(exported, trained_run):
+    """predict without probabilities takes the label map from the backend (on the GPU for torch)."""
+    for s in (Segmenter(exported, backend="onnxruntime", device="cpu"),
+              Segmenter(trained_run / "student", backend="torch", device="cpu")):
+        x = np.random.default_rng(0).standard_normal((3, 3, 48, 48)).astype(np.float32)
+        labels = s.backend.infer_labels(x)
+        assert labels.dtype == np.uint8 and labels.shape == (3, 48, 48)
+        assert np.array_equal(labels, s.backend.infer(x).argmax(1))
+
+
+def test_torch_backend_cpu_fallbacks_are_recorded(trained_run):
+    s = Segmenter(trained_run / "student", backend="torch", device="cpu", precision="fp16", cuda_graphs=True)
+    d = s.describe()
+    assert d["precision"] == "fp32" and d["cuda_graphs"] is False and "on CPU" in d["fallback"]
+
+
+def test_onnxruntime_device_and_provider_reporting(exported, monkeypatch):
+    from nfdseg.serve import backends
+    from nfdseg.serve.backends.onnxruntime_backend import _why_no_cuda, parse_device
+
+    assert parse_device("cuda:1") == (True, 1) and parse_device("cpu") == (False, 0) and parse_device("auto") == (True, 0)
+    with pytest.raises(ConfigError, match="unknown device"):
+        parse_device("gpu0")
+    assert "could not create it" in _why_no_cuda(["CUDAExecutionProvider", "CPUExecutionProvider"], "CPUExecutionProvider")
+    # CUDA listed but not loaded (as with a CPU-only onnxruntime here): auto must not serve FP16 on the CPU
+    monkeypatch.setattr(backends, "_has_gpu", lambda: True)
+    b = backends.open_backend(exported, "onnxruntime", device="auto")
+    assert b.path.name == "model.onnx" and b.device == "cpu" and "instead of model.fp16.onnx" in b.fallback
+    explicit = backends.open_backend(exported, "onnxruntime", device="cpu", precision="fp16")
+    assert explicit.path.name == "model.fp16.onnx" and explicit.fallback == ""

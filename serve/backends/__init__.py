@@ -71,12 +71,20 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
             if name == "tensorrt":
                 from .tensorrt_backend import TensorRTBackend
 
-                b = TensorRTBackend(files[0], _manifest_for(files[0]), allow_rtx=kwargs.get("allow_rtx", False))
+                b = TensorRTBackend(files[0], _manifest_for(files[0]), allow_rtx=kwargs.get("allow_rtx", False),
+                                    device=device)
             elif name == "onnxruntime":
                 from .onnxruntime_backend import OnnxRuntimeBackend
 
                 f = _pick_onnx(files, precision, gpu and device != "cpu")
                 b = OnnxRuntimeBackend(f, _manifest_for(f), device=device, threads=kwargs.get("threads", 0))
+                if f.name == "model.fp16.onnx" and precision == "auto" and b.device == "cpu":
+                    # the CUDA provider was listed but did not load: FP16 is slower than fp32 on the CPU
+                    f = _pick_onnx(files, "fp32", False)
+                    note = b.fallback
+                    b = OnnxRuntimeBackend(f, _manifest_for(f), device="cpu", threads=kwargs.get("threads", 0))
+                    b.fallback = f"{note}; serving {f.name} on CPU instead of model.fp16.onnx"
+                    log.warning("FALLBACK: %s", b.fallback)
             else:
                 from .torch_backend import TorchBackend
 
@@ -108,7 +116,8 @@ def _pick_onnx(files: list[Path], precision: str, on_gpu: bool) -> Path:
 
 
 def _has_gpu() -> bool:
-    """Whether onnxruntime can run on a GPU here (decides fp16 vs fp32 ONNX); never imports torch."""
+    """Whether onnxruntime lists a CUDA provider (a first guess for fp16 vs fp32 ONNX; open_backend checks
+    the provider that actually loaded and falls back to fp32 on CPU); never imports torch."""
     try:
         import onnxruntime as ort
     except ImportError:

@@ -26,6 +26,12 @@ class Backend:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def infer_labels(self, batch: np.ndarray) -> np.ndarray:
+        """Like `infer`, but returns the (N, H, W) uint8 label map: backends that can take the argmax where
+        the logits are (the torch backend, on the GPU) override this to copy C times fewer bytes back."""
+        out = self.infer(batch)
+        return out.astype(np.uint8, copy=False) if out.ndim == 3 else out.argmax(1).astype(np.uint8)
+
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device, "precision": self.precision,
                 "artifact": str(self.path), "fallback": self.fallback}

@@ -1,7 +1,9 @@
-"""onnxruntime backend: CUDA execution provider (with IO binding) when present, CPU otherwise.
+"""onnxruntime backend: CUDA execution provider (with IO binding) when it loads, CPU otherwise.
 
-Which provider actually runs is read back from the session and reported; asking for CUDA and
-getting CPU is logged as a warning and recorded in `fallback`, never silent.
+Which provider actually runs is read back from the session (`get_available_providers()` lists CUDA
+whenever onnxruntime-gpu is installed, even where its libraries cannot load) and reported; asking
+for CUDA and getting CPU is logged as a warning and recorded in `fallback`, never silent.
+`InferenceSession.run` is safe to call from several threads; the IO binding is made per call.
 """
 
 from __future__ import annotations
@@ -12,12 +14,33 @@ from pathlib import Path
 
 import numpy as np
 
-from nfdseg.errors import ArtifactError, MissingDependencyError
+from nfdseg.errors import ArtifactError, ConfigError, MissingDependencyError
 from nfdseg.manifest import Manifest
 
 from .base import Backend
 
 log = logging.getLogger(__name__)
+
+
+def parse_device(device: str) -> tuple[bool, int]:
+    """(want CUDA, device id) from auto | cpu | cuda | cuda:N."""
+    if device in ("auto", "cuda"):
+        return True, 0
+    if device == "cpu":
+        return False, 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return True, int(device[5:])
+    raise ConfigError(f"unknown device '{device}'", fix="use auto, cpu, cuda or cuda:N")
+
+
+def conflicting_installs() -> list[str]:
+    """Installed onnxruntime distributions; more than one (e.g. onnxruntime + onnxruntime-gpu) share one
+    import name and the last installed wins, often the CPU-only one."""
+    from importlib import metadata
+
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    return sorted(n for n in names if n.startswith("onnxruntime") and n not in ("onnxruntime-extensions",)
+                  and not n.startswith("onnxruntime-genai"))
 
 
 class OnnxRuntimeBackend(Backend):
@@ -29,12 +52,12 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError:
             raise MissingDependencyError("the onnxruntime backend needs onnxruntime",
-                                         fix="pip install onnxruntime (CPU) or onnxruntime-gpu") from None
+                                         fix="pip install onnxruntime (CPU) or onnxruntime-gpu (not both)") from None
+        want_cuda, device_id = parse_device(device)
         available = ort.get_available_providers()
-        want_cuda = device in ("auto", "cuda") or device.startswith("cuda")
-        providers = ["CPUExecutionProvider"]
+        providers: list = ["CPUExecutionProvider"]
         if want_cuda and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
@@ -49,23 +72,24 @@ class OnnxRuntimeBackend(Backend):
             raise ArtifactError(f"onnxruntime cannot load {path}", seen=f"{type(e).__name__}: {str(e)[:300]}",
                                 fix="re-export the model with `nfdseg export`") from None
         used = self.session.get_providers()
-        self.device = "cuda" if used[0] == "CUDAExecutionProvider" else "cpu"
-        if device == "cuda" and self.device != "cuda":
-            self.fallback = f"CUDA requested but onnxruntime ran on {used[0]} (available: {available})"
+        self.provider = used[0]
+        self.device_id = device_id
+        self.device = f"cuda:{device_id}" if used[0] == "CUDAExecutionProvider" else "cpu"
+        if want_cuda and device != "auto" and self.device == "cpu":
+            self.fallback = _why_no_cuda(available, used[0])
             log.warning("FALLBACK: %s", self.fallback)
         elif device == "auto" and self.device == "cpu" and _gpu_visible():
-            self.fallback = "a GPU is visible but onnxruntime has no CUDA provider: running on CPU"
-            log.warning("FALLBACK: %s (pip install onnxruntime-gpu)", self.fallback)
+            self.fallback = _why_no_cuda(available, used[0])
+            log.warning("FALLBACK: %s", self.fallback)
         log.info("onnxruntime %s on %s (%s)", ort.__version__, used[0], path.name)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        self._binding = self.session.io_binding() if self.device == "cuda" else None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        if self._binding is not None:
-            b = self._binding
+        if self.device.startswith("cuda"):
+            b = self.session.io_binding()  # one per call: a binding holds per-run state, a session is shared
             b.bind_cpu_input(self.input_name, batch)
-            b.bind_output(self.output_name, "cuda")
+            b.bind_output(self.output_name, "cuda", self.device_id)
             self.session.run_with_iobinding(b)
             return b.copy_outputs_to_cpu()[0]
         return self.session.run([self.output_name], {self.input_name: batch})[0]
@@ -73,7 +97,18 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict:
         import onnxruntime as ort
 
-        return {**super().describe(), "provider": self.session.get_providers()[0], "onnxruntime": ort.__version__}
+        return {**super().describe(), "provider": self.provider, "onnxruntime": ort.__version__}
+
+
+def _why_no_cuda(available: list[str], used: str) -> str:
+    if "CUDAExecutionProvider" not in available:
+        dists = conflicting_installs()
+        if len(dists) > 1:
+            return (f"onnxruntime has no CUDA provider: {' and '.join(dists)} are both installed and the CPU build "
+                    "won; pip uninstall them all, then pip install onnxruntime-gpu alone")
+        return "a GPU is visible but onnxruntime has no CUDA provider: running on CPU (pip install onnxruntime-gpu)"
+    return (f"onnxruntime lists CUDAExecutionProvider but could not create it (ran on {used}): its CUDA/cuDNN "
+            "libraries do not match this machine; see docs/deploying.md")
 
 
 def _gpu_visible() -> bool:

@@ -1,9 +1,16 @@
-"""torch backend: the checkpoint itself, on CUDA (fp16/bf16 autocast, channels_last, optional CUDA
-graphs) or CPU (fp32). Needs torch, so it is for development and GPU servers, not small devices."""
+"""torch backend: the checkpoint itself, on CUDA (fp16/bf16 weights, channels_last, optional CUDA
+graphs) or CPU (fp32). Needs torch, so it is for development and GPU servers, not small devices.
+
+Reduced precision converts the weights once (`.half()` / `.to(torch.bfloat16)`) rather than
+autocasting every call; the label map's argmax runs on the GPU, so only N*H*W bytes come back when
+probabilities are not asked for. CUDA graphs are captured once per input shape, all in one shared
+memory pool, and replayed under a lock (their static buffers are shared by every caller).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +27,9 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, path: Path, manifest: Manifest, device: str = "auto", precision: str = "auto",
-                 channels_last: bool = True, cuda_graphs: bool = False):
+                 channels_last: bool = True, cuda_graphs: bool = False, model=None):
+        """`model`: an in-memory torch module to serve instead of loading the checkpoint at `path` (the trainer
+        evaluates through this backend, so its figures are measured like every other artifact's)."""
         super().__init__(path, manifest)
         try:
             import torch
@@ -35,50 +44,91 @@ class TorchBackend(Backend):
             raise ConfigError("the torch backend was asked for CUDA but no CUDA GPU is visible",
                               fix="use --device cpu or --backend onnxruntime")
         self.dev = torch.device(device)
+        if self.dev.type == "cuda" and self.dev.index is None:
+            self.dev = torch.device("cuda", torch.cuda.current_device())
         self.device = str(self.dev)
         if precision == "auto":
             precision = "fp16" if self.dev.type == "cuda" else "fp32"
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"unknown precision '{precision}'", fix="use auto, fp32, fp16 or bf16")
         if self.dev.type == "cpu" and precision != "fp32":
             self.fallback = f"{precision} requested on CPU: running fp32"
             log.warning("FALLBACK: %s", self.fallback)
             precision = "fp32"
         self.precision = precision
-        self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        model, _ = load_model_from_dir(path.parent, self.dev)
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        if model is None:
+            model, _ = load_model_from_dir(path.parent, self.dev)
+        model = model.to(dtype=self.dtype)  # once, instead of autocast on every call
         self.channels_last = channels_last and self.dev.type == "cuda"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = model.eval()
         self.cuda_graphs = cuda_graphs and self.dev.type == "cuda"
+        if cuda_graphs and not self.cuda_graphs:
+            self.fallback = "CUDA graphs requested on CPU: running eagerly"
+            log.warning("FALLBACK: %s", self.fallback)
         self._graphs: dict[tuple, tuple] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._lock = threading.Lock()
 
-    def _run(self, x):
+    def _forward(self, x):
+        """Model input batch (on the device) -> (float32 logits, uint8 labels), both on the device."""
+        logits = self.model(x.to(self.dtype))
+        return logits.float(), logits.argmax(1).to(self.torch.uint8)
+
+    def _to_device(self, batch: np.ndarray):
         torch = self.torch
-        with torch.autocast(self.dev.type, dtype=self.dtype, enabled=self.dtype is not None):
-            return self.model(x).float()
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.dev.type == "cuda":
+            x = x.pin_memory().to(self.dev, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, labels_only: bool) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.dev, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self._to_device(batch)
             if not self.cuda_graphs:
-                return self._run(x).cpu().numpy()
-            key = tuple(x.shape)
-            if key not in self._graphs:  # capture once per shape, after a warm-up on a side stream
-                static_in = x.clone()
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    for _ in range(2):
-                        self._run(static_in)
-                torch.cuda.current_stream().wait_stream(s)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    static_out = self._run(static_in)
-                self._graphs[key] = (graph, static_in, static_out)
-            graph, static_in, static_out = self._graphs[key]
-            static_in.copy_(x)
-            graph.replay()
-            return static_out.cpu().numpy()
+                logits, labels = self._forward(x)
+                return (labels if labels_only else logits).cpu().numpy()
+            with self._lock:  # the graph's static input/output tensors are shared by all callers
+                graph, static_in, static_out = self._graph_for(x)
+                static_in.copy_(x)
+                graph.replay()
+                return static_out[1 if labels_only else 0].cpu().numpy()
+
+    def _graph_for(self, x):
+        """The CUDA graph for x's shape: captured on first use (after a warm-up on a side stream), in the
+        backend's one memory pool so that several shapes do not each hold their own activations."""
+        torch = self.torch
+        key = tuple(x.shape)
+        if key not in self._graphs:
+            static_in = x.clone()
+            s = torch.cuda.Stream(self.dev)
+            s.wait_stream(torch.cuda.current_stream(self.dev))
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    self._forward(static_in)
+            torch.cuda.current_stream(self.dev).wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                static_out = self._forward(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+            log.info("captured a CUDA graph for input %s (%d shapes share one pool)", key, len(self._graphs))
+        return self._graphs[key]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch, labels_only=False)
+
+    def infer_labels(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch, labels_only=True)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "cuda_graphs": self.cuda_graphs, "channels_last": self.channels_last,
+                "torch": self.torch.__version__}
+
+    def close(self) -> None:
+        with self._lock:
+            self._graphs.clear()
