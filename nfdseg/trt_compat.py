@@ -24,10 +24,12 @@ def version_tuple(version: str) -> tuple[int, ...]:
     """'10.13.2.6' -> (10, 13, 2, 6); non-numeric parts (e.g. 'rc1') end the tuple."""
     out = []
     for part in str(version).split("."):
-        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        digits = part[:len(part) - len(part.lstrip("0123456789"))]  # leading digits only
         if not digits:
             break
         out.append(int(digits))
+        if len(digits) < len(part):
+            break
     return tuple(out)
 
 
