@@ -4,12 +4,14 @@ real browser (Debian chromium driven by playwright) uploading an image."""
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from imagefiles import quadrants
 from nfdseg.demo.render import class_shares, legend_html, side_by_side
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -44,9 +46,9 @@ def server(exported, tmp_path_factory):
     demo.queue(default_concurrency_limit=16)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", seg
+    yield f"http://127.0.0.1:{port}/", seg, demo
     demo.close()
-    demo.nfdseg_batcher.close()
+    demo.nfdseg_close()
 
 
 def _scene(tmp_path, name="scene.png", size=(96, 128)):
@@ -59,7 +61,7 @@ def _scene(tmp_path, name="scene.png", size=(96, 128)):
 
 def test_gradio_client_single_several_and_bad(server, tmp_path):
     gradio_client = pytest.importorskip("gradio_client")
-    url, seg = server
+    url, seg, demo = server
     client = gradio_client.Client(url, verbose=False)
     one = _scene(tmp_path)
     gallery, legend, status, downloads = client.predict(gradio_client.handle_file(str(one)), [], 0.5,
@@ -75,22 +77,112 @@ def test_gradio_client_single_several_and_bad(server, tmp_path):
     np.testing.assert_array_equal(labels, seg.predict(str(one)).labels)
 
     many = [gradio_client.handle_file(str(_scene(tmp_path, f"s{i}.png", (64 + 8 * i, 80)))) for i in range(3)]
-    bad = tmp_path / "broken.png"
+    bad = tmp_path / "holiday photo.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     gallery, legend, status, downloads = client.predict(None, many + [gradio_client.handle_file(str(bad))], 0.5,
                                                         api_name="/segment")
     assert len(gallery) == 3 and len(downloads) == 3
-    assert "3 images segmented" in status and "broken.png" in status and "not a readable image" in status
+    assert "3 images segmented" in status and "holiday photo.png: not a readable image" in status, status
+    # the message names the visitor's file, never where the server keeps uploads
+    assert tempfile.gettempdir() not in status and "gradio" not in status and str(tmp_path) not in status
     # the app keeps serving after a bad upload
     gallery, *_ = client.predict(gradio_client.handle_file(str(one)), [], 0.3, api_name="/segment")
     assert len(gallery) == 1
+
+
+def test_rotated_phone_photo_and_result_files_per_visitor(server, tmp_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    from imagefiles import rotated_jpeg
+
+    url, seg, demo = server
+    photo = tmp_path / "portrait.jpg"
+    rotated_jpeg(quadrants(64, 32), 6, photo)  # stored 32 high, 64 wide; shown 64 high, 32 wide
+    client = gradio_client.Client(url, verbose=False)
+    gallery, _, status, downloads = client.predict(gradio_client.handle_file(str(photo)), [], 0.5, api_name="/segment")
+    shown = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+    assert shown.shape[:2] == (64, 32 * 2 + 4), "the photo is shown upright (EXIF orientation applied)"
+    assert np.asarray(Image.open(downloads[0])).shape == (64, 32), "the label map has the upright size"
+    files = demo.nfdseg_files
+    first = [d for d in files.folders() if list(d.glob("portrait_0_labels.png"))]
+    assert len(first) == 1
+    client.predict(gradio_client.handle_file(str(_scene(tmp_path, "second.png"))), [], 0.5, api_name="/segment")
+    assert not first[0].exists(), "a visitor's previous results are removed when new ones replace them"
+    assert sum(1 for d in files.folders() if list(d.glob("second_0_labels.png"))) == 1
+    # closing the page fires Gradio's unload event, wired to remove that visitor's files
+    unload = [fn for fn in demo.fns.values() if any(t[1] == "unload" for t in fn.targets)]
+    assert len(unload) == 1
+    before = files.folders()
+    visitor = next(v for v, (d, _) in files._dirs.items() if list(d.glob("second_0_labels.png")))
+    unload[0].fn(type("Request", (), {"session_hash": visitor})())
+    assert len(files.folders()) == len(before) - 1
+    assert not any(list(d.glob("second_0_labels.png")) for d in files.folders())
+
+
+def test_result_files_lifecycle(tmp_path):
+    from nfdseg.demo.files import ResultFiles
+
+    files = ResultFiles(max_age_s=3600)
+    a1 = files.for_request("a")
+    (a1 / "x.png").write_bytes(b"x")
+    b1 = files.for_request("b")
+    a2 = files.for_request("a")
+    assert not a1.exists() and a2.is_dir() and b1.is_dir()
+    files.release("b")
+    assert not b1.exists() and a2.is_dir()
+    files.max_age_s = 0.0  # an idle visitor (no unload, e.g. an API client) is cleaned up by later requests
+    c1 = files.for_request("c")
+    assert not a2.exists() and c1.is_dir()
+    root = files.root
+    files.close()
+    assert not root.exists()
+
+
+def test_examples_come_from_the_models_own_data(exported, tmp_path):
+    import dataclasses
+
+    from nfdseg.demo.examples import example_images
+    from nfdseg.distill.data.synthetic import SyntheticScenes
+    from nfdseg.serve import Segmenter
+
+    manifest = Segmenter(exported, backend="onnxruntime").manifest
+    paths, where = example_images(manifest, tmp_path / "ex", n=3)
+    data = manifest.config["data"]
+    scenes = SyntheticScenes(data["val_split"], data["synthetic_val"], tuple(data["synthetic_size"]), data["seed"])
+    assert len(paths) == 3 and "synthetic validation scenes" in where
+    picked = [int(Path(p).stem.split("_")[1]) for p in paths]
+    assert picked[0] == 0 and picked[-1] == len(scenes) - 1 and 0 < picked[1] < len(scenes) - 1, "spread over val"
+    for p, i in zip(paths, picked):
+        shown = np.asarray(Image.open(p))
+        k = shown.shape[0] // scenes.size[0]
+        assert k >= 2 and np.array_equal(shown[::k, ::k], scenes.load(i)[0]), f"{p} is validation scene {i}"
+    # a model trained on a folder dataset shows that dataset's validation images, in place
+    root = tmp_path / "mine"
+    names = list(manifest.classes.names)
+    (root / "classes.yaml").parent.mkdir(parents=True)
+    (root / "classes.yaml").write_text(f"classes: {names}\n")
+    for i in range(5):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(root / f"v{i}.png")
+        (root / "images/val").mkdir(parents=True, exist_ok=True)
+        (root / "masks/val").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(root / "images/val" / f"v{i}.png")
+        Image.fromarray(np.zeros((20, 30), np.uint8)).save(root / "masks/val" / f"v{i}.png")
+    folder_cfg = {**data, "format": "folder", "root": str(root)}
+    folder_model = dataclasses.replace(manifest, config={**manifest.config, "data": folder_cfg})
+    paths, where = example_images(folder_model, tmp_path / "ex2", n=3)
+    assert [Path(p).name for p in paths] == ["v0.png", "v2.png", "v4.png"] and str(root) in where
+    assert all(Path(p).parent == root / "images/val" for p in paths) and not (tmp_path / "ex2").exists()
+    gone = dataclasses.replace(manifest, config={**manifest.config, "data": {**folder_cfg, "root": str(tmp_path / "x")}})
+    paths, where = example_images(gone, tmp_path / "ex3")
+    assert paths == [] and "not reachable" in where, "no synthetic scenes for a model of another world"
+    (root / "classes.yaml").write_text("classes: [a, b]\n")
+    assert example_images(folder_model, tmp_path / "ex4")[0] == []
 
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
 def test_browser_upload_shows_overlay_and_legend(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    url, seg = server
+    url, seg, _ = server
     img = _scene(tmp_path, size=(192, 256))
     shots = Path(os.environ.get("NFDSEG_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
