@@ -31,8 +31,54 @@ class ExportConfig:
     engine_allow_rtx: bool = False
     profile: EngineProfile = field(default_factory=EngineProfile)
     parity: ParityBudget = field(default_factory=ParityBudget)
+    fp16_calibration_images: int = 4  # validation images scanned for activations beyond the float16 range (0: off)
     triton_dir: str = ""
     triton_name: str = "nfdseg"
+
+
+def _calibration(ckpt, onnx_m, n: int):
+    """The first n validation images as the ONNX graph takes them, or None (logged) when they cannot be read."""
+    from nfdseg.errors import NfdsegError
+    from nfdseg.preprocess import prepare_batch
+
+    from .parity import validation_images
+
+    if n <= 0:
+        return None
+    try:
+        imgs = validation_images(ckpt, n)[0]
+    except (NfdsegError, OSError) as e:
+        log.warning("FP16 overflow scan NOT RUN: the validation images cannot be read (%s)", getattr(e, "what", e))
+        return None
+    return prepare_batch(imgs, onnx_m.preprocess, bool(onnx_m.onnx and onnx_m.onnx.normalize_in_graph))
+
+
+def _non_finite(onnx_path: Path, x) -> bool:
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return not all(np.isfinite(sess.run(None, {name: x[k:k + 1]})[0]).all() for k in range(len(x)))
+
+
+def _fp16_with_overflow_guard(fp32_path: Path, onnx_m, fp16_path: Path, ckpt, n_images: int) -> dict[str, Any]:
+    """FP16 twin with the nodes whose values leave the float16 range kept in float32; if its outputs are still
+    non-finite on the calibration images, everything after the first overflowing op is kept in float32 too.
+    Parity (run after this) rechecks the result on the whole validation split. Returns what was done."""
+    from .fp16 import convert_to_fp16
+
+    x = _calibration(ckpt, onnx_m, n_images)
+    m = convert_to_fp16(fp32_path, onnx_m, fp16_path, calibration=x)
+    info = {"calibration_images": 0 if x is None else len(x), "kept_fp32_nodes": len(m.onnx.kept_fp32_nodes),
+            "first_overflow": m.onnx.fp16_overflow.get("first"), "downstream": False}
+    if x is not None and _non_finite(fp16_path, x):
+        log.warning("FP16 outputs are non-finite with the overflowing nodes in float32: keeping everything after "
+                    "the first overflowing op (%s) in float32 and converting again", info["first_overflow"])
+        m = convert_to_fp16(fp32_path, onnx_m, fp16_path, calibration=x, keep_downstream=True)
+        info.update(kept_fp32_nodes=len(m.onnx.kept_fp32_nodes), downstream=True,
+                    still_non_finite=_non_finite(fp16_path, x))
+    return info
 
 
 def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = ExportConfig(),
@@ -40,7 +86,6 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
     """Export the student in ckpt_dir to out_dir; returns a summary (paths, sizes, parity verdict)."""
     from nfdseg.distill.checkpoint import load_model_from_dir
 
-    from .fp16 import convert_to_fp16
     from .onnx2engine import onnx2engine
     from .parity import format_report, run_parity
     from .torch2onnx import file_mb, torch2onnx
@@ -63,8 +108,9 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
     summary["files"]["model.onnx"] = file_mb(out / "model.onnx")
     fp16_path = None
     if cfg.fp16:
-        convert_to_fp16(out / "model.onnx", onnx_m, out / "model.fp16.onnx")
         fp16_path = out / "model.fp16.onnx"
+        summary["fp16"] = _fp16_with_overflow_guard(out / "model.onnx", onnx_m, fp16_path, ckpt,
+                                                    cfg.fp16_calibration_images)
         summary["files"]["model.fp16.onnx"] = file_mb(fp16_path)
     engine_path, engine_m = None, None
     if cfg.engine != "off":

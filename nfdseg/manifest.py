@@ -69,6 +69,8 @@ class OnnxInfo:
     simplified_with: str = ""
     fp16_converter: str = ""
     kept_fp32_ops: tuple[str, ...] = ()
+    kept_fp32_nodes: tuple[str, ...] = ()  # nodes kept float32 because their values leave the float16 range
+    fp16_overflow: dict[str, Any] = field(default_factory=dict)  # the scan that chose them (export/overflow.py)
 
 
 @dataclass(frozen=True)
