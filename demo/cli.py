@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from nfdseg.serve.backends import BACKENDS
+
 
 def cmd_demo(args) -> int:
     from .app import launch
@@ -18,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs internet)")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime (default auto)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.set_defaults(func=cmd_demo)

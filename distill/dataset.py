@@ -9,6 +9,7 @@ from PIL import Image
 from nfdseg.manifest import PreprocessSpec
 from nfdseg.preprocess import normalize, resize_image, resize_labels
 
+from .data.config import DataConfig
 from .data.synthetic import SyntheticScenes
 
 
@@ -19,8 +20,8 @@ class SegDataset(torch.utils.data.Dataset):
     (seed, epoch-free item index, call count) through torch's worker-seeded generator.
     """
 
-    def __init__(self, source, spec: PreprocessSpec, train: bool, crop_size=(96, 96), scale_range=(0.75, 1.5),
-                 hflip: bool = True, limit: int = 0):
+    def __init__(self, source, spec: PreprocessSpec, train: bool, crop_size=DataConfig.crop_size,
+                 scale_range=DataConfig.scale_range, hflip: bool = DataConfig.hflip, limit: int = 0):
         self.source, self.spec, self.train = source, spec, train
         self.crop_size, self.scale_range, self.hflip = tuple(crop_size), tuple(scale_range), hflip
         self.length = min(len(source), limit) if limit else len(source)

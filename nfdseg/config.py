@@ -24,6 +24,13 @@ def _suggest(key: str, valid: list[str]) -> str:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Literal:  # a field with a fixed set of values: the message lists them
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"'{where}' must be one of {', '.join(map(str, args))}", seen=repr(value),
+                              fix=f"{hint}set {where} to one of: {', '.join(map(str, args))}")
+        return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -56,8 +63,30 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def choices(cls: type, field_name: str) -> tuple[Any, ...]:
+    """The allowed values of a `Literal[...]` field of dataclass `cls` (for CLI choices: one home per list)."""
+    tp = typing.get_type_hints(cls)[field_name]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is not typing.Literal:
+        raise TypeError(f"{cls.__name__}.{field_name} is not a Literal field")
+    return typing.get_args(tp)
+
+
+def check_choices(obj: Any, where: str = "") -> None:
+    """Check every `Literal[...]` field of a (nested) dataclass instance, e.g. one built in code, not from YAML."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, full = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            check_choices(value, full)
+        elif typing.get_origin(hints[f.name]) is typing.Literal:
+            _coerce(hints[f.name], value, full)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys raise ConfigError naming the closest valid key."""
+    """Build dataclass `cls` from a mapping; unknown keys raise ConfigError naming the closest valid key, and a
+    `Literal[...]` field refuses a value outside its set, listing the valid values."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}

@@ -34,6 +34,12 @@ class ClassSpec:
         return len(self.names)
 
 
+# The normalisation of ImageNet-pretrained backbones, the default of every preset (one home: data configs
+# and the manifest read it from here).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How an image becomes the network input; identical in training, export and serving.
@@ -43,10 +49,10 @@ class PreprocessSpec:
     label map is resized back (nearest) to the original size.
     """
 
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     color_order: str = "RGB"
-    input_size: tuple[int, int] = (64, 64)
     size_policy: str = "resize"
 
 

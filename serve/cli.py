@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nfdseg.distill.data.sources import FORMATS
+
+from .backends import BACKENDS, PRECISIONS
+
 
 def _ints(text: str) -> list[int]:
     from nfdseg.errors import ConfigError
@@ -99,10 +103,10 @@ def cmd_predict(args) -> int:
 
 def _runtime_args(p) -> None:
     p.add_argument("artifact", help="export directory, .onnx, .engine, or checkpoint directory")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime (default auto: TensorRT, then onnxruntime, then torch; the choice is logged)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: fp16 on GPU, fp32 on CPU")
 
 
@@ -135,7 +139,7 @@ def register(sub) -> None:
     _runtime_args(e)
     e.add_argument("--data", default="default",
                    help="dataset root, or 'default' for the validation split recorded in the artifact's manifest")
-    e.add_argument("--format", default="folder", choices=("folder", "cityscapes", "voc", "ade20k"),
+    e.add_argument("--format", default="folder", choices=tuple(FORMATS),
                    help="format of --data (default folder)")
     e.add_argument("--split", default="val", help="split name (default val)")
     e.add_argument("--batch", type=int, default=8, help="images per call (default 8)")

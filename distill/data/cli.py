@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .sources import FORMATS
+
 
 def data_config(args):
     """The DataConfig to check: --config's `data:` section (with --set data.KEY=VALUE), then ROOT, --format,
@@ -70,7 +72,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="run config YAML whose `data:` section (format, root, classes) names the dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
                    help="override one data config value, e.g. --set data.val_split=test (repeatable)")
-    p.add_argument("--format", choices=("folder", "cityscapes", "voc", "ade20k"), help="dataset format (default folder)")
+    p.add_argument("--format", choices=tuple(FORMATS), help="dataset format (default folder)")
     p.add_argument("--classes", help="class list file for the folder format (default ROOT/classes.yaml)")
     p.add_argument("--split", action="append", metavar="NAME",
                    help="split to check (repeatable; default the config's train and val splits)")

@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from nfdseg.manifest import IMAGENET_MEAN, IMAGENET_STD
+
+from .sources import FORMATS
+
+# The formats data.format accepts: the generated scenes and every on-disk loader (sources.FORMATS).
+DATA_FORMATS = ("synthetic", *FORMATS)
+# The quick default's image size, (height, width) in pixels: scenes, crops and the network input.
+DEFAULT_SIZE = (96, 96)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """format: synthetic | folder | cityscapes | voc | ade20k. Sizes are (height, width) in pixels."""
 
-    format: str = "synthetic"
+    format: Literal[DATA_FORMATS] = "synthetic"
     root: str = ""
     classes: str = ""  # folder format: the class list file; "" is ROOT/classes.yaml (see distill/data/classes.py)
     train_split: str = "train"
     val_split: str = "val"
     synthetic_train: int = 2000
     synthetic_val: int = 200
-    synthetic_size: tuple[int, int] = (96, 96)
+    synthetic_size: tuple[int, int] = DEFAULT_SIZE
     seed: int = 0
-    crop_size: tuple[int, int] = (96, 96)
-    input_size: tuple[int, int] = (96, 96)
+    crop_size: tuple[int, int] = DEFAULT_SIZE
+    input_size: tuple[int, int] = DEFAULT_SIZE
     scale_range: tuple[float, float] = (0.75, 1.5)
     hflip: bool = True
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     num_classes: int = 0  # 0: take it from the dataset; otherwise it must agree with the dataset
     max_val_images: int = 0  # 0: all

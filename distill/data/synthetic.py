@@ -12,6 +12,8 @@ import numpy as np
 
 from nfdseg.manifest import ClassSpec
 
+from .config import DEFAULT_SIZE
+
 CLASS_NAMES = ("background", "road", "building", "vegetation", "pole", "person", "car", "sign")
 PALETTE = (
     (0, 0, 0), (128, 64, 128), (70, 70, 70), (107, 142, 35),
@@ -66,7 +68,7 @@ def _paint(img, mask, region, cls, rng, yy, xx, label=None):
     mask[region] = cls if label is None else label
 
 
-def generate_scene(seed: int, size: tuple[int, int] = (96, 96)) -> tuple[np.ndarray, np.ndarray]:
+def generate_scene(seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """One scene: (uint8 HxWx3 RGB image, uint8 HxW mask with ids 0..7). Same seed, same scene."""
     rng = np.random.default_rng(seed)
     h, w = size
@@ -135,7 +137,7 @@ class SyntheticScenes:
 
     classes = SYNTHETIC_CLASSES
 
-    def __init__(self, split: str, length: int, size: tuple[int, int] = (96, 96), seed: int = 0):
+    def __init__(self, split: str, length: int, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0):
         self.split, self.length, self.size, self.seed = split, length, tuple(size), seed
         # "tune" is a held-out split for choosing hyper-parameters, so "val" figures stay untuned.
         self._split_code = {"train": 1, "val": 2, "test": 3, "tune": 4}.get(split, 9)

@@ -17,6 +17,7 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on a GPU, fp32 on a CPU
 
 
 def _manifest_for(file: Path) -> Manifest:
