@@ -34,21 +34,28 @@ def _load_cfg(args):
 
 
 def cmd_distill(args) -> int:
-    from nfdseg.distill.trainer import train_stage
+    from nfdseg.distill.trainer import train_stage, up_to_date
 
     cfg = _load_cfg(args)
     out = Path(args.out)
     teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
+    # A finished stage whose inputs are unchanged is kept as it is (with or without --restart); --restart starts
+    # over only the stages whose inputs changed.
     if args.stage in ("teacher", "both"):
-        m = train_stage(cfg, "teacher", out / "teacher", resume=not args.restart, progress=not args.quiet)
+        m = up_to_date(cfg, "teacher", out / "teacher")
+        state = "up to date, kept" if m is not None else "trained"
+        m = m or train_stage(cfg, "teacher", out / "teacher", resume=not args.restart, progress=not args.quiet)
         if m is not None:  # None on non-main ranks under torchrun
-            print(f"teacher {m.architecture}: val mIoU {m.metrics['miou']:.2f}% -> {out / 'teacher'}")
+            print(f"teacher {m.architecture} ({state}): val mIoU {m.metrics['miou']:.2f}% -> {out / 'teacher'}")
     if args.stage in ("student", "both"):
         student_dir = out / (args.student_name or "student")
-        m = train_stage(cfg, "student", student_dir, teacher_dir=teacher_dir, resume=not args.restart,
-                        progress=not args.quiet)
+        m = up_to_date(cfg, "student", student_dir, teacher_dir)
+        state = "up to date, kept" if m is not None else "trained"
+        m = m or train_stage(cfg, "student", student_dir, teacher_dir=teacher_dir, resume=not args.restart,
+                             progress=not args.quiet)
         if m is not None:
-            print(f"student {m.architecture} ({cfg.distill.loss}): val mIoU {m.metrics['miou']:.2f}% -> {student_dir}")
+            print(f"student {m.architecture} ({cfg.distill.loss}, {state}): val mIoU {m.metrics['miou']:.2f}% "
+                  f"-> {student_dir}")
     return 0
 
 
@@ -72,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher run directory for the student stage (default: OUT/teacher)")
     p.add_argument("--loss", choices=("nfd", "kd", "cwd", "none"), help="distillation loss (default: the config's, nfd)")
     p.add_argument("--student-name", help="subdirectory for the student (default: student)")
-    p.add_argument("--restart", action="store_true", help="discard last.pt and start the stage over")
+    p.add_argument("--restart", action="store_true",
+                   help="start over the stages whose inputs changed (discarding their last.pt); finished stages "
+                        "with unchanged inputs are kept")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_distill)
 

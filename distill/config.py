@@ -77,6 +77,7 @@ class RunConfig:
     teacher: StageConfig = field(default_factory=lambda: StageConfig(model=ModelConfig("deeplabv3_resnet18_w32")))
     student: StageConfig = field(default_factory=StageConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    base: str = "none"  # what this config was built on (set by load_run_config; informational, not an input)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -90,18 +91,74 @@ def builtin_config(name: str) -> Path:
     return path
 
 
+PRESET_BASE = "none"  # a built-in preset stands on the dataclass defaults
+USER_BASE = "quick"  # a user's file builds on the quick default unless it names another `base:`
+
+
+def _source_path(name: str, relative_to: Path | None) -> tuple[Path, bool]:
+    """(path, is built-in) for a config named by path (tried beside the including file first) or built-in name."""
+    path = Path(name)
+    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_file():
+        return relative_to / path, False
+    if not path.suffix and not path.exists():
+        return builtin_config(name), True
+    return path, False
+
+
+def _layers(name: str, relative_to: Path | None = None, chain: tuple[str, ...] = ()) -> list[tuple[str, dict, bool]]:
+    """The config `name` and the bases under it, base first: [(label, mapping without `base`, is built-in)]."""
+    path, builtin = _source_path(name, relative_to)
+    label = path.stem if builtin else str(path)
+    if label in chain:
+        raise ConfigError("config bases form a loop", seen=" -> ".join(chain + (label,)),
+                          fix="make one of them build on a preset (base: quick) or on nothing (base: none)")
+    data = load_yaml(path)
+    base = data.pop("base", PRESET_BASE if builtin else USER_BASE)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"'base' in {path} must be a preset name or a YAML path", seen=repr(base),
+                          fix="e.g. base: quick, base: cityscapes_r101_r18, base: ../team.yaml or base: none")
+    below = [] if base is None or base.lower() == "none" else _layers(base, path.parent, chain + (label,))
+    return below + [(label, data, builtin)]
+
+
+def _written(data: dict[str, Any], *keys: str) -> bool:
+    for k in keys:
+        if not isinstance(data, dict) or k not in data:
+            return False
+        data = data[k]
+    return True
+
+
 def load_run_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load a RunConfig from a YAML file (or a built-in name like 'quick'), apply overrides, validate."""
+    """Load a RunConfig from a YAML file (or a built-in name like 'quick'), apply overrides, validate.
+
+    A file builds on a base named by its `base:` key (a preset name, a YAML path, or none); a user's file without
+    it builds on `quick`, a built-in preset on the dataclass defaults. Everything a file does not write keeps its
+    base's value; `overrides` (--set) apply last. The result records the base in `RunConfig.base`.
+    A teacher with the student's architecture is refused unless the user wrote teacher.model.arch.
+    """
+    layers = _layers(str(source)) if source else []
+    overrides = dict(overrides or {})
+    if "base" in overrides:
+        raise ConfigError("'base' cannot be set with --set", seen=f"base={overrides['base']}",
+                          fix="write `base: NAME` at the top of your config file")
     data: dict[str, Any] = {}
-    if source:
-        path = Path(source)
-        if not path.suffix and not path.exists():
-            path = builtin_config(str(source))
-        data = load_yaml(path)
-    if overrides:
-        data = deep_update(data, overrides)
-    cfg = from_dict(RunConfig, data)
+    users: dict[str, Any] = {}
+    for _, layer, builtin in layers:
+        data = deep_update(data, layer)
+        if not builtin:
+            users = deep_update(users, layer)
+    data = deep_update(data, overrides)
+    users = deep_update(users, overrides)
+    bases = [label for label, _, _ in layers[:-1]]
+    cfg = from_dict(RunConfig, {**data, "base": " on ".join(reversed(bases)) or "none"})
     validate(cfg)
+    arch = cfg.teacher.model.arch
+    if arch == cfg.student.model.arch and not _written(users, "teacher", "model", "arch"):
+        raise ConfigError(f"the teacher and the student are both {arch}: the teacher's architecture was not written, "
+                          f"it came from the base ({cfg.base})",
+                          fix="pick another student architecture, or write teacher.model.arch in your config "
+                              f"(or --set teacher.model.arch={arch}) to distill from the same architecture on purpose")
     return cfg
 
 

@@ -138,9 +138,41 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, device: torch.device, 
     return cm.summary(class_names)
 
 
+def distill_identity(d) -> dict[str, Any]:
+    """The distillation settings that shape a student. The baseline ('none') uses none of them, except logits KD
+    when logits_kd_weight > 0 adds it, so changing nfd's settings does not retrain the baseline."""
+    from nfdseg.config import to_dict
+
+    if d.loss != "none":
+        return to_dict(d)
+    return {"loss": "none"} | ({"logits_kd_weight": d.logits_kd_weight, "temperature": d.temperature}
+                               if d.logits_kd_weight > 0 else {})
+
+
+def stage_inputs(cfg: RunConfig, stage: str, teacher_sha: str = "") -> dict[str, Any]:
+    """What a stage's result depends on, and nothing else. Teacher: the data and its own stage config. Student:
+    the data, its stage config, the distillation config and the teacher's weights (sha256). So a student setting,
+    another loss or a re-export never changes the teacher's identity."""
+    data = cfg.to_dict()["data"]
+    if stage == "teacher":
+        return {"stage": "teacher", "data": data, "teacher": cfg.to_dict()["teacher"]}
+    return {"stage": stage, "data": data, "student": cfg.to_dict()["student"], "distill": distill_identity(cfg.distill),
+            "teacher_sha256": teacher_sha}
+
+
 def stage_run_key(cfg: RunConfig, stage: str, teacher_sha: str = "") -> str:
-    """What identifies a stage's run: its config and (for the student) the exact teacher weights."""
-    return sha256_json({"stage": stage, "config": cfg.to_dict(), "teacher": teacher_sha})
+    """The hash of stage_inputs: equal keys mean the stage would produce the same run."""
+    return sha256_json(stage_inputs(cfg, stage, teacher_sha))
+
+
+def up_to_date(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: str | Path | None = None) -> Manifest | None:
+    """The manifest of out_dir's finished run when its inputs equal this config's (the stage can be skipped)."""
+    from .checkpoint import manifest_of
+
+    if stage != "teacher" and (teacher_dir is None or not (Path(teacher_dir) / "checkpoint.json").is_file()):
+        return None
+    teacher_sha = manifest_of(teacher_dir).sha256 if stage != "teacher" else ""
+    return manifest_of(out_dir) if stage_complete(out_dir, stage_run_key(cfg, stage, teacher_sha)) else None
 
 
 def stage_complete(out_dir: str | Path, run_key: str) -> bool:
@@ -234,8 +266,10 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
     if resume and last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=False)
         if state.get("run_key") != run_key:
-            raise ArtifactError(f"{out} holds a run with another config or teacher",
-                                fix="use a new --out directory, or pass --restart to discard it")
+            raise ArtifactError(f"{out} holds a {stage} run with other inputs (its data, {stage} settings"
+                                + (", distillation settings or teacher)" if stage != "teacher" else ")"),
+                                fix="pass --restart to rerun the stages whose inputs changed (the others are kept), "
+                                    "or use a new --out directory")
         model.load_state_dict(state["model"])
         if distill is not None:
             distill.load_state_dict(state["distill"])

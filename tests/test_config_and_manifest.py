@@ -51,7 +51,7 @@ def test_overrides_parse_yaml_scalars():
 def _manifest(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"weights")
     m = Manifest(kind="onnx", artifact="model.bin", architecture="x",
-                 classes=ClassSpec(("a", "b"), default_palette(2)), preprocess=PreprocessSpec())
+                 classes=ClassSpec(("a", "b"), default_palette(2)), preprocess=PreprocessSpec(input_size=(64, 64)))
     return write_manifest(m, tmp_path / "model.json")
 
 
@@ -78,3 +78,49 @@ def test_manifest_refusals(tmp_path):
         read_manifest(tmp_path / "junk.json")
     with pytest.raises(ArtifactError, match="not found"):
         read_manifest(tmp_path / "absent.json")
+
+
+def test_user_config_builds_on_quick_and_keeps_what_it_does_not_write(tmp_path):
+    quick = load_run_config("quick")
+    p = tmp_path / "mine.yaml"
+    p.write_text("data: {format: folder, root: /data/mine}\nteacher: {train: {iters: 20}}\n")
+    cfg = load_run_config(p)
+    assert cfg.base == "quick" and cfg.data.root == "/data/mine" and cfg.teacher.train.iters == 20
+    assert cfg.teacher.model.arch == quick.teacher.model.arch == "deeplabv3_resnet18_w32", "not the dataclass default"
+    assert cfg.teacher.train.batch_size == quick.teacher.train.batch_size and cfg.student == quick.student
+    assert cfg.data.crop_size == quick.data.crop_size == (96, 96)
+    assert cfg.to_dict()["base"] == "quick" and quick.base == "none"
+
+
+def test_named_base_chain_and_loops(tmp_path):
+    (tmp_path / "team.yaml").write_text("base: cityscapes_r101_r18\nstudent: {train: {iters: 77}}\n")
+    (tmp_path / "mine.yaml").write_text("base: team.yaml\ndata: {root: /data/cs}\n")
+    cfg = load_run_config(tmp_path / "mine.yaml")
+    assert cfg.student.train.iters == 77 and cfg.data.root == "/data/cs" and cfg.data.crop_size == (512, 1024)
+    assert cfg.teacher.model.arch == "deeplabv3_resnet101" and cfg.base == f"{tmp_path / 'team.yaml'} on cityscapes_r101_r18"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("base: none\nteacher: {model: {arch: deeplabv3_resnet50}}\n")
+    assert load_run_config(bare).student.train.iters == 600, "base none: the dataclass defaults"
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_run_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="no built-in config named 'quik'"):
+        (tmp_path / "typo.yaml").write_text("base: quik\n")
+        load_run_config(tmp_path / "typo.yaml")
+    with pytest.raises(ConfigError, match="cannot be set with --set"):
+        load_run_config("quick", {"base": "none"})
+
+
+def test_teacher_equal_to_student_only_when_written(tmp_path):
+    p = tmp_path / "same.yaml"
+    p.write_text("student: {model: {arch: deeplabv3_resnet18_w32}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_run_config(p)
+    assert "both deeplabv3_resnet18_w32" in str(e.value) and "teacher.model.arch" in e.value.fix
+    with pytest.raises(ConfigError, match="both deeplabv3_resnet18_w32"):
+        load_run_config("quick", {"student": {"model": {"arch": "deeplabv3_resnet18_w32"}}})
+    p.write_text("teacher: {model: {arch: deeplabv3_resnet18_w32}}\nstudent: {model: {arch: deeplabv3_resnet18_w32}}\n")
+    assert load_run_config(p).teacher.model.arch == "deeplabv3_resnet18_w32"
+    same = {"teacher": {"model": {"arch": "deeplabv3_resnet_tiny"}}, "student": {"model": {"arch": "deeplabv3_resnet_tiny"}}}
+    assert load_run_config("quick", same).student.model.arch == "deeplabv3_resnet_tiny"

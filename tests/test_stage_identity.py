@@ -1,0 +1,86 @@
+"""Each stage is keyed on its own inputs: a student setting, a `kd` student or a re-export never touch the teacher;
+--restart / --overwrite rerun only the stages whose inputs changed. Tiny models, a few iterations."""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from nfdseg.config import deep_update
+from nfdseg.distill.config import load_run_config
+from nfdseg.distill.trainer import stage_run_key
+from nfdseg.manifest import read_manifest
+
+from conftest import TINY_OVERRIDES
+
+SETS = ["--set", "teacher.model.arch=deeplabv3_resnet_tiny", "--set", "student.model.arch=deeplabv3_resnet_tiny",
+        "--set", "teacher.train.iters=4", "--set", "student.train.iters=4", "--set", "teacher.train.eval_every=2",
+        "--set", "student.train.eval_every=2", "--set", "data.synthetic_val=8", "--set", "data.synthetic_train=24",
+        "--set", "data.synthetic_size=[48,48]", "--set", "data.input_size=[48,48]", "--set", "data.crop_size=[48,48]",
+        "--set", "teacher.train.batch_size=4", "--set", "student.train.batch_size=4"]
+
+
+def over(extra):
+    return deep_update(TINY_OVERRIDES, extra)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "nfdseg.app.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def snapshot(folder):
+    """Every file's bytes hash and modification time: 'untouched' means both are equal."""
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_keys_depend_only_on_each_stages_inputs():
+    cfg = load_run_config("quick", TINY_OVERRIDES)
+    t, s = stage_run_key(cfg, "teacher"), stage_run_key(cfg, "student", "sha-a")
+    other_student = load_run_config("quick", over({"student": {"train": {"iters": 3}}}))
+    kd = load_run_config("quick", over({"distill": {"loss": "kd"}}))
+    assert stage_run_key(other_student, "teacher") == t and stage_run_key(kd, "teacher") == t
+    assert stage_run_key(other_student, "student", "sha-a") != s and stage_run_key(kd, "student", "sha-a") != s
+    assert stage_run_key(cfg, "student", "sha-b") != s, "another teacher's weights: another student"
+    other_teacher = load_run_config("quick", over({"teacher": {"train": {"iters": 9}}}))
+    assert stage_run_key(other_teacher, "teacher") != t
+    assert stage_run_key(other_teacher, "student", "sha-a") == s, "the student sees the teacher only by its sha256"
+    more_data = load_run_config("quick", over({"data": {"synthetic_train": 65}}))
+    assert stage_run_key(more_data, "teacher") != t and stage_run_key(more_data, "student", "sha-a") != s
+    # the baseline ('none') ignores nfd's settings
+    none = load_run_config("quick", over({"distill": {"loss": "none"}}))
+    none_w = load_run_config("quick", over({"distill": {"loss": "none", "weight": 0.5}}))
+    assert stage_run_key(none, "student", "x") == stage_run_key(none_w, "student", "x")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("identity") / "run"
+    r = cli("distill", "--out", out, "--quiet", *SETS)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_student_change_keeps_the_teacher_and_restart_reruns_only_the_student(run):
+    teacher = snapshot(run / "teacher")
+    r = cli("distill", "--out", run, "--quiet", *SETS, "--set", "student.train.iters=3")
+    assert r.returncode == 2 and "holds a student run with other inputs" in r.stderr and "--restart" in r.stderr
+    assert "teacher deeplabv3_resnet_tiny (up to date, kept)" in r.stdout
+    r = cli("distill", "--out", run, "--quiet", *SETS, "--set", "student.train.iters=3", "--restart")
+    assert r.returncode == 0, r.stderr
+    assert snapshot(run / "teacher") == teacher
+    s = read_manifest(run / "student/checkpoint.json")
+    assert s.config["student"]["train"]["iters"] == 3 and s.parent_sha256 == read_manifest(run / "teacher/checkpoint.json").sha256
+
+
+def test_kd_student_beside_the_nfd_one_keeps_both(run):
+    teacher, student = snapshot(run / "teacher"), snapshot(run / "student")
+    args = ("distill", "--out", run, "--quiet", *SETS, "--stage", "student", "--loss", "kd", "--student-name", "kd")
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert snapshot(run / "teacher") == teacher and snapshot(run / "student") == student
+    assert read_manifest(run / "kd/checkpoint.json").config["distill"]["loss"] == "kd"
+    kd = snapshot(run / "kd")
+    r = cli(*args)
+    assert r.returncode == 0 and "up to date, kept" in r.stdout and snapshot(run / "kd") == kd
