@@ -49,7 +49,14 @@ def _plant_faults(root: Path):
     _img(root / "images/train/extra.png")  # image without a mask
     _mask(root / "masks/train/stray.png", MASK)  # mask without an image
     data = (root / "images/train/3.png").read_bytes()
-    (root / "images/train/3.png").write_bytes(data[:-20])  # truncated image: header fine, end marker gone
+    (root / "images/train/3.png").write_bytes(data[: len(data) // 2])  # cut-off image: header fine, pixels short
+    rgb = np.random.default_rng(5).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    for name, cut in (("cut.jpg", True), ("tail.jpg", False)):  # a cut-off JPEG; one with data after its end
+        _img(root / "images/train" / name)
+        Image.fromarray(rgb).save(root / "images/train" / name, quality=90)
+        data = (root / "images/train" / name).read_bytes()
+        (root / "images/train" / name).write_bytes(data[: len(data) * 2 // 3] if cut else data + b"MOTION" * 50)
+        _mask(root / "masks/train" / name.replace(".jpg", ".png"), MASK)
 
 
 def test_clean_dataset_summary_numbers(tmp_path):
@@ -73,7 +80,7 @@ def test_every_problem_listed_in_one_pass(tmp_path):
     report = check_dataset(DataConfig(format="folder", root=str(root)))
     found = {(p.kind, Path(p.file).name) for p in report.problems}
     assert found == {("ids out of range", "0.png"), ("size mismatch", "1.png"), ("unreadable mask", "2.png"),
-                     ("unreadable image", "3.png"), ("image without mask", "extra.png"),
+                     ("unreadable image", "3.png"), ("unreadable image", "cut.jpg"), ("image without mask", "extra.png"),
                      ("mask without image", "stray.png"), ("empty split", root.name)}, found
     ids = next(p for p in report.problems if p.kind == "ids out of range")
     assert "[9]" in ids.detail and "ids seen: [0, 9, 255]" in ids.detail
@@ -93,7 +100,7 @@ def test_cli_exit_status_text_and_json(tmp_path):
     bad = subprocess.run(cli + [str(root), "--json", "-"], capture_output=True, text=True)
     assert bad.returncode == 1, bad.stderr
     rep = json.loads(bad.stdout)
-    assert len(rep["problems"]) == 6 and {p["split"] for p in rep["problems"]} == {"train"}
+    assert len(rep["problems"]) == 7 and {p["split"] for p in rep["problems"]} == {"train"}
     cfg = tmp_path / "run.yaml"  # the run config's data section names the same dataset
     cfg.write_text(f"data: {{format: folder, root: {root}}}\n")
     via_cfg = subprocess.run(cli + ["--config", str(cfg), "--split", "val"], capture_output=True, text=True)
@@ -109,15 +116,15 @@ def test_training_stops_before_it_starts_with_every_problem(tmp_path):
     with pytest.raises(DataError) as e:
         require_clean_data(cfg)
     msg = str(e.value)
-    assert msg.startswith("6 problems") and all(n in msg for n in ("0.png", "1.png", "2.png", "3.png", "extra.png",
-                                                                    "stray.png"))
+    assert msg.startswith("7 problems") and all(n in msg for n in ("0.png", "1.png", "2.png", "3.png", "cut.jpg",
+                                                                    "extra.png", "stray.png"))
     pytest.importorskip("torch", reason="the trainer needs torch (pip install 'nfdseg[train]')")
     from nfdseg.distill.config import load_run_config
     from nfdseg.distill.trainer import train_stage
 
     run_cfg = load_run_config("quick", {"data": {"format": "folder", "root": str(root), "crop_size": [12, 16],
                                                  "input_size": [12, 16]}})
-    with pytest.raises(DataError, match="6 problems"):
+    with pytest.raises(DataError, match="7 problems"):
         train_stage(run_cfg, "teacher", tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
 

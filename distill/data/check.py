@@ -1,8 +1,9 @@
 """One pass over a whole dataset that lists every problem with its file, and a summary per split.
 
 Images are read by header only (Pillow opens lazily: the size and the EXIF orientation come without
-decoding pixels); PNG images are also checked for their end marker, which catches truncated files.
-Masks are decoded, because their values are what training reads. `full=True` decodes images too.
+decoding pixels); a PNG or JPEG whose last bytes lack its end marker is decoded to tell a cut-off file from
+one with trailing data. Masks are decoded, because their values are what training reads. `full=True` decodes
+every image.
 
     report = check_dataset(DataConfig(format="folder", root="my_data"))
     print(report.format_text()); sys.exit(0 if report.ok else 1)
@@ -99,12 +100,18 @@ def _counts(problems: list[Problem]) -> dict[str, int]:
     return out
 
 
-def _png_truncated(path: Path) -> bool:
-    """True when a PNG file does not end with its IEND chunk (a cut-off download or copy)."""
+def _looks_cut_off(path: Path) -> bool:
+    """True when a PNG does not end with its IEND chunk or a JPEG with its EOI marker, as a cut-off download or
+    copy does (checked from the file's last bytes; the caller decodes such a file to be sure, because some
+    cameras append data after the image)."""
+    kind = path.suffix.lower()
+    if kind not in (".png", ".jpg", ".jpeg"):
+        return False
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(max(size - 64, 0))
-        return _PNG_END not in f.read()
+        tail = f.read()
+    return _PNG_END not in tail if kind == ".png" else not tail.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 def _check_pair(img_path: Path, mask_path: Path, classes: ClassSpec, lut: np.ndarray | None, split: str,
@@ -113,14 +120,12 @@ def _check_pair(img_path: Path, mask_path: Path, classes: ClassSpec, lut: np.nda
     class ids after the label map (uint8 values, 256 bins; None if unreadable)."""
     problems, size = [], None
     try:
-        if full:
+        if full or _looks_cut_off(img_path):
             arr = load_image(img_path, name=img_path.name)
             wh = (arr.shape[1], arr.shape[0])
         else:
             with Image.open(img_path) as im:
                 wh = oriented_size(im)
-            if img_path.suffix.lower() == ".png" and _png_truncated(img_path):
-                raise ValueError("the file ends before the PNG end marker (truncated)")
         size = f"{wh[0]}x{wh[1]}"
     except InputError as e:
         problems.append(Problem("unreadable image", str(img_path), e.seen or e.what, split))
