@@ -7,6 +7,7 @@ resumed from last.pt ends exactly where an uninterrupted run would (on the same 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -38,12 +39,20 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- setup helpers
 def pick_device(name: str) -> torch.device:
+    """train.device -> a torch device. 'auto' and 'cuda' take cuda:LOCAL_RANK (torchrun sets it; 0 otherwise),
+    so each process of a multi-GPU run drives its own GPU and DDP gets a device index."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device asks for CUDA but no CUDA GPU is visible", seen=name,
                           fix="use train.device=auto or cpu")
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", local_rank)
+    if dev.type == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1 and dev.index != local_rank:
+        raise ConfigError(f"train.device {name} puts every torchrun process on the same GPU", seen=f"LOCAL_RANK {local_rank}",
+                          fix="use train.device=cuda (or auto): each process then takes cuda:LOCAL_RANK")
     return dev
 
 
@@ -249,8 +258,16 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
     net = model
+    distill_fn, ddp_modules = distill, []
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        ddp_modules.append(net)
+        if distill is not None and any(p.requires_grad for p in distill.parameters()):
+            # the NFD connectors are trained with the student: without DDP their gradients stay per rank, the
+            # copies drift apart, and only rank 0's would be saved
+            distill_fn = torch.nn.parallel.DistributedDataParallel(distill, device_ids=ids)
+            ddp_modules.append(distill_fn)
     params = list(model.parameters()) + (list(distill.parameters()) if distill is not None else [])
     if sc.optim.name == "sgd":
         opt = torch.optim.SGD(params, lr=sc.optim.lr, momentum=sc.optim.momentum, weight_decay=sc.optim.weight_decay)
@@ -307,6 +324,10 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
             g["lr"] = lr
         ce_sum = kd_sum = 0.0
         for micro in range(accum):
+            no_sync = contextlib.ExitStack()  # all-reduce once per optimiser step, on the last micro-batch
+            if micro < accum - 1:
+                for m in ddp_modules:
+                    no_sync.enter_context(m.no_sync())
             x, y = next(batches)
             if sc.train.workers:
                 # With workers, augmentation seeding happens in other processes, so dropout's RNG here is seeded
@@ -323,7 +344,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
                 if teacher_forward:
                     with torch.no_grad():
                         t_logits, t_feats = teacher(x, return_features=True)
-                    loss_d = distill(logits, feats, t_logits, t_feats)
+                    loss_d = distill_fn(logits, feats, t_logits, t_feats)
                     if extra_kd is not None:
                         loss_d = loss_d + extra_kd(logits, feats, t_logits, t_feats)
             loss = (ce + loss_d) / accum
@@ -331,6 +352,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
                 raise ArtifactError(f"training diverged at iteration {it}: loss is {loss.item()}",
                                     fix="lower optim.lr or the distillation weight, or use amp=off")
             scaler.scale(loss).backward()
+            no_sync.close()
             ce_sum += ce.item() / accum
             kd_sum += float(loss_d.detach()) / accum
         scaler.step(opt)
