@@ -71,16 +71,20 @@ def main() -> None:
         make_dataset(root, args.pairs, w, h)
         print(f"generated {args.pairs} pairs in {time.perf_counter() - t:.1f} s")
     disk_mb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
+    load_before = os.getloadavg()
     runs = [timed_check(root, "--workers", "1"), timed_check(root), timed_check(root, "--full")]
+    load_after = os.getloadavg()
     for r in runs:
         print(f"data check {' '.join(r['args']) or '(default)'}: {r['check_s']:.2f} s check, {r['wall_s']:.2f} s "
               f"wall, {r['images']} pairs, ok={r['ok']}")
     out = {"benchmark": "data_check", "machine": machine(), "git": git_rev(), "pairs": args.pairs,
            "image": f"{w}x{h} JPEG q90", "mask": f"{w}x{h} PNG, 8 classes", "dataset_mb": round(disk_mb, 1),
            "default_workers": min(os.cpu_count() or 1, 8), "runs": runs,
+           "load_avg_1_5_15_before": [round(v, 2) for v in load_before],
+           "load_avg_1_5_15_after": [round(v, 2) for v in load_after],
            "note": "check_s: the check itself (listing, image headers + PNG end marker, mask decode); wall_s: "
                    "the whole `nfdseg data check` process including Python start-up and imports; page cache warm "
-                   "after generation"}
+                   "after generation; the machine is shared, so the load average is recorded beside the times"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"data_check_{out['machine']['tag']}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")

@@ -181,3 +181,25 @@ def test_exif_rotated_photos_in_a_dataset(tmp_path, orientation):
     report = check_dataset(DataConfig(format="folder", root=str(tmp_path)), splits=["train"])
     (p,) = report.problems
     assert p.kind == "size mismatch" and "EXIF orientation" in p.detail
+
+
+def test_config_data_section_resolves_like_training(tmp_path):
+    """`data check --config` reads the data section below the training layer; it must agree with the training
+    loader on every base chain: a preset base, the implicit quick base, a chain of user files, a built-in name."""
+    pytest.importorskip("torch", reason="the training loader validates architectures with torch")
+    from nfdseg.config import from_dict
+    from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.data.cli import run_config_data
+
+    (tmp_path / "cs.yaml").write_text(f"base: cityscapes_r101_r18\ndata: {{root: {tmp_path / 'cityscapes'}}}\n")
+    (tmp_path / "plain.yaml").write_text(f"data: {{format: folder, root: {tmp_path}, crop_size: [32, 48]}}\n")
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team/team.yaml").write_text("base: voc_r101_r18\ndata: {val_split: trainval, input_size: [64, 64]}\n")
+    (tmp_path / "mine.yaml").write_text(f"base: team/team.yaml\ndata: {{root: {tmp_path / 'voc'}}}\n")
+    for name in ("cs.yaml", "plain.yaml", "mine.yaml"):
+        path = str(tmp_path / name)
+        assert from_dict(DataConfig, run_config_data(path)) == load_run_config(path).data, name
+    assert from_dict(DataConfig, run_config_data("quick")) == load_run_config("quick").data
+    cli = [sys.executable, "-m", "nfdseg.app.cli", "data", "check", "--config", str(tmp_path / "cs.yaml")]
+    r = subprocess.run(cli, capture_output=True, text=True)
+    assert r.returncode == 1 and "cityscapes dataset" in r.stdout and "missing folder" in r.stdout, r.stdout + r.stderr

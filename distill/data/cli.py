@@ -9,20 +9,55 @@ from pathlib import Path
 from .sources import FORMATS
 
 
+PRESETS = Path(__file__).resolve().parents[1] / "configs"  # the built-in run configs (quick, cityscapes_r101_r18...)
+
+
+def _config_path(name: str, relative_to: Path | None) -> tuple[Path, bool]:
+    """(path, is built-in) for a config named by path (beside the including file first) or by built-in name."""
+    from nfdseg.errors import ConfigError
+
+    path = Path(name)
+    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_file():
+        return relative_to / path, False
+    if not path.suffix and not path.exists():
+        preset = PRESETS / f"{name}.yaml"
+        if not preset.is_file():
+            choices = ", ".join(p.stem for p in sorted(PRESETS.glob("*.yaml")))
+            raise ConfigError(f"no built-in config named '{name}'", fix=f"use a YAML path or one of: {choices}")
+        return preset, True
+    return path, False
+
+
+def run_config_data(name: str, relative_to: Path | None = None, chain: tuple[str, ...] = ()) -> dict:
+    """The `data:` section of run config `name` resolved over its `base:` chain the way the training loader
+    (nfdseg.distill.config.load_run_config) resolves it: a user's file builds on `quick` unless it names another
+    base (a preset, a path, or none); a preset stands on the defaults. Read here, below the training layer, so that
+    checking data needs no torch; tests/test_data_check.py holds the two readings equal."""
+    from nfdseg.config import deep_update, load_yaml
+    from nfdseg.errors import ConfigError
+
+    path, builtin = _config_path(name, relative_to)
+    label = path.stem if builtin else str(path)
+    if label in chain:
+        raise ConfigError("config bases form a loop", seen=" -> ".join(chain + (label,)))
+    raw = load_yaml(path)
+    base = raw.get("base", "none" if builtin else "quick")
+    below = {} if base is None or str(base).lower() == "none" else run_config_data(str(base), path.parent, chain + (label,))
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"'data' in {path} must be a mapping", seen=repr(data)[:200])
+    return deep_update(below, data)
+
+
 def data_config(args):
-    """The DataConfig to check: --config's `data:` section (with --set data.KEY=VALUE), then ROOT, --format,
-    --classes on top; a bare ROOT is the folder format."""
-    from nfdseg.config import deep_update, from_dict, load_yaml, parse_overrides
+    """The DataConfig to check: --config's resolved `data:` section (with --set data.KEY=VALUE), then ROOT,
+    --format, --classes on top; a bare ROOT is the folder format."""
+    from nfdseg.config import deep_update, from_dict, parse_overrides
     from nfdseg.errors import ConfigError
 
     from .config import DataConfig
 
-    section: dict = {}
-    if args.config:
-        raw = load_yaml(args.config)
-        section = raw.get("data", {}) if isinstance(raw.get("data", {}), dict) else {}
-        if not section:
-            raise ConfigError(f"{args.config} has no `data:` section", fix="pass a run config with `data: {format, root}`, or DIR")
+    section = run_config_data(args.config) if args.config else {}
     over = parse_overrides(args.overrides)
     extra = set(over) - {"data"}
     if extra:
@@ -30,7 +65,8 @@ def data_config(args):
     section = deep_update(section, over.get("data", {}))
     if args.root:
         section["root"] = args.root
-        section.setdefault("format", "folder")
+        if not args.config:
+            section.setdefault("format", "folder")
     if args.format:
         section["format"] = args.format
     if args.classes:  # given on the command line: relative to where the command runs
@@ -69,7 +105,8 @@ def register(sub) -> None:
                     "Training runs the same check before it starts.")
     p.add_argument("action", choices=("check",), help="what to do (check)")
     p.add_argument("root", nargs="?", help="dataset folder (folder format unless --format or --config says otherwise)")
-    p.add_argument("--config", help="run config YAML whose `data:` section (format, root, classes) names the dataset")
+    p.add_argument("--config", help="run config (YAML path or built-in name) whose `data:` section, resolved over its "
+                                    "`base:` as training resolves it, names the dataset (format, root, classes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
                    help="override one data config value, e.g. --set data.val_split=test (repeatable)")
     p.add_argument("--format", choices=tuple(FORMATS), help="dataset format (default folder)")
