@@ -144,13 +144,25 @@ def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBu
                               "reference_miou": reference["miou"], "budget": budget.__dict__, "results": [],
                               "not_run": [], "passed": True, "failures": []}
     onnx_files = [p for p in (export_dir / "model.onnx", export_dir / "model.fp16.onnx") if p.is_file()]
-    for path in onnx_files + sorted(export_dir.glob("*.engine")):  # each artifact's precision is in its manifest
-        if ref_name == path.name:
+    # Each ONNX model on the CPU provider, and again on the CUDA provider where onnxruntime offers it: on a GPU
+    # machine `auto` serves model.fp16.onnx there, so that is the pairing that must pass.
+    cuda_listed = _onnxruntime_lists_cuda()
+    report["onnxruntime_cuda"] = "checked" if cuda_listed else "not offered by the onnxruntime installed here"
+    targets = [(p, "cpu", p.name) for p in onnx_files]
+    targets += [(p, "cuda", f"{p.name} (CUDA provider)") for p in onnx_files if cuda_listed]
+    targets += [(p, "auto", p.name) for p in sorted(export_dir.glob("*.engine"))]  # precision: from each manifest
+    for path, device, label in targets:
+        if ref_name == path.name and device == "cpu":
             report["not_run"].append({"artifact": path.name, "reason": "it is the reference (torch not installed)"})
             continue
         try:
-            backend = open_backend(path, "tensorrt" if path.suffix == ".engine" else "onnxruntime", device="cpu"
-                                   if path.suffix == ".onnx" else "auto", allow_rtx=engine_allow_rtx)
+            backend = open_backend(path, "tensorrt" if path.suffix == ".engine" else "onnxruntime", device=device,
+                                   allow_rtx=engine_allow_rtx)
+            if device == "cuda" and not backend.device.startswith("cuda"):
+                report["not_run"].append({"artifact": label, "reason": backend.fallback})
+                log.warning("parity: %s not run: %s", label, backend.fallback)
+                backend.close()
+                continue
         except (MissingDependencyError, ArtifactError) as e:
             # Only an engine may be skipped, and only because TensorRT or a matching GPU is absent here;
             # an ONNX file we produced that cannot be loaded is a failure.
@@ -166,7 +178,7 @@ def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBu
         seg = Segmenter.from_backend(backend)
         agreement = _Agreement(ref_out, ref_seg.output_kind, m.output_kind)
         result = evaluate(seg, source, batch=backend.max_batch or 16, limit=n, progress=False, on_batch=agreement)
-        res = compare(path.name, agreement, result, reference, names)
+        res = compare(label, agreement, result, reference, names)
         res["precision"] = m.precision
         res["backend"] = backend.describe()
         backend.close()
@@ -180,11 +192,19 @@ def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBu
         if not ok:
             deltas = [(k, (v or 0) - (reference["per_class_iou"].get(k) or 0)) for k, v in res["per_class_iou"].items()]
             worst_cls = sorted(deltas, key=lambda kv: kv[1])[:3]
-            report["failures"].append({"artifact": path.name, "rule": rule, "worst_images": res["worst_images"],
+            report["failures"].append({"artifact": label, "rule": rule, "worst_images": res["worst_images"],
                                        "classes_most_changed": [{"class": k, "delta_iou": round(d, 3)} for k, d in worst_cls]})
             report["passed"] = False
         report["results"].append(res)
     return report
+
+
+def _onnxruntime_lists_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def _engine_cannot_run_here(e: Exception) -> bool:
