@@ -97,11 +97,13 @@ def cmd_data(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "data", help="check a dataset: every bad file, and a summary per split",
+        usage="%(prog)s check [ROOT] [--config RUN.yaml] [--set data.KEY=VALUE] [--format FORMAT]\n"
+              "                         [--classes FILE] [--split NAME] [--full] [--workers N] [--json PATH] [--quiet]",
         description="check: one pass over the whole dataset that lists every problem with its file (unreadable image "
                     "or mask, image/mask size mismatch, mask ids out of range with the ids seen, images without masks "
                     "and masks without images, empty splits) and summarises each split (images, sizes, pixel share "
-                    "per class, classes never present). Images are read by header (plus the PNG end marker), masks "
-                    "are decoded. Exit status 0 when clean, 1 when anything is wrong, 2 for a usage error. "
+                    "per class, classes never present). Images are read by header (a PNG or JPEG whose end marker is "
+                    "missing is decoded), masks are decoded. Exit status 0 when clean, 1 when anything is wrong, 2 for a usage error. "
                     "Training runs the same check before it starts.")
     p.add_argument("action", choices=("check",), help="what to do (check)")
     p.add_argument("root", nargs="?", help="dataset folder (folder format unless --format or --config says otherwise)")
