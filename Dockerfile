@@ -20,9 +20,12 @@ COPY export ./export
 COPY serve ./serve
 COPY demo ./demo
 COPY app ./app
+COPY docker/healthcheck.py /usr/local/bin/nfdseg-healthcheck.py
 # TensorRT's Python package comes with the base image; torch is needed for distill/export only.
-RUN python3 -m pip install --upgrade pip \
- && python3 -m pip install ${TORCH_SPEC} \
+# pip is not upgraded: over the distro's pip (installed by apt, no RECORD file) `pip install --upgrade pip`
+# fails to uninstall it. The [trt] extra brings cuda-python 12.x, which runs on CUDA 12 and CUDA 13 drivers
+# (cuda-python 13 would need a CUDA 13 driver; see docs/deploying.md).
+RUN python3 -m pip install ${TORCH_SPEC} \
  && python3 -m pip install ".[all]" \
  && cd / && python3 -c "import nfdseg.serve, nfdseg.export.onnx2engine; print('nfdseg ok')"
 
@@ -31,10 +34,9 @@ USER nfdseg
 WORKDIR /work
 
 EXPOSE 7860
-# Healthy when the demo answers on its port, or (for batch commands, which serve nothing) when the
-# runtime imports.
+# `nfdseg demo`: healthy when the demo answers HTTP on its port (a closed port is unhealthy); batch
+# commands serve nothing: healthy when the runtime imports (docker/healthcheck.py, tested in tests/test_docker.py).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:7860/', timeout=3)" \
-   || python3 -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('127.0.0.1',7860)) else 1)"
+  CMD python3 /usr/local/bin/nfdseg-healthcheck.py
 ENTRYPOINT ["nfdseg"]
 CMD ["--help"]
