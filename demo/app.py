@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,8 @@ def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_f
     """Build the Blocks for `segmenter` (requests go through `batcher`, created if not given).
 
     examples: image paths, or None for the validation images recorded in the artifact's manifest. A visitor's
-    result files are removed on their next request, when they close the page, or after max_age_s idle seconds;
-    `demo.nfdseg_close()` removes the rest and closes the batcher."""
+    result files are removed once newer ones replace them (see files.py), when they close the page, or after
+    max_age_s idle seconds; `demo.nfdseg_close()` removes the rest and closes the batcher."""
     gr = _gradio()
     from PIL import Image
 
@@ -93,7 +94,7 @@ def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_f
             results.append((name, rgb, pred.labels))
         gallery, files_out = [], []
         shares = np.zeros(len(names))
-        req_dir = files_store.for_request(_visitor(request))  # this visitor's previous results are removed
+        req_dir = files_store.for_request(_visitor(request))  # and this visitor's older results are removed
         for i, (name, rgb, labels) in enumerate(results):
             gallery.append((side_by_side(rgb, labels, palette, alpha), name))
             shares += class_shares(labels, len(names))
@@ -160,8 +161,9 @@ def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_f
 
 
 def _visitor(request) -> str:
-    """The visitor's session (one browser tab, or one API client)."""
-    return getattr(request, "session_hash", None) or "anonymous"
+    """The visitor's session (one browser tab, or one API client); a request without one is its own visitor,
+    cleaned up by age, so that it never removes another caller's results."""
+    return getattr(request, "session_hash", None) or f"request-{uuid.uuid4().hex}"
 
 
 def launch(artifact: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, backend: str = "auto",

@@ -103,35 +103,36 @@ def test_rotated_phone_photo_and_result_files_per_visitor(server, tmp_path):
     assert shown.shape[:2] == (64, 32 * 2 + 4), "the photo is shown upright (EXIF orientation applied)"
     assert np.asarray(Image.open(downloads[0])).shape == (64, 32), "the label map has the upright size"
     files = demo.nfdseg_files
-    first = [d for d in files.folders() if list(d.glob("portrait_0_labels.png"))]
-    assert len(first) == 1
-    client.predict(gradio_client.handle_file(str(_scene(tmp_path, "second.png"))), [], 0.5, api_name="/segment")
-    assert not first[0].exists(), "a visitor's previous results are removed when new ones replace them"
-    assert sum(1 for d in files.folders() if list(d.glob("second_0_labels.png"))) == 1
+    (mine,) = [d for d in files.folders() if list(d.glob("portrait_0_labels.png"))]
+    visitor = next(v for v, entries in files._dirs.items() if entries[-1][0] == mine)
+    for i in range(2):  # two more requests: the first folder is replaced twice over, and removed
+        client.predict(gradio_client.handle_file(str(_scene(tmp_path, f"next{i}.png"))), [], 0.5, api_name="/segment")
+    kept = files.folders(visitor)
+    assert not mine.exists() and len(kept) == 2, "only the newest two of a visitor's request folders are kept"
+    assert list(kept[-1].glob("next1_0_labels.png")) and list(kept[0].glob("next0_0_labels.png"))
     # closing the page fires Gradio's unload event, wired to remove that visitor's files
     unload = [fn for fn in demo.fns.values() if any(t[1] == "unload" for t in fn.targets)]
     assert len(unload) == 1
-    before = files.folders()
-    visitor = next(v for v, (d, _) in files._dirs.items() if list(d.glob("second_0_labels.png")))
     unload[0].fn(type("Request", (), {"session_hash": visitor})())
-    assert len(files.folders()) == len(before) - 1
-    assert not any(list(d.glob("second_0_labels.png")) for d in files.folders())
+    assert files.folders(visitor) == [] and not any(d.exists() for d in kept)
 
 
 def test_result_files_lifecycle(tmp_path):
     from nfdseg.demo.files import ResultFiles
 
-    files = ResultFiles(max_age_s=3600)
+    files = ResultFiles(max_age_s=3600, keep=2)
     a1 = files.for_request("a")
     (a1 / "x.png").write_bytes(b"x")
     b1 = files.for_request("b")
     a2 = files.for_request("a")
-    assert not a1.exists() and a2.is_dir() and b1.is_dir()
+    assert a1.is_dir() and a2.is_dir(), "the folder just before is kept while a new request may overlap it"
+    a3 = files.for_request("a")
+    assert not a1.exists() and a2.is_dir() and a3.is_dir() and b1.is_dir(), "older ones go; other visitors stay"
     files.release("b")
-    assert not b1.exists() and a2.is_dir()
+    assert not b1.exists() and a3.is_dir()
     files.max_age_s = 0.0  # an idle visitor (no unload, e.g. an API client) is cleaned up by later requests
     c1 = files.for_request("c")
-    assert not a2.exists() and c1.is_dir()
+    assert not a2.exists() and not a3.exists() and c1.is_dir()
     root = files.root
     files.close()
     assert not root.exists()
