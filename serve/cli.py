@@ -25,7 +25,7 @@ def _segmenter(args):
     from .segmenter import Segmenter
 
     return Segmenter(args.artifact, backend=args.backend, device=args.device, precision=args.precision,
-                     allow_rtx=getattr(args, "allow_rtx", False))
+                     allow_rtx=getattr(args, "allow_rtx", False), cuda_graphs=getattr(args, "cuda_graphs", False))
 
 
 def cmd_bench(args) -> int:
@@ -108,6 +108,9 @@ def _runtime_args(p) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: fp16 on GPU, fp32 on CPU")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="torch backend on a GPU: capture one CUDA graph per input shape and replay it (less "
+                        "launch overhead for small batches); other backends and the CPU run without, with a warning")
 
 
 def register(sub) -> None:

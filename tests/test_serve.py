@@ -165,3 +165,8 @@ def test_onnxruntime_device_and_provider_reporting(exported, monkeypatch):
     assert b.path.name == "model.onnx" and b.device == "cpu" and "instead of model.fp16.onnx" in b.fallback
     explicit = backends.open_backend(exported, "onnxruntime", device="cpu", precision="fp16")
     assert explicit.path.name == "model.fp16.onnx" and explicit.fallback == ""
+
+
+def test_cuda_graphs_request_is_never_silently_dropped(exported):
+    s = Segmenter(exported, backend="onnxruntime", device="cpu", cuda_graphs=True)
+    assert "torch backend only" in s.describe()["fallback"]

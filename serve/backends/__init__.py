@@ -100,6 +100,10 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
         if backend == "auto":
             log.info("backend auto -> %s on %s (%s)%s", b.name, b.device, b.precision,
                      f"; skipped {'; '.join(reasons)}" if reasons else "")
+        if kwargs.get("cuda_graphs") and b.name != "torch":
+            note = f"CUDA graphs apply to the torch backend only; {b.name} runs without them"
+            b.fallback = f"{b.fallback}; {note}" if b.fallback else note
+            log.warning("FALLBACK: %s", note)
         return b
     raise ArtifactError(f"no backend can serve {path}", seen="; ".join(reasons),
                         fix="install onnxruntime, or pass an artifact the chosen backend can load")
