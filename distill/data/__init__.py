@@ -4,12 +4,11 @@ The torch view of a source, `SegDataset`, belongs to training: nfdseg.distill.da
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from nfdseg.errors import DataError
 from nfdseg.manifest import ClassSpec, PreprocessSpec
 
 from .check import CheckReport, check_dataset, require_clean_data
+from .classes import class_file
 from .config import DataConfig
 from .sources import FORMATS, FileSource, check_mask_ids, folder_source
 from .synthetic import SYNTHETIC_CLASSES, SyntheticScenes
@@ -23,7 +22,8 @@ def build_source(cfg, split: str):
         source = SyntheticScenes(name, n, tuple(cfg.synthetic_size), cfg.seed)
     else:
         name = cfg.train_split if split == "train" else cfg.val_split
-        source = folder_source(cfg.root, name, class_file(cfg)) if cfg.format == "folder" else \
+        classes_at = class_file(cfg)
+        source = folder_source(cfg.root, name, classes_at) if cfg.format == "folder" else \
             FORMATS[cfg.format](cfg.root, name)
     classes = source.classes
     if cfg.num_classes and cfg.num_classes != classes.num_classes:
@@ -33,12 +33,6 @@ def build_source(cfg, split: str):
             fix="remove data.num_classes or correct it",
         )
     return source
-
-
-def class_file(cfg) -> Path | None:
-    """The folder format's class list: data.classes (relative to the data root unless absolute), else None
-    (ROOT/classes.yaml)."""
-    return Path(cfg.root) / cfg.classes if cfg.classes else None
 
 
 def preprocess_spec(cfg) -> PreprocessSpec:

@@ -27,6 +27,7 @@ from nfdseg.manifest import ClassSpec
 from nfdseg.preprocess import load_image, oriented_size
 
 from .config import DataConfig
+from .classes import class_file
 from .sources import LISTERS, Listing, Problem, bad_ids, open_mask, raise_problems, turned_hint
 
 log = logging.getLogger(__name__)
@@ -159,10 +160,6 @@ def _splits(cfg: DataConfig, splits: list[str] | None) -> list[str]:
     return list(dict.fromkeys([cfg.train_split, cfg.val_split]))
 
 
-def _class_file(cfg: DataConfig) -> Path | None:
-    return Path(cfg.root) / cfg.classes if cfg.classes else None
-
-
 def check_dataset(cfg: DataConfig, splits: list[str] | None = None, full: bool = False, workers: int = 0,
                   progress: bool = False) -> CheckReport:
     """Check the on-disk dataset of `cfg` (format, root, class list) split by split; never raises for a bad file.
@@ -180,7 +177,7 @@ def check_dataset(cfg: DataConfig, splits: list[str] | None = None, full: bool =
     classes = None
     for split in names:
         try:
-            listing = LISTERS[cfg.format](cfg.root, split, _class_file(cfg))
+            listing = LISTERS[cfg.format](cfg.root, split, class_file(cfg))
         except DataError as e:  # the class list itself: nothing else can be judged without it
             problems.append(Problem("class list", e.what, "; ".join(x for x in (e.seen, e.fix) if x)))
             return CheckReport(str(cfg.root), cfg.format, [], 255, [], problems, time.perf_counter() - t0)

@@ -38,6 +38,15 @@ def load_class_list(path: str | Path) -> tuple[ClassSpec, np.ndarray | None]:
     return parse_class_list(meta, str(path))
 
 
+def class_file(cfg) -> Path | None:
+    """The folder format's class list: data.classes (relative to the data root unless absolute), else None
+    (ROOT/classes.yaml). Other formats have their own fixed class lists."""
+    if cfg.classes and cfg.format != "folder":
+        raise DataError(f"data.classes applies to the folder format; {cfg.format} has its own class list",
+                        seen=f"data.classes: {cfg.classes}", fix="remove data.classes, or use format: folder")
+    return Path(cfg.root) / cfg.classes if cfg.classes else None
+
+
 def parse_class_list(meta: Any, where: str = "class list") -> tuple[ClassSpec, np.ndarray | None]:
     """The same as load_class_list, from an already parsed mapping (`where` names it in errors)."""
     if isinstance(meta, list):  # a bare list of names is a class list too
