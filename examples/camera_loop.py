@@ -3,6 +3,8 @@
     python examples/camera_loop.py runs/quick/export --source 0            # webcam (needs opencv-python)
     python examples/camera_loop.py runs/quick/export --source video.mp4
     python examples/camera_loop.py runs/quick/export --source images/ --save out/
+
+With --save, each frame gives <stem>_labels.png (class ids) and <stem>_overlay.png, as `nfdseg predict` writes.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import numpy as np
 
 
 def frames(source: str):
-    """Yield (name, image, is_bgr): OpenCV for cameras and videos, Pillow for image folders."""
+    """Yield (stem, image, is_bgr): OpenCV for cameras and videos, Pillow for image folders.
+    `stem` names the frame without an extension (f1.png -> f1, video frames -> frame000001)."""
     path = Path(source)
     if path.is_dir():
         from nfdseg.preprocess import load_image
 
         for p in sorted(path.iterdir()):
             if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
-                yield p.name, load_image(p), False
+                yield p.stem, load_image(p), False
         return
     import cv2  # pip install opencv-python
 
@@ -43,7 +46,7 @@ def main() -> None:
     ap.add_argument("artifact")
     ap.add_argument("--source", default="0", help="camera index, video file, or image folder")
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--save", help="write overlays here")
+    ap.add_argument("--save", help="write <stem>_labels.png and <stem>_overlay.png here")
     ap.add_argument("--max-frames", type=int, default=0)
     args = ap.parse_args()
 
@@ -62,8 +65,10 @@ def main() -> None:
         print(f"{name}: {lat[-1]:.1f} ms")
         if args.save:
             rgb = img[..., ::-1] if bgr else img
-            Path(args.save).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(overlay(rgb, pred.labels, seg.palette)).save(Path(args.save) / f"{name}.png")
+            out = Path(args.save)
+            out.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pred.labels).save(out / f"{name}_labels.png")
+            Image.fromarray(overlay(rgb, pred.labels, seg.palette)).save(out / f"{name}_overlay.png")
         if args.max_frames and n + 1 >= args.max_frames:
             break
     if lat:
