@@ -163,6 +163,8 @@ def test_label_map_translates_raw_values_and_ignores_the_rest(tmp_path):
                                           "y, z, aa]\n")
     src = build_source(DataConfig(format="folder", root=str(tmp_path), classes="other.yaml", val_split="train"), "val")
     assert src.classes.num_classes == 27 and src.lut is None
+    with pytest.raises(DataError, match="applies to the folder format"):  # fixed class lists are not replaced
+        build_source(DataConfig(format="voc", root=str(tmp_path), classes="other.yaml"), "val")
 
 
 @pytest.mark.parametrize("orientation", [6, 8])
