@@ -135,7 +135,8 @@ def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_f
                 alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity", elem_id="nfd-alpha")
                 run = gr.Button("Segment", variant="primary", elem_id="nfd-run")
                 if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label=f"Examples ({examples_from})")
+                    gr.Examples(examples=[[p] for p in examples], inputs=[image],
+                                label="Examples" if examples_from == "given" else f"Examples ({examples_from})")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Input | segmentation", columns=1, height=460, object_fit="contain",
                                      elem_id="nfd-gallery", format="png")
