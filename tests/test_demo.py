@@ -177,6 +177,16 @@ def test_examples_come_from_the_models_own_data(exported, tmp_path):
     assert paths == [] and "not reachable" in where, "no synthetic scenes for a model of another world"
     (root / "classes.yaml").write_text("classes: [a, b]\n")
     assert example_images(folder_model, tmp_path / "ex4")[0] == []
+    # the app itself: examples=None means the manifest's own data; its generated scenes go when the demo closes
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install 'nfdseg[demo]')")
+    from nfdseg.demo import build_demo
+
+    demo = build_demo(Segmenter(exported, backend="onnxruntime"))
+    shown, where = demo.nfdseg_examples
+    assert len(shown) == 4 and "synthetic validation scenes" in where
+    assert all(Path(p).is_relative_to(demo.nfdseg_files.root) for p in shown)
+    demo.nfdseg_close()
+    assert not any(Path(p).exists() for p in shown)
 
 
 @pytest.mark.browser
