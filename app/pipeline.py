@@ -23,9 +23,9 @@ STAGES = ("teacher", "student", "baseline", "export", "bench", "report")
 
 class Pipeline:
     def __init__(self, cfg, out: Path, baseline: bool = True, force: tuple[str, ...] = (), overwrite: bool = False,
-                 progress: bool = True, bench_iters: int = 10, engine: str = "auto"):
+                 progress: bool = True, bench_seconds: float = 45.0, engine: str = "auto"):
         self.cfg, self.out, self.baseline, self.force = cfg, Path(out), baseline, set(force)
-        self.progress, self.bench_iters, self.engine = progress, bench_iters, engine
+        self.progress, self.bench_seconds, self.engine = progress, bench_seconds, engine
         self.status: list[dict[str, Any]] = []
         self._claim(overwrite)
 
@@ -101,35 +101,40 @@ class Pipeline:
             print(summary["parity"]["text"])
         return record
 
+    def bench_budget(self, rows: int):
+        """The bench stage's budget: `bench_seconds` in all, 70 % of it spread over the timed loops (infer-only and
+        end-to-end per row), the rest for warm-ups and the minimum count; rows that cannot fit are skipped."""
+        from nfdseg.serve.bench import BenchBudget
+
+        return BenchBudget(duration_s=round(max(0.05, 0.7 * self.bench_seconds / (2 * rows)), 3), min_iters=2,
+                           warmup=1, total_s=self.bench_seconds)
+
     def _bench(self, i: int):
         from nfdseg.serve import Segmenter
-        from nfdseg.serve.bench import bench_batches
+        from nfdseg.serve.bench import BenchTarget, bench_targets
 
         out = self.out / "bench.json"
-        key = sha256_json({"export": json.loads((self.out / "export/export_summary.json").read_text())["key"],
-                           "iters": self.bench_iters})
-        t0 = time.perf_counter()
-        if "bench" not in self.force and out.is_file() and json.loads(out.read_text()).get("key") == key:
-            self._line(i, "bench", "skipped", "up to date", time.perf_counter() - t0)
-            return json.loads(out.read_text())
-        rows = []
         targets = [("onnxruntime", self.out / "export" / "model.onnx", "fp32"),
                    ("onnxruntime", self.out / "export" / "model.fp16.onnx", "fp16"),
                    ("torch", self.out / "student", "auto")]
         engines = sorted((self.out / "export").glob("*.engine"))
         if engines:
             targets.insert(0, ("tensorrt", engines[0], "auto"))
-        for backend, path, precision in targets:
-            try:
-                seg = Segmenter(path, backend=backend, precision=precision)
-            except Exception as e:  # e.g. the engine cannot run on this machine: say so in the report
-                rows.append({"backend": backend, "artifact": path.name, "error": getattr(e, "what", str(e))})
-                continue
-            for r in bench_batches(seg, (1, 4, 8), warmup=2, iters=self.bench_iters):
-                rows.append({**seg.describe(), "artifact": path.name, **r})
-        result = {"key": key, "rows": rows}
+        batches = (1, 4, 8)
+        budget = self.bench_budget(len(targets) * len(batches))
+        key = sha256_json({"export": json.loads((self.out / "export/export_summary.json").read_text())["key"],
+                           "budget": repr(budget)})
+        t0 = time.perf_counter()
+        if "bench" not in self.force and out.is_file() and json.loads(out.read_text()).get("key") == key:
+            self._line(i, "bench", "skipped", "up to date", time.perf_counter() - t0)
+            return json.loads(out.read_text())
+        result = bench_targets([BenchTarget(p.name, b, lambda b=b, p=p, pr=pr: Segmenter(p, backend=b, precision=pr))
+                                for b, p, pr in targets], batches, budget, progress=self.progress)
+        result["key"] = key
         write_json_atomic(out, result)
-        self._line(i, "bench", "done", f"{len(rows)} rows", time.perf_counter() - t0)
+        self._line(i, "bench", "done", f"{sum('infer' in r for r in result['rows'])} rows timed in the "
+                   f"{budget.total_s:g} s budget, {result['rows_skipped']} left out to fit it (see bench.json)",
+                   time.perf_counter() - t0)
         return result
 
     # ------------------------------------------------------------------ run
@@ -173,6 +178,9 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="reuse an output directory made with another config")
     p.add_argument("--engine", choices=("auto", "on", "off"), default="auto",
                    help="TensorRT engine: auto = when TensorRT is installed (default)")
+    p.add_argument("--bench-seconds", type=float, default=45.0,
+                   help="time budget of the bench stage in seconds (default 45): each row runs for its share, "
+                        "large batches that cannot fit are skipped and listed in bench.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pipeline)
 
@@ -183,7 +191,8 @@ def cmd_pipeline(args) -> int:
 
     cfg = load_run_config(args.config, parse_overrides(args.overrides))
     pipe = Pipeline(cfg, Path(args.out), baseline=not args.no_baseline, force=tuple(args.force),
-                    overwrite=args.overwrite, progress=not args.quiet, engine=args.engine)
+                    overwrite=args.overwrite, progress=not args.quiet, engine=args.engine,
+                    bench_seconds=args.bench_seconds)
     report = pipe.run()
     print(f"\nreport: {Path(args.out) / 'report.md'}")
     return 0 if report["checks"]["parity_passed"] else 1

@@ -105,6 +105,7 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
         "wall_time_s": round(wall_s, 1), "stages": status, "miou": miou,
         "nfd_gain_over_baseline": round(miou["student_nfd"] - miou["baseline"], 3) if baseline else None,
         "per_class_iou": per_class, "cost": cost, "bench": bench["rows"], "plots": plots,
+        "bench_budget": {**bench.get("budget", {}), "seconds": bench.get("seconds")},
         "engine": engine or {"path": None, "reason": "engine off"},
         "parity": {"passed": parity["passed"], "images": parity["images"], "not_run": parity["not_run"]},
         "checks": {"parity_passed": parity["passed"],
@@ -142,12 +143,21 @@ def _markdown(r: dict[str, Any]) -> str:
               "## Cost", "", "| model | params (M) | GFLOPs | input |", "|---|---|---|---|"]
     for name, c in r["cost"].items():
         lines.append(f"| {name} | {c['params_m']:.3f} | {c['gflops']:.3f} | {c['input_hw'][0]}×{c['input_hw'][1]} |")
-    lines += ["", "## Latency (p50 / p99 ms per call; images/s)", "",
-              "| backend | artifact | precision | device | batch | infer p50 | infer p99 | end-to-end p50 | images/s |",
+    bb = r.get("bench_budget") or {}
+    lines += ["", "## Latency (p50 / p99 ms per call; images/s)", ""]
+    if bb.get("total_s"):
+        lines += [f"Bench budget {bb['total_s']:g} s (took {bb['seconds']:.0f} s): each row timed for "
+                  f"{bb['duration_s']:g} s and at least {bb['min_iters']} calls after {bb['warmup']} warm-up; rows "
+                  "that could not fit are marked skipped.", ""]
+    lines += ["| backend | artifact | precision | device | batch | infer p50 | infer p99 | end-to-end p50 | images/s |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in r["bench"]:
         if "error" in row:
             lines.append(f"| {row['backend']} | {row['artifact']} | | | | not run: {row['error']} | | | |")
+            continue
+        if "skipped" in row:
+            lines.append(f"| {row['backend']} | {row['artifact']} | {row['precision']} | {row['device']} | {row['batch']} "
+                         f"| skipped: {row['skipped']} | | | |")
             continue
         lines.append(f"| {row['backend']} | {row['artifact']} | {row['precision']} | {row['device']} | {row['batch']} | "
                      f"{row['infer']['p50_ms']:.2f} | {row['infer']['p99_ms']:.2f} | {row['end_to_end']['p50_ms']:.2f} | "

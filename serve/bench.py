@@ -13,7 +13,7 @@ import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -34,7 +34,8 @@ class BenchBudget:
 
     duration_s: timed seconds per row and mode (infer-only, end-to-end), after warm-up; 0 = count only.
     min_iters: timed calls per row even when they outlast duration_s (per concurrency level: requests).
-    warmup: untimed calls before each row. max_iters: cap on timed calls per row.
+    warmup: untimed calls before each row (its infer-only loop; the end-to-end loop follows on the warm backend).
+    max_iters: cap on timed calls per row.
     total_s: budget of the whole bench (None: none). A row whose minimum (warm-up + min_iters calls,
         estimated from the rows before it) does not fit in what is left is skipped, with the reason.
     """
@@ -147,15 +148,15 @@ def _batch_row(seg: Segmenter, b: int, budget: BenchBudget, clock: Clock, deadli
     x = prepare_batch(imgs, seg.manifest.preprocess, seg.normalize_in_graph)
     t0 = clock()
     infer = timed_calls(lambda: seg.backend_infer_batch(x), budget, clock, deadline, prog.call)
-    e2e = timed_calls(lambda: seg.predict(imgs), budget, clock, deadline, prog.call)
+    e2e = timed_calls(lambda: seg.predict(imgs), replace(budget, warmup=0), clock, deadline, prog.call)
     return {"batch": b, "infer": percentiles(infer), "end_to_end": percentiles(e2e),
             "infer_images_per_s": round(b / (np.median(infer) / 1e3), 2),
             "end_to_end_images_per_s": round(b / (np.median(e2e) / 1e3), 2), "seconds": round(clock() - t0, 2)}
 
 
 def _min_cost_s(per_image_s: float, batch: int, budget: BenchBudget) -> float:
-    """Seconds a row needs at least: warm-up and min_iters calls, infer-only and end-to-end."""
-    return 2 * per_image_s * batch * (budget.warmup + budget.min_iters)
+    """Seconds a row needs at least: warm-up, then min_iters calls infer-only and min_iters end-to-end."""
+    return per_image_s * batch * (budget.warmup + 2 * budget.min_iters)
 
 
 def bench_targets(targets: Sequence[BenchTarget], batch_sizes: Sequence[int], budget: BenchBudget = BenchBudget(),
@@ -189,8 +190,8 @@ def bench_targets(targets: Sequence[BenchTarget], batch_sizes: Sequence[int], bu
                 need, left = _min_cost_s(estimate, b, budget), deadline - clock()
                 if need > left or left <= 0:
                     rows[(k, b)] = {**head, "batch": b, "skipped": (
-                        f"needs about {need:.1f} s (warm-up {budget.warmup} + {budget.min_iters} calls, infer and "
-                        f"end-to-end) but {max(left, 0):.1f} s of the {budget.total_s:g} s bench budget remain")}
+                        f"needs about {need:.1f} s (warm-up {budget.warmup} + {budget.min_iters} calls infer-only + "
+                        f"{budget.min_iters} end-to-end) but {max(left, 0):.1f} s of the {budget.total_s:g} s bench budget remain")}
                     prog.done()
                     continue
                 prog.row(f"{t.artifact} {t.backend} b{b}")

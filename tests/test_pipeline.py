@@ -16,7 +16,7 @@ TINY = ["--set", "teacher.model.arch=deeplabv3_resnet_tiny", "--set", "student.m
         "--set", "teacher.train.iters=6", "--set", "student.train.iters=6", "--set", "teacher.train.eval_every=3",
         "--set", "student.train.eval_every=3", "--set", "data.synthetic_val=12", "--set", "data.synthetic_train=32",
         "--set", "data.synthetic_size=[48,48]", "--set", "data.input_size=[48,48]", "--set", "data.crop_size=[48,48]",
-        "--set", "teacher.train.batch_size=4", "--set", "student.train.batch_size=4"]
+        "--set", "teacher.train.batch_size=4", "--set", "student.train.batch_size=4", "--bench-seconds", "4"]
 
 
 def pipeline(out, *extra):
@@ -50,6 +50,9 @@ def test_report_matches_manifests(run_dir):
     assert rep["cost"]["student"]["gflops"] > 0
     backends = {row["backend"] for row in rep["bench"]}
     assert {"onnxruntime", "torch"} <= backends
+    assert rep["bench_budget"]["total_s"] == 4.0 and rep["bench_budget"]["min_iters"] == 2
+    assert all(row["infer"]["n"] >= 2 for row in rep["bench"] if "infer" in row), "the minimum count is honoured"
+    assert "Bench budget 4 s" in (run_dir / "report.md").read_text()
     md = (run_dir / "report.md").read_text()
     assert f"| teacher | {t.metrics['miou']:.2f} |" in md and "No TensorRT engine was built" in md
     for png in rep["plots"]:
@@ -66,6 +69,40 @@ def test_rerun_skips_and_force_reruns(run_dir):
     assert (run_dir / "student/checkpoint.json").read_text() == before
     r = pipeline(run_dir, "--force", "bench")
     assert "bench     done" in r.stdout and "student   skipped" in r.stdout
+
+
+def _files(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()}
+
+
+def _states(stdout):
+    return {line.split()[1]: line.split()[2] for line in stdout.splitlines() if line.startswith("[")}
+
+
+def test_overwrite_reruns_only_the_stages_whose_inputs_changed(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    teacher, baseline = _files(run / "teacher"), _files(run / "baseline")
+    student_sha = read_manifest(run / "student/checkpoint.json").sha256
+    # a distillation setting: the NFD student and what follows it rerun; the teacher and the baseline do not
+    r = pipeline(run, "--overwrite", "--set", "distill.weight=0.05")
+    assert r.returncode == 0, r.stderr
+    assert _states(r.stdout) == {"teacher": "skipped", "student": "done", "baseline": "skipped", "export": "done",
+                                 "bench": "done", "report": "done"}
+    assert _files(run / "teacher") == teacher and _files(run / "baseline") == baseline
+    assert read_manifest(run / "student/checkpoint.json").sha256 != student_sha
+    # a student setting: both students rerun, the teacher never
+    r = pipeline(run, "--overwrite", "--set", "distill.weight=0.05", "--set", "student.train.iters=4")
+    assert r.returncode == 0, r.stderr
+    assert _states(r.stdout)["teacher"] == "skipped" and _states(r.stdout)["baseline"] == "done"
+    assert _files(run / "teacher") == teacher
+    # re-exporting leaves every checkpoint as it is
+    students = _files(run / "student")
+    r = pipeline(run, "--set", "distill.weight=0.05", "--set", "student.train.iters=4", "--force", "export")
+    assert _states(r.stdout)["export"] == "done" and _files(run / "teacher") == teacher
+    assert _files(run / "student") == students
 
 
 def test_refuses_other_runs_and_foreign_dirs(run_dir, tmp_path):
