@@ -1,166 +1,299 @@
-"""GPU measurements the issues ask for when a GPU is lent (not run on the CPU-only development machine):
+"""The GPU half of nfdseg, measured through the product's own API on one CUDA GPU (see docs/deploying.md).
 
-1. train:  distillation step images/s, ResNet-101 teacher + ResNet-18 student at 512x512 crops,
-           AMP (bf16) + channels_last against plain fp32 (target >= 2x).
-2. parity: the student on CUDA at 1024x2048, fp16 and bf16 autocast against fp32 (max |Δlogit|, label agreement).
-3. serve:  torch backend at 1024x2048, batch 1/4/8/16: fp32 eager vs fp16 + channels_last (+ CUDA graphs).
-Writes benchmarks/results/gpu_suite_<gpu>.json.
+    python benchmarks/gpu_suite.py            # from a plain checkout: torch + numpy/Pillow/PyYAML/tqdm, nothing else
+    python benchmarks/gpu_suite.py --dry-run --out /tmp/gpu_dry.json   # the same plumbing, tiny, on the CPU
 
-    python benchmarks/gpu_suite.py --sections train,parity,serve
+1. train: the student stage (`train_stage`, NFD from a ResNet-101 teacher to a ResNet-18 student, 512x512
+   crops) with AMP bf16 + channels_last against fp32 with TF32 off; images/s as train_stage records it
+   (the whole run: data, steps, one evaluation).
+2. torch: a trained student served by `Segmenter(backend="torch")` at 1024x2048 in fp32 (TF32 off: the
+   reference), fp32 (TF32 on, torch's default for convolutions), fp16, bf16 and fp16 + CUDA graphs: label
+   agreement with the reference and mIoU on the validation images, end-to-end `predict` latency p50/p99
+   (preprocessing, copies and label map included) at batch 1 and 4.
+3. onnxruntime CUDA and TensorRT: exported with `run_export`, served by `Segmenter`, when onnxruntime-gpu /
+   TensorRT and the [export] tools are installed; otherwise skipped with the reason.
+
+Writes benchmarks/results/gpu_<gpu>.json (--dry-run writes only --out). Without a GPU it refuses (exit 2).
+Sections that would not fit the time budget (--budget-s, default 450) are skipped and say so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import multiprocessing
+import os
+import re
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, git_rev, machine  # noqa: E402
 
+log = logging.getLogger("gpu_suite")
 
-def timed(fn, warmup: int, iters: int) -> list[float]:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
+GPU = dict(train_n=128, val_n=16, train_hw=(512, 1024), val_hw=(1024, 2048), crop=(512, 512), input=(1024, 2048),
+           scale=(1.5, 2.5), teacher="deeplabv3_resnet101", student="deeplabv3_resnet18", batch=8,
+           teacher_iters=100, speed_iters=60, warm_iters=3, serve_iters=300, lat_iters=30, warmup=5, max_val=4)
+DRY = dict(train_n=8, val_n=4, train_hw=(64, 128), val_hw=(64, 128), crop=(64, 64), input=(64, 128),
+           scale=(0.75, 1.25), teacher="deeplabv3_resnet_tiny", student="deeplabv3_resnet10_w8", batch=2,
+           teacher_iters=2, speed_iters=2, warm_iters=0, serve_iters=2, lat_iters=2, warmup=1, max_val=2)
 
 
-def train_speed(batch: int, crop: int, iters: int) -> dict:
-    import torch
-    import torch.nn.functional as F
+def use_checkout() -> None:
+    """Import nfdseg from this checkout, installed or not: map the packages as pyproject's package-dir does."""
+    import importlib.abc
+    import importlib.util
 
-    from nfdseg.distill.config import DistillConfig
-    from nfdseg.distill.losses import build_loss
-    from nfdseg.distill.models import build_model
+    text = (ROOT / "pyproject.toml").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("package-dir"))
+    mapping = dict(re.findall(r'"([\w.]+)"\s*=\s*"([\w/]+)"', line))
 
-    dev = torch.device("cuda")
-    res = {}
-    for mode in ("fp32", "amp_bf16_channels_last"):
-        teacher = build_model("deeplabv3_resnet101", 19).to(dev).eval()
-        student = build_model("deeplabv3_resnet18", 19).to(dev).train()
-        loss_fn = build_loss(DistillConfig(), student.feature_channels, teacher.feature_channels).to(dev)
-        cl = mode != "fp32"
-        if cl:
-            teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(list(student.parameters()) + list(loss_fn.parameters()), lr=0.01, momentum=0.9)
-        x = torch.randn(batch, 3, crop, crop, device=dev)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 19, (batch, crop, crop), device=dev)
+    class CheckoutFinder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name in mapping:
+                folder = ROOT / mapping[name]
+                return importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                              submodule_search_locations=[str(folder)])
+            return None
 
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cl):
-                with torch.no_grad():
-                    tl, tf = teacher(x, return_features=True)
-                sl, sf = student(x, return_features=True)
-                loss = F.cross_entropy(sl.float(), y) + loss_fn(sl, sf, tl, tf)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        ms = timed(step, 5, iters)
-        res[mode] = {"ms_per_step_median": sorted(ms)[len(ms) // 2], "images_per_s": batch / (sorted(ms)[len(ms) // 2] / 1e3)}
-    res["speedup"] = res["amp_bf16_channels_last"]["images_per_s"] / res["fp32"]["images_per_s"]
-    return res
+    sys.meta_path.insert(0, CheckoutFinder())
 
 
-def parity(hw: tuple[int, int]) -> dict:
-    import torch
+def _scene(args):
+    i, hw, root, split = args
+    from PIL import Image
 
     from nfdseg.distill.data.synthetic import generate_scene
-    from nfdseg.distill.models import build_model
-    from nfdseg.manifest import PreprocessSpec
-    from nfdseg.preprocess import normalize
 
-    model = build_model("deeplabv3_resnet18", 19).cuda().eval()
-    x = torch.from_numpy(normalize(generate_scene(1, hw)[0], PreprocessSpec()))[None].cuda()
-    with torch.no_grad():
-        ref = model(x).float()
-        out = {}
-        for name, dt in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
-            with torch.autocast("cuda", dtype=dt):
-                o = model(x).float()
-            out[name] = {"max_abs_logit_error": float((o - ref).abs().max()),
-                         "label_agreement_pct": float((o.argmax(1) == ref.argmax(1)).float().mean() * 100)}
-    return out
+    img, mask = generate_scene(10_000 * (split == "val") + i, hw)
+    Image.fromarray(img).save(root / "images" / split / f"{i:04d}.png", compress_level=1)
+    Image.fromarray(mask).save(root / "masks" / split / f"{i:04d}.png", compress_level=1)
 
 
-def serve_latency(hw: tuple[int, int], batches: list[int], iters: int) -> dict:
+def make_dataset(root: Path, p: dict) -> Path:
+    """Synthetic scenes written once as a folder dataset, so training reads PNGs instead of drawing scenes."""
+    import yaml
+
+    from nfdseg.distill.data.synthetic import SYNTHETIC_CLASSES
+
+    if (root / "done").is_file():
+        return root
+    for sub in ("images/train", "masks/train", "images/val", "masks/val"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": list(SYNTHETIC_CLASSES.names),
+                                                      "palette": [list(c) for c in SYNTHETIC_CLASSES.palette]}))
+    jobs = [(i, p["train_hw"], root, "train") for i in range(p["train_n"])]
+    jobs += [(i, p["val_hw"], root, "val") for i in range(p["val_n"])]
+    with ProcessPoolExecutor(max(1, min(16, (os.cpu_count() or 2) - 1))) as pool:
+        list(pool.map(_scene, jobs))
+    (root / "done").write_text("")
+    return root
+
+
+def run_config(p: dict, data: Path, device: str, student: dict, teacher_iters: int | None = None):
+    from nfdseg.distill.config import load_run_config
+
+    workers = min(12, max(0, (os.cpu_count() or 2) - 2)) if multiprocessing.get_start_method() == "fork" else 0
+    train = {"batch_size": p["batch"], "device": device, "workers": workers, "log_every": 10}
+    over = {"data": {"format": "folder", "root": str(data), "crop_size": list(p["crop"]),
+                     "input_size": list(p["input"]), "scale_range": list(p["scale"]), "max_val_images": p["max_val"]},
+            "teacher": {"model": {"arch": p["teacher"]},
+                        "train": {**train, "iters": teacher_iters or p["teacher_iters"], "amp": "bf16",
+                                  "channels_last": True, "eval_every": 10**6, "ckpt_every": 10**6}},
+            "student": {"model": {"arch": p["student"]}, "train": {**train, **student}}}
+    return load_run_config("quick", over)
+
+
+def set_tf32(on: bool) -> None:
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = on
+    torch.backends.cuda.matmul.allow_tf32 = on
+
+
+def train_section(p: dict, data: Path, work: Path, device: str, out: dict, t_suite: float, budget_s: float) -> Path:
+    """Teacher once, then the student stage in fp32 (TF32 off) and AMP bf16 + channels_last, same iterations;
+    then a longer bf16 student for the serving section. Returns that student's directory."""
+    from nfdseg.distill.trainer import train_stage
+
+    t0 = time.perf_counter()
+    cfg = run_config(p, data, device, {"iters": p["speed_iters"]})
+    train_stage(cfg, "teacher", work / "teacher", progress=False)
+    res: dict = {"teacher_s": round(time.perf_counter() - t0, 1), "crop": list(p["crop"]), "batch": p["batch"],
+                 "iters": p["speed_iters"], "teacher": p["teacher"], "student": p["student"],
+                 "images_per_s_is": "images / wall time of the whole train_stage loop (data, steps, one evaluation)"}
+    modes = {"fp32_tf32_off": {"amp": "off", "channels_last": False},
+             "amp_bf16_channels_last": {"amp": "bf16", "channels_last": True}}
+    for warm in (True, False):  # a short unmeasured run of each mode first: CUDA/cuDNN start-up is nobody's speed
+        for name, train in modes.items():
+            if warm and not p["warm_iters"]:
+                continue
+            set_tf32(name != "fp32_tf32_off")
+            iters = p["warm_iters"] if warm else p["speed_iters"]
+            cfg = run_config(p, data, device, {"iters": iters, "eval_every": iters, "ckpt_every": iters, **train})
+            m = train_stage(cfg, "student", work / name, teacher_dir=work / "teacher", resume=False, progress=False)
+            if not warm:
+                res[name] = {"images_per_s": m.metrics["images_per_s"], "train_time_s": m.metrics["train_time_s"],
+                             "amp_used": m.metrics["amp"], "device": m.metrics["device"], "requested": train}
+                log.info("train %s: %.1f images/s", name, m.metrics["images_per_s"])
+    set_tf32(True)
+    res["speedup"] = round(res["amp_bf16_channels_last"]["images_per_s"] / res["fp32_tf32_off"]["images_per_s"], 3)
+    # the served student trains as long as the budget allows (up to serve_iters), keeping ~150 s for serving
+    left = budget_s - (time.perf_counter() - t_suite)
+    fits = int((left - 150) * res["amp_bf16_channels_last"]["images_per_s"] / p["batch"])
+    n = max(min(p["serve_iters"], fits), min(p["serve_iters"], 50))
+    cfg = run_config(p, data, device, {"iters": n, "eval_every": n, "ckpt_every": n, "amp": "bf16",
+                                       "channels_last": True})
+    m = train_stage(cfg, "student", work / "served", teacher_dir=work / "teacher", resume=False, progress=False)
+    res["served_student"] = {"iters": n, "val_miou": m.metrics["miou"], "dir": str(work / "served")}
+    out["train"] = res
+    return work / "served"
+
+
+def measure(seg, images: list, source, p: dict, ref_labels: list | None) -> tuple[dict, list]:
+    """Label maps + mIoU on the validation images (nfdseg.serve.evaluate), agreement with `ref_labels`, and
+    end-to-end predict latency at batch 1 and 4."""
     import numpy as np
-    import torch
 
-    from nfdseg.distill.models import build_model
+    from nfdseg.serve.bench import percentiles
+    from nfdseg.serve.evaluate import evaluate
 
-    rows = []
-    for variant in ("fp32_eager", "fp16_channels_last", "fp16_channels_last_cuda_graphs"):
-        model = build_model("deeplabv3_resnet18", 19).cuda().eval()
-        half = variant != "fp32_eager"
-        if half:
-            model = model.to(memory_format=torch.channels_last)
-        for b in batches:
-            x = torch.randn(b, 3, *hw, device="cuda")
-            if half:
-                x = x.contiguous(memory_format=torch.channels_last)
-
-            def run():
-                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
-                    return model(x)
-
-            fn = run
-            if variant.endswith("graphs"):
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    for _ in range(3):
-                        run()
-                torch.cuda.current_stream().wait_stream(s)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    run()
-                fn = g.replay
-            ms = np.asarray(timed(fn, 5, iters))
-            rows.append({"variant": variant, "batch": b, "p50_ms": float(np.percentile(ms, 50)),
-                         "p99_ms": float(np.percentile(ms, 99)), "images_per_s": b / (np.percentile(ms, 50) / 1e3)})
-    base = {r["batch"]: r["p50_ms"] for r in rows if r["variant"] == "fp32_eager"}
-    for r in rows:
-        r["speedup_vs_fp32_eager"] = base[r["batch"]] / r["p50_ms"]
-    return {"hw": list(hw), "rows": rows}
+    labels: list = []
+    ev = evaluate(seg, source, batch=1, limit=len(images), progress=False,
+                  on_batch=lambda start, out, preds: labels.extend(pr.labels for pr in preds))
+    res = {"miou": ev["miou"], "backend": seg.describe()}
+    if ref_labels is not None:
+        agree = [float((a == b).mean() * 100) for a, b in zip(labels, ref_labels)]
+        res["label_agreement_pct"] = round(float(np.mean(agree)), 4)
+        res["label_agreement_min_image_pct"] = round(min(agree), 4)
+    for batch in (1, 4):
+        xs = [images[i % len(images)] for i in range(batch)]
+        for _ in range(p["warmup"]):
+            seg.predict(xs)
+        ms = []
+        for _ in range(p["lat_iters"]):
+            t = time.perf_counter()
+            seg.predict(xs)
+            ms.append((time.perf_counter() - t) * 1e3)
+        res[f"batch{batch}"] = {**percentiles(ms), "images_per_s": round(batch * 1e3 / float(np.median(ms)), 2)}
+    return res, labels
 
 
-def main() -> int:
+def torch_section(student: Path, p: dict, device: str, out: dict) -> tuple[list, list]:
+    from nfdseg.serve import Segmenter
+    from nfdseg.serve.evaluate import load_eval_source
+
+    variants = [("fp32_tf32_off", "fp32", False, False), ("fp32", "fp32", True, False), ("fp16", "fp16", True, False),
+                ("bf16", "bf16", True, False), ("fp16_cuda_graphs", "fp16", True, True)]
+    rows, ref, images = {}, None, None
+    for name, precision, tf32, graphs in variants:
+        set_tf32(tf32)
+        seg = Segmenter(student, backend="torch", device=device, precision=precision, cuda_graphs=graphs)
+        source = load_eval_source(seg, "default", "folder", "val")
+        images = images or [source.load(i)[0] for i in range(len(source))]
+        rows[name], labels = measure(seg, images, source, p, ref)
+        ref = ref or labels
+        seg.close()
+        log.info("torch %s: p50 %.2f ms (batch 1)", name, rows[name]["batch1"]["p50_ms"])
+    set_tf32(True)
+    out["torch"] = {"input_hw": list(p["input"]), "reference": "fp32_tf32_off", "variants": rows}
+    return ref, images
+
+
+def runtime_sections(student: Path, work: Path, p: dict, ref: list, images: list, out: dict, left_s: float) -> None:
+    """onnxruntime CUDA and TensorRT through run_export + Segmenter, each skipped with its reason."""
+    missing = [m for m in ("onnx", "onnxslim", "onnxconverter_common", "onnxruntime") if not _importable(m)]
+    if missing:
+        reason = f"not installed here: {', '.join(missing)} (pip install 'nfdseg[export]' onnxruntime-gpu)"
+        out["onnxruntime_cuda"] = out["tensorrt"] = {"skipped": reason}
+        return
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    has_trt = _importable("tensorrt")
+    if not has_cuda and not has_trt:
+        out["onnxruntime_cuda"] = {"skipped": f"onnxruntime {ort.__version__} has no CUDA provider (CPU build; "
+                                              "pip install onnxruntime-gpu, not both)"}
+        out["tensorrt"] = {"skipped": "TensorRT is not installed (NVIDIA's container, JetPack or pip install tensorrt)"}
+        return
+    if left_s < 150:
+        out["onnxruntime_cuda"] = out["tensorrt"] = {"skipped": f"time budget: {left_s:.0f} s left, export needs ~150"}
+        return
+    from nfdseg.export.onnx2engine import EngineProfile
+    from nfdseg.export.parity import ParityBudget
+    from nfdseg.export.run import ExportConfig, run_export
+    from nfdseg.serve import Segmenter
+    from nfdseg.serve.evaluate import load_eval_source
+
+    export = work / "export"
+    cfg = ExportConfig(engine="auto" if has_trt else "off", profile=EngineProfile(1, 1, 4),
+                       parity=ParityBudget(max_images=2))
+    summary = run_export(student, export, cfg)
+    out["export"] = {"parity_passed": summary["parity"]["passed"], "engine": summary.get("engine")}
+    for name, backend, ok, why in (("onnxruntime_cuda", "onnxruntime", has_cuda, "onnxruntime has no CUDA provider"),
+                                   ("tensorrt", "tensorrt", has_trt and bool((summary.get("engine") or {}).get("path")),
+                                    "TensorRT is not installed or built no engine")):
+        if not ok:
+            out[name] = {"skipped": why}
+            continue
+        seg = Segmenter(export, backend=backend, device="cuda")
+        out[name], _ = measure(seg, images, load_eval_source(seg, "default", "folder", "val"), p, ref)
+        seg.close()
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="train,parity,serve")
-    ap.add_argument("--iters", type=int, default=30)
-    args = ap.parse_args()
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: checks the plumbing, no figures")
+    ap.add_argument("--out", help="JSON path (default benchmarks/results/gpu_<gpu>.json; required with --dry-run)")
+    ap.add_argument("--work", help="scratch directory (default benchmarks/work/gpu_suite[_dry])")
+    ap.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget in seconds (default 450)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    t_start = time.perf_counter()
+    missing = [m for m in ("torch", "numpy", "PIL", "yaml", "tqdm") if not _importable(m)]
+    if missing:
+        print(f"gpu_suite needs {', '.join(missing)}; install them (pip install torch numpy pillow pyyaml tqdm)",
+              file=sys.stderr)
+        return 2
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_suite needs a CUDA GPU; none is visible", file=sys.stderr)
+    if not args.dry_run and not torch.cuda.is_available():
+        print(f"gpu_suite needs a CUDA GPU and torch {torch.__version__} sees none (torch.cuda.is_available() is "
+              "False). Run it on the GPU machine; --dry-run checks the plumbing on the CPU.", file=sys.stderr)
         return 2
-    torch.backends.cudnn.benchmark = True
-    out = {"benchmark": "gpu_suite", "machine": machine(), "git": git_rev(), "torch": torch.__version__}
-    sections = args.sections.split(",")
-    if "train" in sections:
-        out["train"] = train_speed(batch=8, crop=512, iters=args.iters)
-    if "parity" in sections:
-        out["parity"] = parity((1024, 2048))
-    if "serve" in sections:
-        out["serve"] = serve_latency((1024, 2048), [1, 4, 8, 16], args.iters)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"gpu_suite_{out['machine']['tag']}.json"
+    if args.dry_run and not args.out:
+        print("--dry-run needs --out: its figures are not measurements and never go to benchmarks/results",
+              file=sys.stderr)
+        return 2
+    use_checkout()
+    p, device = (DRY, "cpu") if args.dry_run else (GPU, "cuda")
+    work = Path(args.work or ROOT / "benchmarks" / "work" / ("gpu_suite_dry" if args.dry_run else "gpu_suite"))
+    work.mkdir(parents=True, exist_ok=True)
+    mach = machine()
+    out: dict = {"benchmark": "gpu_suite", "dry_run": args.dry_run, "machine": mach, "git": git_rev(),
+                 "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
+                              "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None},
+                 "params": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}}
+    data = make_dataset(work / "data", p)
+    student = train_section(p, data, work, device, out, t_start, args.budget_s)
+    ref, images = torch_section(student, p, device, out)
+    runtime_sections(student, work, p, ref, images, out, args.budget_s - (time.perf_counter() - t_start))
+    out["wall_s"] = round(time.perf_counter() - t_start, 1)
+    path = Path(args.out) if args.out else RESULTS / f"gpu_{mach['tag']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2)[:4000])
+    log.info("wrote %s in %.0f s", path, out["wall_s"])
     return 0
 
 
