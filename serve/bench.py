@@ -144,11 +144,23 @@ class _Progress:
 
 def _batch_row(seg: Segmenter, b: int, budget: BenchBudget, clock: Clock, deadline: float,
                prog: _Progress) -> dict[str, Any]:
+    """Warm up, then time infer-only and end-to-end calls. When the warm-up calls show that the minimum count
+    cannot finish before the deadline, the row stops there and says so (row["skipped"])."""
     imgs = sample_images(seg, b)
     x = prepare_batch(imgs, seg.manifest.preprocess, seg.normalize_in_graph)
     t0 = clock()
-    infer = timed_calls(lambda: seg.backend_infer_batch(x), budget, clock, deadline, prog.call)
-    e2e = timed_calls(lambda: seg.predict(imgs), replace(budget, warmup=0), clock, deadline, prog.call)
+    for _ in range(budget.warmup):
+        t = clock()
+        seg.backend_infer_batch(x)
+        call_s = clock() - t
+    if budget.warmup and clock() + call_s * 2 * budget.min_iters > deadline:
+        return {"batch": b, "skipped": f"a warm-up call took {call_s:.1f} s, so {2 * budget.min_iters} timed calls "
+                                       f"need about {call_s * 2 * budget.min_iters:.1f} s; "
+                                       f"{max(deadline - clock(), 0):.1f} s of the bench budget remain",
+                "seconds": round(clock() - t0, 2), "warmup_s_per_image": round(call_s / b, 4)}
+    timed = replace(budget, warmup=0)  # the end-to-end loop follows on the warm backend too
+    infer = timed_calls(lambda: seg.backend_infer_batch(x), timed, clock, deadline, prog.call)
+    e2e = timed_calls(lambda: seg.predict(imgs), timed, clock, deadline, prog.call)
     return {"batch": b, "infer": percentiles(infer), "end_to_end": percentiles(e2e),
             "infer_images_per_s": round(b / (np.median(infer) / 1e3), 2),
             "end_to_end_images_per_s": round(b / (np.median(e2e) / 1e3), 2), "seconds": round(clock() - t0, 2)}
@@ -196,7 +208,7 @@ def bench_targets(targets: Sequence[BenchTarget], batch_sizes: Sequence[int], bu
                     continue
                 prog.row(f"{t.artifact} {t.backend} b{b}")
                 row = _batch_row(seg, b, budget, clock, deadline, prog)
-                per_image[k] = row["end_to_end"]["p50_ms"] / 1e3 / b
+                per_image[k] = row["warmup_s_per_image"] if "skipped" in row else row["end_to_end"]["p50_ms"] / 1e3 / b
                 rows[(k, b)] = {**head, **row}
                 prog.done()
     finally:

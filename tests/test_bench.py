@@ -99,6 +99,19 @@ def test_bench_fits_its_total_budget_and_says_what_it_skipped():
     assert a.closed and b.closed
 
 
+def test_a_slower_target_than_expected_stops_after_its_warmup():
+    clock = FakeClock()
+    fast, slow = SlowSegmenter(clock, 1.0), SlowSegmenter(clock, 10.0)
+    budget = BenchBudget(duration_s=1.0, min_iters=1, warmup=1, total_s=20.0)
+    targets = [BenchTarget("fast.onnx", "fake", lambda: fast), BenchTarget("slow.onnx", "fake", lambda: slow)]
+    rep = bench_targets(targets, (1,), budget, progress=False, clock=clock)
+    # fast: 3 s. slow, estimated from fast (3 s of 17 left), warms up in 10 s: its 2 timed calls (20 s) cannot fit
+    fast_row, slow_row = rep["rows"]
+    assert fast_row["infer"]["n"] == 1 and "infer" not in slow_row
+    assert "warm-up call took 10.0 s" in slow_row["skipped"] and slow_row["warmup_s_per_image"] == 10.0
+    assert rep["seconds"] == pytest.approx(13.0) and slow.calls == {"infer": 1, "predict": 0}
+
+
 def test_unbounded_bench_runs_every_row_and_unopenable_targets_are_reported():
     clock = FakeClock()
     seg = SlowSegmenter(clock, 0.25)
