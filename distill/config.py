@@ -59,16 +59,26 @@ class StageConfig:
 @dataclass(frozen=True)
 class DistillConfig:
     """loss: nfd | kd | cwd | none. weight: that loss's weight (null: the loss's default, see losses/).
-    layers: feature names distilled by nfd. norm: nfd's L2 reading, squared | euclidean.
-    logits_kd_weight > 0 adds logits KD (temperature) on top of nfd or cwd."""
+    layers: nfd's feature pairs, `student:teacher` (e.g. high:layer4) or a plain name for the same name on both;
+    empty: the default pairs of the two model families (models.DEFAULT_PAIRS).
+    norm: nfd's L2 reading, squared | euclidean. reduction: element (divide by C*H*W, the same size at every
+    width: the default) | spatial (the paper's literal divide by H*W, grows with the channel count).
+    logits_kd_weight > 0 adds logits KD (temperature) on top of nfd or cwd.
+    Runaway guard: during the first guard_iters student iterations the run stops when the distillation loss
+    exceeds max_ratio x the cross-entropy; at every iteration when the logits are non-finite or any
+    |logit| > max_abs_logit (0 turns either check off)."""
 
     loss: str = "nfd"
-    layers: tuple[str, ...] = ("layer2", "layer3", "layer4", "head")
+    layers: tuple[str, ...] = ()
     weight: float | None = None
     norm: str = "squared"
+    reduction: str = "element"
     temperature: float = 1.0
     cwd_tau: float = 4.0
     logits_kd_weight: float = 0.0
+    max_ratio: float = 100.0
+    guard_iters: int = 50
+    max_abs_logit: float = 1.0e4
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,7 @@ def validate(cfg: RunConfig) -> None:
 
     if cfg.distill.loss not in LOSSES:
         raise ConfigError(f"distill.loss '{cfg.distill.loss}' is not a loss", fix=f"choose one of {', '.join(LOSSES)}")
+    validate_distill(cfg.distill)
     for stage in ("teacher", "student"):
         sc: StageConfig = getattr(cfg, stage)
         if sc.model.arch not in ARCHS:
@@ -184,3 +195,26 @@ def validate(cfg: RunConfig) -> None:
                           fix="choose synthetic, folder, cityscapes, voc or ade20k")
     if cfg.data.format != "synthetic" and not cfg.data.root:
         raise ConfigError(f"data.root is required for data.format={cfg.data.format}", fix="set data.root=/path/to/dataset")
+
+
+def validate_distill(d: DistillConfig) -> None:
+    from .losses.nfd import NORMS, REDUCTIONS
+
+    if d.norm not in NORMS:
+        raise ConfigError(f"distill.norm '{d.norm}' is unknown", fix="choose squared or euclidean")
+    if d.reduction not in REDUCTIONS:
+        raise ConfigError(f"distill.reduction '{d.reduction}' is unknown",
+                          fix="choose element (size independent of width; the default) or spatial (the paper's /HW)")
+    for entry in d.layers:
+        parts = str(entry).split(":")
+        if len(parts) > 2 or not all(p.strip() for p in parts):
+            raise ConfigError(f"distill.layers entry '{entry}' is not a feature name or a student:teacher pair",
+                              fix="write e.g. layer4 (same name on both models) or high:layer4 (student high, "
+                                  "teacher layer4)")
+    if d.weight is not None and d.weight < 0:
+        raise ConfigError("distill.weight must be >= 0", seen=str(d.weight))
+    for key in ("max_ratio", "max_abs_logit"):
+        if getattr(d, key) < 0:
+            raise ConfigError(f"distill.{key} must be >= 0 (0 turns the check off)", seen=str(getattr(d, key)))
+    if d.guard_iters < 0:
+        raise ConfigError("distill.guard_iters must be >= 0", seen=str(d.guard_iters))

@@ -32,6 +32,7 @@ from .config import RunConfig, StageConfig
 from .data import build_source, preprocess_spec, require_clean_data
 from .dataset import SegDataset
 from .losses import KDLoss, build_loss
+from .losses.guard import RunawayGuard
 from .models import build_model, count_parameters
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
 
     # --- models and loss
     model = build_model(sc.model.arch, classes.num_classes, sc.model.pretrained).to(device)
-    teacher, teacher_manifest, distill, extra_kd = None, None, None, None
+    teacher, teacher_manifest, distill, extra_kd, guard = None, None, None, None, None
     if stage == "student":
         if teacher_dir is None:
             raise ConfigError("the student stage needs a trained teacher", fix="pass --teacher DIR (a teacher run's output)")
@@ -248,7 +249,9 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
                                 fix="train a teacher on this dataset first")
         for p in teacher.parameters():
             p.requires_grad_(False)
-        distill = build_loss(cfg.distill, model.feature_channels, teacher.feature_channels).to(device)
+        distill = build_loss(cfg.distill, model.feature_channels, teacher.feature_channels,
+                             student_family=model.family, teacher_family=teacher.family).to(device)
+        guard = RunawayGuard(cfg.distill, distill)
         extra_kd = (KDLoss(cfg.distill.logits_kd_weight, cfg.distill.temperature)
                     if cfg.distill.logits_kd_weight > 0 and cfg.distill.loss != "kd" else None)
     # the baseline ('none') keeps the teacher only as its recorded parent: no forward pass is spent on it
@@ -347,6 +350,8 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
                     loss_d = distill_fn(logits, feats, t_logits, t_feats)
                     if extra_kd is not None:
                         loss_d = loss_d + extra_kd(logits, feats, t_logits, t_feats)
+            if guard is not None:  # a runaway distillation stops here, before any checkpoint is written
+                guard.check(it, ce, loss_d, logits)
             loss = (ce + loss_d) / accum
             if not torch.isfinite(loss):
                 raise ArtifactError(f"training diverged at iteration {it}: loss is {loss.item()}",
@@ -369,11 +374,15 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
             log.info("%s iter %d: val mIoU %.2f%%", stage, it, m["miou"])
             if m["miou"] > best:
                 best = m["miou"]
+                if guard is not None:
+                    guard.check_weights(model, it)
                 save_best(m)
                 write_json_atomic(out / "best_metrics.json", {"iter": it, **m})
         if main_proc and (it % sc.train.ckpt_every == 0 or it == sc.train.iters):
             elapsed_now = elapsed + time.perf_counter() - t0
             elapsed, t0 = elapsed_now, time.perf_counter()
+            if guard is not None:
+                guard.check_weights(model, it)
             save_state(it)
         if stop_after is not None and it - start_it >= stop_after:
             bar.close()

@@ -96,3 +96,23 @@ def test_ordinary_model_keeps_no_extra_nodes(exported):
     m = read_manifest(exported / "model.fp16.json")
     assert m.onnx.kept_fp32_nodes == () and m.onnx.fp16_overflow["first"] is None
     assert m.onnx.fp16_overflow["images"] == 4
+
+
+def test_still_non_finite_falls_back_to_everything_after_the_first_overflow(exploded, tmp_path, monkeypatch):
+    from nfdseg.export import run as export_run
+
+    seen = []
+
+    def non_finite_once(path, x):  # as if the runtime still overflowed with only the overflowing nodes in fp32
+        seen.append(path)
+        return len(seen) == 1
+
+    monkeypatch.setattr(export_run, "_non_finite", non_finite_once)
+    summary = export_run.run_export(exploded, tmp_path / "down", export_run.ExportConfig(engine="off"))
+    assert summary["fp16"]["downstream"] and summary["fp16"]["still_non_finite"] is False and len(seen) == 2
+    m = read_manifest(tmp_path / "down/model.fp16.json")
+    ov = m.onnx.fp16_overflow
+    assert ov["downstream"] and "after the first overflow" in {r for rs in ov["nodes"].values() for r in rs}
+    first = list(m.onnx.kept_fp32_nodes).index(ov["first"]["node"])
+    assert len(m.onnx.kept_fp32_nodes) > first + 2, "the first overflowing op and what follows it stay fp32"
+    assert summary["parity"]["passed"], summary["parity"]["text"]

@@ -7,7 +7,8 @@ from nfdseg.distill.models import ARCHS, build_model, count_parameters
 from nfdseg.errors import ConfigError
 
 
-@pytest.mark.parametrize("arch", ["deeplabv3_resnet_tiny", "deeplabv3_resnet10_w8", "lraspp_mobilenetv3_large"])
+@pytest.mark.parametrize("arch", ["deeplabv3_resnet_tiny", "deeplabv3_resnet10_w8", "lraspp_mobilenetv3_large",
+                                  "deeplabv3_mobilenetv3_large"])
 def test_logits_and_features(arch):
     model = build_model(arch, 5).eval()
     x = torch.randn(2, 3, 64, 48)
@@ -23,6 +24,39 @@ def test_standard_architectures_have_published_sizes():
     assert 58.0e6 < count_parameters(build_model("deeplabv3_resnet101", 21)) < 59.5e6
     assert 15.0e6 < count_parameters(build_model("deeplabv3_resnet18", 19)) < 17.0e6
     assert set(ARCHS) >= {"deeplabv3_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet18", "lraspp_mobilenetv3_large"}
+
+
+def test_deeplabv3_mobilenetv3_matches_torchvision_and_takes_its_weights(tmp_path):
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+    tv = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=6, aux_loss=False).eval()
+    ours = build_model("deeplabv3_mobilenetv3_large", 6).eval()
+    assert count_parameters(ours) == count_parameters(tv)  # 11.0M: the same network, no extra layers
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")  # torchvision names (backbone.*, classifier.*) load as they are
+    loaded = build_model("deeplabv3_mobilenetv3_large", 6, pretrained=str(tmp_path / "tv.pth")).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        want = tv(x)["out"]
+        got, feats = loaded(x, return_features=True)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert {k: v.shape[1] for k, v in feats.items()} == {"low": 40, "high": 960, "aspp": 256, "head": 256}
+    assert feats["low"].shape[-2:] == (8, 12) and feats["high"].shape[-2:] == (4, 6)  # strides 8 and 16
+
+
+def test_default_pairs_per_family():
+    from nfdseg.distill.models import default_pairs
+
+    assert default_pairs("deeplabv3_resnet", "deeplabv3_resnet") == (
+        ("layer2", "layer2"), ("layer3", "layer3"), ("layer4", "layer4"), ("head", "head"))
+    assert default_pairs("deeplabv3_resnet", "deeplabv3_mobilenetv3") == (
+        ("low", "layer2"), ("high", "layer4"), ("head", "head"))
+    assert default_pairs("deeplabv3_mobilenetv3", "deeplabv3_resnet")[0] == ("layer2", "low")
+    for t in ("deeplabv3_resnet", "deeplabv3_mobilenetv3", "lraspp_mobilenetv3"):  # every pair of families resolves
+        for s in ("deeplabv3_resnet", "deeplabv3_mobilenetv3", "lraspp_mobilenetv3"):
+            tm, sm = (build_model(a, 3) for a in ("deeplabv3_resnet_tiny" if f == "deeplabv3_resnet" else
+                                                  f.replace("_mobilenetv3", "_mobilenetv3_large") for f in (t, s)))
+            for s_name, t_name in default_pairs(t, s):
+                assert s_name in sm.feature_channels and t_name in tm.feature_channels, (t, s, s_name, t_name)
 
 
 def test_local_pretrained_file(tmp_path):

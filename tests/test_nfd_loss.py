@@ -1,4 +1,7 @@
-"""NFD against an independent numpy reference, its invariances, and the teacher staying frozen."""
+"""NFD against an independent numpy reference, its invariances, its size at every width, and the teacher staying frozen."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,9 +11,13 @@ from nfdseg.distill.config import DistillConfig
 from nfdseg.distill.losses import DEFAULT_WEIGHTS, CWDLoss, KDLoss, NFDLoss, NoDistillLoss, build_loss
 from nfdseg.distill.losses.nfd import nfd_distance
 
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
-def reference_nfd(fs: np.ndarray, ft: np.ndarray, squared=True, eps=1e-5) -> float:
-    """Straight from the paper's definition, with explicit loops over samples and channels."""
+
+def reference_nfd(fs: np.ndarray, ft: np.ndarray, squared=True, reduction="element", eps=1e-5) -> float:
+    """Straight from the definition, with explicit loops over samples and channels (float64).
+    element: the distance over C*H*W elements (squared: mean of d^2; euclidean: sqrt of that mean);
+    spatial: the paper's literal ||d|| (or ||d||^2) / (H*W)."""
     n, c, h, w = fs.shape
     total = 0.0
     for i in range(n):
@@ -20,17 +27,42 @@ def reference_nfd(fs: np.ndarray, ft: np.ndarray, squared=True, eps=1e-5) -> flo
             na = (a - a.mean()) / np.sqrt(a.var() + eps)
             nb = (b - b.mean()) / np.sqrt(b.var() + eps)
             acc += ((na - nb) ** 2).sum()
-        total += (acc if squared else np.sqrt(acc)) / (h * w)
+        if reduction == "element":
+            mean_sq = acc / (c * h * w)
+            total += mean_sq if squared else np.sqrt(mean_sq)
+        else:
+            total += (acc if squared else np.sqrt(acc)) / (h * w)
     return total / n
 
 
+@pytest.mark.parametrize("reduction", ["element", "spatial"])
 @pytest.mark.parametrize("norm", ["squared", "euclidean"])
-def test_matches_reference(norm):
+def test_matches_reference(norm, reduction):
     g = torch.Generator().manual_seed(0)
     fs, ft = torch.randn(3, 5, 7, 6, generator=g), torch.randn(3, 5, 7, 6, generator=g) * 4 + 2
-    got = nfd_distance(fs, ft, norm).item()
-    want = reference_nfd(fs.numpy(), ft.numpy(), squared=norm == "squared")
+    got = nfd_distance(fs, ft, norm, reduction).item()
+    want = reference_nfd(fs.numpy(), ft.numpy(), squared=norm == "squared", reduction=reduction)
     assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_element_reduction_is_width_and_resolution_independent_spatial_is_not():
+    """Unrelated random features: normalised, each element differs by ~N(0, 2), so the element reading is
+    ~2 (squared) or ~sqrt(2) (euclidean) at 64 channels and at 2048; spatial grows as C or sqrt(C/(H*W))."""
+    g = torch.Generator().manual_seed(5)
+    vals = {}
+    for c, hw in ((64, 12), (2048, 12), (64, 48)):
+        fs, ft = torch.randn(2, c, hw, hw, generator=g), torch.randn(2, c, hw, hw, generator=g)
+        for norm in ("squared", "euclidean"):
+            for red in ("element", "spatial"):
+                vals[(c, hw, norm, red)] = nfd_distance(fs, ft, norm, red).item()
+    for c, hw in ((64, 12), (2048, 12), (64, 48)):
+        assert vals[(c, hw, "squared", "element")] == pytest.approx(2.0, rel=0.05)
+        assert vals[(c, hw, "euclidean", "element")] == pytest.approx(2.0 ** 0.5, rel=0.05)
+        assert vals[(c, hw, "squared", "spatial")] == pytest.approx(2.0 * c, rel=0.05)
+        assert vals[(c, hw, "euclidean", "spatial")] == pytest.approx((2.0 * c / (hw * hw)) ** 0.5, rel=0.05)
+    # the ratio between widths: 1 for element, 32x (squared) and sqrt(32) (euclidean) for spatial
+    assert vals[(2048, 12, "squared", "spatial")] / vals[(64, 12, "squared", "spatial")] == pytest.approx(32, rel=0.05)
+    assert vals[(2048, 12, "squared", "element")] / vals[(64, 12, "squared", "element")] == pytest.approx(1, rel=0.05)
 
 
 def test_invariant_to_per_channel_scale_and_shift_of_either_side():
@@ -92,9 +124,90 @@ def test_kd_cwd_none_reference_values():
     assert NoDistillLoss()(s, {}, t, {}).item() == 0.0
 
 
-def test_build_loss_uses_documented_default_weights():
+def test_default_weights_have_one_home_and_come_from_the_sweep():
     chans = {"layer2": 8, "layer3": 8, "layer4": 8, "head": 8}
-    nfd = build_loss(DistillConfig(loss="nfd"), chans, {k: 16 for k in chans})
-    assert isinstance(nfd, NFDLoss) and nfd.weight == DEFAULT_WEIGHTS["nfd"] and nfd.norm == "squared"
-    assert nfd.layers == ("layer2", "layer3", "layer4", "head") and len(nfd.connectors) == 4
+    nfd = build_loss(DistillConfig(loss="nfd"), chans, {k: 16 for k in chans},
+                     student_family="deeplabv3_resnet", teacher_family="deeplabv3_resnet")
+    assert isinstance(nfd, NFDLoss) and (nfd.norm, nfd.reduction) == ("squared", "element")
+    assert nfd.pairs == tuple((k, k) for k in ("layer2", "layer3", "layer4", "head")) and len(nfd.connectors) == 4
     assert build_loss(DistillConfig(loss="kd", weight=0.5), {}, {}).weight == 0.5
+    # constructors used directly agree with build_loss (no second set of defaults)
+    assert NFDLoss(("x",), {"x": 2}, {"x": 2}).weight == nfd.weight
+    assert KDLoss().weight == build_loss(DistillConfig(loss="kd"), {}, {}).weight
+    assert CWDLoss().weight == build_loss(DistillConfig(loss="cwd"), {}, {}).weight
+    # the defaults are the ones the tune sweep chose (and wrote), not a number typed in twice
+    chosen = json.loads((RESULTS / "distill_tune_cpu2.json").read_text())["chosen"]
+    assert nfd.weight == chosen["nfd"]["weight"]
+    assert (chosen["nfd"]["norm"], chosen["nfd"]["reduction"]) == (nfd.norm, nfd.reduction)
+    assert DEFAULT_WEIGHTS["kd"] == chosen["kd"]["weight"] and DEFAULT_WEIGHTS["cwd"] == chosen["cwd"]["weight"]
+
+
+@pytest.mark.parametrize("widths", [(16, 64), (512, 2048)])
+def test_default_nfd_starts_well_inside_the_runaway_guard_at_every_width(widths):
+    """At initialisation (unrelated features) the default NFD term over the four default pairs must sit below
+    the guard's bound times a typical first cross-entropy (ln 8 classes = 2.08), at quick and at real widths."""
+    s_c, t_c = widths
+    g = torch.Generator().manual_seed(7)
+    names = ("layer2", "layer3", "layer4", "head")
+    s_ch, t_ch = {k: s_c for k in names}, {k: t_c for k in names}
+    loss = build_loss(DistillConfig(loss="nfd"), s_ch, t_ch, "deeplabv3_resnet", "deeplabv3_resnet")
+    fs = {k: torch.randn(2, s_c, 16, 16, generator=g) for k in names}
+    ft = {k: torch.randn(2, t_c, 16, 16, generator=g) for k in names}
+    with torch.no_grad():
+        value = loss(torch.zeros(2, 8, 4, 4), fs, torch.zeros(2, 8, 4, 4), ft).item()
+    assert value == pytest.approx(loss.weight * 4 * 2.0, rel=0.1)  # ~2 per pair, whatever the width
+    assert value / np.log(8) < DistillConfig().max_ratio
+
+
+def test_student_teacher_pairs_connect_different_names_and_default_pairs_per_family():
+    from nfdseg.distill.config import load_run_config
+    from nfdseg.errors import ConfigError
+
+    cfg = DistillConfig(loss="nfd", layers=("high:layer4", "head"))
+    s_ch, t_ch = {"low": 40, "high": 960, "head": 256}, {"layer2": 512, "layer4": 2048, "head": 256}
+    loss = build_loss(cfg, s_ch, t_ch)
+    assert loss.pairs == (("high", "layer4"), ("head", "head")) and loss.layers == ("high:layer4", "head")
+    assert set(loss.connectors) == {"high_to_layer4"} and loss.connectors["high_to_layer4"].in_channels == 960
+    g = torch.Generator().manual_seed(2)
+    s = {"high": torch.randn(2, 960, 4, 8, generator=g), "head": torch.randn(2, 256, 4, 8, generator=g)}
+    t = {"layer4": torch.randn(2, 2048, 8, 16, generator=g), "head": s["head"] * 3 + 1}  # head: identical after N()
+    value = loss(torch.zeros(2, 3, 1, 1), s, torch.zeros(2, 3, 1, 1), t).item()
+    # only the high->layer4 pair contributes: ~2 (unrelated features) times the weight
+    assert value == pytest.approx(loss.weight * 2.0, rel=0.1)
+    # the mobile student from a ResNet teacher with no layer config: stride-matched default pairs
+    mob = build_loss(DistillConfig(loss="nfd"), s_ch, t_ch, "deeplabv3_mobilenetv3", "deeplabv3_resnet")
+    assert mob.pairs == (("low", "layer2"), ("high", "layer4"), ("head", "head"))
+    lr = build_loss(DistillConfig(loss="nfd"), {"low": 40, "high": 960}, t_ch, "lraspp_mobilenetv3", "deeplabv3_resnet")
+    assert lr.pairs == (("low", "layer2"), ("high", "layer4"))
+    with pytest.raises(ConfigError, match="'high:layer3' is not a feature of both models"):
+        build_loss(DistillConfig(loss="nfd", layers=("high:layer3",)), s_ch, t_ch)
+    for bad in ("a:b:c", ":layer4", "high:"):
+        with pytest.raises(ConfigError, match="student:teacher pair"):
+            load_run_config("quick", {"distill": {"layers": [bad]}})
+    with pytest.raises(ConfigError, match="distill.reduction"):
+        load_run_config("quick", {"distill": {"reduction": "mean"}})
+
+
+def test_runaway_guard_stops_a_huge_weight_before_any_checkpoint(trained_run, tiny_cfg, tmp_path, caplog):
+    import logging
+
+    from dataclasses import replace
+
+    from nfdseg.distill.trainer import train_stage
+    from nfdseg.errors import NfdsegError
+
+    huge = replace(tiny_cfg, distill=replace(tiny_cfg.distill, weight=1.0e4, reduction="spatial"))
+    with caplog.at_level(logging.INFO, logger="nfdseg.distill.losses.guard"), \
+            pytest.raises(NfdsegError) as err:
+        train_stage(huge, "student", tmp_path / "huge", teacher_dir=trained_run / "teacher", progress=False)
+    text = str(err.value)
+    ratio = float(text.split(" is ")[1].split("x the cross-entropy")[0])
+    assert ratio > 1000 and "nfd (weight 10000, norm squared, reduction spatial)" in text
+    assert "lower distill.weight" in text and "distill.reduction=element" in text
+    assert "ratio" in caplog.text  # the start-of-stage ratio is logged
+    assert not any((tmp_path / "huge").glob("*.pt")) and not (tmp_path / "huge" / "checkpoint.json").exists()
+    # the logits bound fires on its own (ratio check off): here a bound no real logit stays under
+    tight = replace(tiny_cfg, distill=replace(tiny_cfg.distill, max_ratio=0.0, max_abs_logit=1e-6))
+    with pytest.raises(NfdsegError, match=r"logits reached \|x\| = .* at iteration 0"):
+        train_stage(tight, "student", tmp_path / "tight", teacher_dir=trained_run / "teacher", progress=False)
+    assert not any((tmp_path / "tight").glob("*.pt"))

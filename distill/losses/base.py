@@ -27,18 +27,27 @@ def resize_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def make_connectors(layers: tuple[str, ...], s_channels: dict[str, int], t_channels: dict[str, int]) -> nn.ModuleDict:
-    """A 1x1 conv per layer whose student and teacher channel counts differ (training only, never exported)."""
+def pair_key(s_name: str, t_name: str) -> str:
+    """The connector's name for a (student, teacher) feature pair: the plain name when both are the same."""
+    return s_name if s_name == t_name else f"{s_name}_to_{t_name}"
+
+
+def make_connectors(pairs, s_channels: dict[str, int], t_channels: dict[str, int]) -> nn.ModuleDict:
+    """A 1x1 conv per (student, teacher) pair whose channel counts differ (training only, never exported).
+    `pairs` holds (student name, teacher name) tuples; a plain string means the same name on both."""
     from nfdseg.errors import ConfigError
 
     conns = nn.ModuleDict()
-    for layer in layers:
-        if layer not in s_channels or layer not in t_channels:
+    for pair in pairs:
+        s_name, t_name = (pair, pair) if isinstance(pair, str) else pair
+        if s_name not in s_channels or t_name not in t_channels:
+            shown = s_name if s_name == t_name else f"{s_name}:{t_name}"
             raise ConfigError(
-                f"distillation layer '{layer}' is not a feature of both models",
+                f"distillation layer '{shown}' is not a feature of both models",
                 seen=f"student has {sorted(s_channels)}, teacher has {sorted(t_channels)}",
-                fix="set distill.layers to names both models return",
+                fix="set distill.layers to student:teacher pairs (e.g. high:layer4), or plain names both models "
+                    "return, or leave it empty for the default pairs of these model families",
             )
-        if s_channels[layer] != t_channels[layer]:
-            conns[layer] = nn.Conv2d(s_channels[layer], t_channels[layer], 1, bias=False)
+        if s_channels[s_name] != t_channels[t_name]:
+            conns[pair_key(s_name, t_name)] = nn.Conv2d(s_channels[s_name], t_channels[t_name], 1, bias=False)
     return conns

@@ -25,9 +25,12 @@ def cwd_kl(s_map: torch.Tensor, t_map: torch.Tensor, tau: float = 4.0) -> torch.
 class CWDLoss(DistillLoss):
     name = "cwd"
 
-    def __init__(self, weight: float = 3.0, tau: float = 4.0, **_: object):
+    def __init__(self, weight: float | None = None, tau: float = 4.0, **_: object):
         super().__init__()
-        self.weight, self.tau = weight, tau
+        from . import DEFAULT_WEIGHTS
+
+        self.weight = DEFAULT_WEIGHTS["cwd"] if weight is None else weight
+        self.tau = tau
 
     def forward(self, s_logits: torch.Tensor, s_feats: Features, t_logits: torch.Tensor, t_feats: Features) -> torch.Tensor:
         return self.weight * cwd_kl(s_logits, t_logits, self.tau)

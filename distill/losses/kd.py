@@ -19,9 +19,12 @@ def kd_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1
 class KDLoss(DistillLoss):
     name = "kd"
 
-    def __init__(self, weight: float = 1.0, temperature: float = 1.0, **_: object):
+    def __init__(self, weight: float | None = None, temperature: float = 1.0, **_: object):
         super().__init__()
-        self.weight, self.temperature = weight, temperature
+        from . import DEFAULT_WEIGHTS
+
+        self.weight = DEFAULT_WEIGHTS["kd"] if weight is None else weight
+        self.temperature = temperature
 
     def forward(self, s_logits: torch.Tensor, s_feats: Features, t_logits: torch.Tensor, t_feats: Features) -> torch.Tensor:
         return self.weight * kd_kl(s_logits, t_logits, self.temperature)

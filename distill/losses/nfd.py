@@ -1,20 +1,31 @@
 """Normalized Feature Distillation (Liu, Yang, Chen 2022, arXiv 2207.05256).
 
-For each distilled layer: N(F) = (F - mean) / sqrt(var + eps), per sample and per channel over HxW,
-no affine. The loss is the L2 distance between N(F_teacher) and N(connector(F_student)), divided
-by H*W, averaged over the batch, summed over layers, times `weight`.
+For each distilled (student, teacher) feature pair: N(F) = (F - mean) / sqrt(var + eps), per sample and
+per channel over HxW, no affine. The loss is an L2 distance between N(F_teacher) and
+N(connector(F_student)), averaged over the batch, summed over pairs, times `weight`.
 
-"L2 distance" is read as the squared norm by default (`norm="squared"`): its gradient is
-proportional to the per-element error, like the MSE feature losses NFD is compared against, and
-its size does not depend on how far apart the features are. `norm="euclidean"` gives the plain
-norm (square root of the sum), offered for completeness.
+Two choices define the size of that distance (d = N(F_t) - N(F_s), C x H x W per sample):
+
+- `norm`: the paper's "L2 distance" read as the squared norm sum(d^2) ("squared", the default: its gradient
+  is proportional to the per-element error, like the MSE feature losses NFD is compared against) or as
+  the plain norm sqrt(sum(d^2)) ("euclidean").
+- `reduction`: what the distance is divided by. "element" (the default) divides by C*H*W, so
+  squared -> mean(d^2) and euclidean -> sqrt(mean(d^2)) (the RMS of d). Normalized features have unit
+  variance per channel, so this size does not depend on the channel count or the feature resolution:
+  one weight holds from 64-channel quick models to 2048-channel ResNet-101 features.
+  "spatial" is the paper's literal division by H*W. Its size grows with the width: squared gives C*mean(d^2)
+  (32x larger on a 2048-channel layer4 than on a 64-channel one), euclidean gives sqrt(C/(H*W)) *
+  RMS(d), which the public re-implementations use and which shrinks as the resolution grows.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import DistillLoss, Features, make_connectors, resize_like
+from .base import DistillLoss, Features, make_connectors, pair_key, resize_like
+
+NORMS = ("squared", "euclidean")
+REDUCTIONS = ("element", "spatial")
 
 
 def normalize_feature(f: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -25,36 +36,56 @@ def normalize_feature(f: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (f - mean) / torch.sqrt(var + eps)
 
 
-def nfd_distance(f_s: torch.Tensor, f_t: torch.Tensor, norm: str = "squared", eps: float = 1e-5) -> torch.Tensor:
-    """NFD term for one layer and same-shaped inputs: batch mean of ||N(f_t) - N(f_s)||_2^(2|1) / (H*W)."""
+def nfd_distance(f_s: torch.Tensor, f_t: torch.Tensor, norm: str = "squared", reduction: str = "element",
+                 eps: float = 1e-5) -> torch.Tensor:
+    """NFD term for one pair of same-shaped N x C x H x W inputs, averaged over the batch.
+
+    squared:   sum(d^2) / D          euclidean: sqrt(sum(d^2)) / sqrt(D)   (reduction "element", D = C*H*W)
+    squared:   sum(d^2) / (H*W)      euclidean: sqrt(sum(d^2)) / (H*W)     (reduction "spatial")
+    """
     diff = normalize_feature(f_t, eps) - normalize_feature(f_s, eps)
-    h, w = diff.shape[-2:]
+    c, h, w = diff.shape[-3:]
     per_sample = diff.pow(2).flatten(1).sum(1)
-    if norm == "euclidean":
+    euclid = norm == "euclidean"
+    if euclid:
         per_sample = per_sample.clamp_min(1e-12).sqrt()
-    return (per_sample / (h * w)).mean()
+    if reduction == "element":
+        denom = float(c * h * w) ** (0.5 if euclid else 1.0)
+    else:
+        denom = float(h * w)
+    return (per_sample / denom).mean()
 
 
 class NFDLoss(DistillLoss):
+    """`layers`: feature pairs (student name, teacher name); a plain name means the same name on both."""
+
     name = "nfd"
 
-    def __init__(self, layers: tuple[str, ...], s_channels: dict[str, int], t_channels: dict[str, int],
-                 weight: float = 0.01, norm: str = "squared"):
+    def __init__(self, layers, s_channels: dict[str, int], t_channels: dict[str, int], weight: float | None = None,
+                 norm: str = "squared", reduction: str = "element"):
         super().__init__()
-        if norm not in ("squared", "euclidean"):
-            from nfdseg.errors import ConfigError
+        from nfdseg.errors import ConfigError
 
+        from . import DEFAULT_WEIGHTS
+
+        if norm not in NORMS:
             raise ConfigError("distill.norm must be 'squared' or 'euclidean'", seen=repr(norm))
-        self.layers, self.weight, self.norm = tuple(layers), weight, norm
-        self.connectors = make_connectors(self.layers, s_channels, t_channels)
+        if reduction not in REDUCTIONS:
+            raise ConfigError("distill.reduction must be 'element' or 'spatial'", seen=repr(reduction))
+        self.pairs = tuple((p, p) if isinstance(p, str) else (p[0], p[1]) for p in layers)
+        self.layers = tuple(s if s == t else f"{s}:{t}" for s, t in self.pairs)
+        self.weight = DEFAULT_WEIGHTS["nfd"] if weight is None else weight
+        self.norm, self.reduction = norm, reduction
+        self.connectors = make_connectors(self.pairs, s_channels, t_channels)
 
     def forward(self, s_logits: torch.Tensor, s_feats: Features, t_logits: torch.Tensor, t_feats: Features) -> torch.Tensor:
         total = s_logits.new_zeros((), dtype=torch.float32)
-        for layer in self.layers:
-            f_s = s_feats[layer]
-            if layer in self.connectors:
-                f_s = self.connectors[layer](f_s)
-            f_t = t_feats[layer].detach()
+        for s_name, t_name in self.pairs:
+            f_s = s_feats[s_name]
+            key = pair_key(s_name, t_name)
+            if key in self.connectors:
+                f_s = self.connectors[key](f_s)
+            f_t = t_feats[t_name].detach()
             f_s = resize_like(f_s, f_t)
-            total = total + nfd_distance(f_s, f_t, self.norm)
+            total = total + nfd_distance(f_s, f_t, self.norm, self.reduction)
         return self.weight * total

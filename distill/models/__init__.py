@@ -16,6 +16,7 @@ from torch import nn
 
 from nfdseg.errors import ConfigError
 from .heads import DeepLabV3Head, upsample_to
+from .mobilenet import build_mobilenetv3, mobilenetv3_forward
 from .resnet import ResNetBackbone
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ArchSpec:
-    family: str  # "deeplabv3_resnet" or "lraspp_mobilenetv3"
+    family: str  # "deeplabv3_resnet", "deeplabv3_mobilenetv3" or "lraspp_mobilenetv3" (head_backbone)
     block: str = "basic"
     depths: tuple[int, ...] = (2, 2, 2, 2)
     widths: tuple[int, ...] = (64, 128, 256, 512)
@@ -41,7 +42,10 @@ ARCHS: dict[str, ArchSpec] = {
                                    description="teacher, 39.6M params"),
     "deeplabv3_resnet18": ArchSpec("deeplabv3_resnet", "basic", (2, 2, 2, 2), torchvision_backbone="resnet18",
                                    description="paper student, 15.9M params"),
-    "lraspp_mobilenetv3_large": ArchSpec("lraspp_mobilenetv3", description="mobile student, 3.2M params"),
+    "deeplabv3_mobilenetv3_large": ArchSpec("deeplabv3_mobilenetv3", torchvision_backbone="mobilenet_v3_large",
+                                            description="paper's mobile student (DeepLabV3-MobileNetV3), 11.0M params"),
+    "lraspp_mobilenetv3_large": ArchSpec("lraspp_mobilenetv3", torchvision_backbone="mobilenet_v3_large",
+                                         description="mobile student, 3.2M params"),
     # Scaled-down variants for the built-in quick default on small inputs (96 px) and CPUs.
     "deeplabv3_resnet18_w32": ArchSpec("deeplabv3_resnet", "basic", (2, 2, 2, 2), (32, 64, 128, 256), 128, (2, 4, 6),
                                        description="quick-default teacher: ResNet-18 layout at half width"),
@@ -50,6 +54,31 @@ ARCHS: dict[str, ArchSpec] = {
     "deeplabv3_resnet_tiny": ArchSpec("deeplabv3_resnet", "basic", (1, 1, 1, 1), (4, 8, 8, 16), 8, (1, 2, 3),
                                       description="test model, a few thousand params"),
 }
+
+
+# Default NFD feature pairs (student name, teacher name) per (teacher backbone, student backbone), used when
+# distill.layers is empty. Matched by stride: ResNet layer2/layer4 (stride 8 at output stride 8) and
+# MobileNetV3 low (stride 8) / high (stride 16, resized to the teacher's map). Both with a DeepLabV3 head:
+# the pre-classifier `head` map is added.
+DEFAULT_PAIRS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("resnet", "resnet"): (("layer2", "layer2"), ("layer3", "layer3"), ("layer4", "layer4")),
+    ("resnet", "mobilenetv3"): (("low", "layer2"), ("high", "layer4")),
+    ("mobilenetv3", "resnet"): (("layer2", "low"), ("layer4", "high")),
+    ("mobilenetv3", "mobilenetv3"): (("low", "low"), ("high", "high")),
+}
+
+
+def default_pairs(teacher_family: str, student_family: str) -> tuple[tuple[str, str], ...]:
+    """NFD's default (student feature, teacher feature) pairs for two model families (SegModel.family)."""
+    head_t, _, bb_t = teacher_family.partition("_")
+    head_s, _, bb_s = student_family.partition("_")
+    if (bb_t, bb_s) not in DEFAULT_PAIRS:
+        raise ConfigError(f"no default distillation layers for a {teacher_family} teacher and a {student_family} student",
+                          fix="set distill.layers to student:teacher feature pairs, e.g. [high:layer4]")
+    pairs = DEFAULT_PAIRS[(bb_t, bb_s)]
+    if head_t == head_s == "deeplabv3":
+        pairs = pairs + (("head", "head"),)
+    return pairs
 
 
 class SegModel(nn.Module):
@@ -64,12 +93,7 @@ class SegModel(nn.Module):
             self.head = DeepLabV3Head(self.backbone.channels["layer4"], num_classes, spec.head_width, spec.rates)
             self.feature_channels = {**self.backbone.channels, **self.head.channels}
         else:
-            from torchvision.models.segmentation import lraspp_mobilenet_v3_large
-
-            tv = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
-            self.backbone, self.head = tv.backbone, tv.classifier
-            self.feature_channels = {"low": tv.classifier.low_classifier.in_channels,
-                                     "high": tv.classifier.cbr[0].in_channels}
+            self.backbone, self.head, self.feature_channels = build_mobilenetv3(spec.family.split("_")[0], num_classes)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         size = (x.shape[-2], x.shape[-1])
@@ -78,7 +102,7 @@ class SegModel(nn.Module):
             logits, head_feats = self.head(feats["layer4"])
             feats.update(head_feats)
         else:
-            logits = self.head(feats)
+            logits = mobilenetv3_forward(self.family.split("_")[0], self.head, feats)
         logits = upsample_to(logits, size)
         return (logits, feats) if return_features else logits
 
@@ -105,7 +129,7 @@ def load_pretrained(model: SegModel, source: str) -> None:
     if source == "torchvision":
         import torchvision
 
-        if spec.family == "lraspp_mobilenetv3":
+        if spec.family.endswith("_mobilenetv3"):
             tv = torchvision.models.mobilenet_v3_large(weights="IMAGENET1K_V1")
             state = {k.replace("features.", "", 1): v for k, v in tv.state_dict().items() if k.startswith("features.")}
             missing = model.backbone.load_state_dict(state, strict=False)
@@ -128,6 +152,8 @@ def load_pretrained(model: SegModel, source: str) -> None:
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     own = model.state_dict()
+    # a torchvision segmentation state dict names the head `classifier.`; ours is `head.`
+    state = {("head." + k[len("classifier."):] if k.startswith("classifier.") else k): v for k, v in state.items()}
     target = model if any(k in own for k in state) else model.backbone
     result = target.load_state_dict(state, strict=False)
     loaded = len(state) - len(result.unexpected_keys)

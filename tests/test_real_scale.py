@@ -1,0 +1,50 @@
+"""The real architectures end to end on CPU: DeepLabV3-ResNet-50 -> DeepLabV3-ResNet-18 (2048/512-channel features)
+with the default NFD settings, at a reduced resolution for a few iterations, exported and checked for fp32 and FP16
+parity. The quick models cannot show what width does to the loss; this test can (the squared norm over H*W,
+the old default, sent these logits to 1e8 in 4 iterations)."""
+
+import json
+
+import numpy as np
+import pytest
+
+REAL = {
+    "data": {"synthetic_train": 16, "synthetic_val": 4, "synthetic_size": [64, 128], "crop_size": [64, 128],
+             "input_size": [64, 128]},
+    "teacher": {"model": {"arch": "deeplabv3_resnet50"}, "optim": {"lr": 0.02},
+                "train": {"iters": 2, "batch_size": 2, "eval_every": 2, "ckpt_every": 2, "log_every": 1}},
+    "student": {"model": {"arch": "deeplabv3_resnet18"}, "optim": {"lr": 0.02},
+                "train": {"iters": 3, "batch_size": 2, "eval_every": 3, "ckpt_every": 3, "log_every": 1}},
+    "distill": {"loss": "nfd", "layers": []},  # the defaults: pairs from the model families, norm, reduction, weight
+}
+
+
+@pytest.mark.slow
+def test_resnet50_to_resnet18_default_nfd_trains_exports_and_passes_parity(tmp_path):
+    import torch
+
+    from nfdseg.distill.checkpoint import load_model_from_dir
+    from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.trainer import train_stage
+    from nfdseg.export.parity import ParityBudget
+    from nfdseg.export.run import ExportConfig, run_export
+
+    cfg = load_run_config("quick", REAL)
+    assert (cfg.distill.norm, cfg.distill.reduction, cfg.distill.weight) == ("squared", "element", None)
+    train_stage(cfg, "teacher", tmp_path / "teacher", progress=False)
+    s = train_stage(cfg, "student", tmp_path / "student", teacher_dir=tmp_path / "teacher", progress=False)
+    assert s.architecture == "deeplabv3_resnet18" and s.metrics["params"] > 15e6
+    hist = json.loads((tmp_path / "student" / "history.json").read_text())["train"]
+    ratios = [h["distill"] / h["ce"] for h in hist]
+    assert all(0 < r < cfg.distill.max_ratio for r in ratios), ratios  # the default stays inside the guard
+    model, _ = load_model_from_dir(tmp_path / "student", "cpu")
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        logits = model(x)
+    assert torch.isfinite(logits).all() and logits.abs().max() < 100, float(logits.abs().max())
+    summary = run_export(tmp_path / "student", tmp_path / "export", ExportConfig(engine="off",
+                                                                                  parity=ParityBudget(max_images=4)))
+    report = json.loads((tmp_path / "export" / "parity.json").read_text())
+    by_precision = {r["precision"]: r for r in report["results"]}
+    assert set(by_precision) == {"fp32", "fp16"} and summary["parity"]["passed"], summary["parity"]["text"]
+    assert by_precision["fp16"]["finite"] and np.isfinite(by_precision["fp16"]["delta_miou"])
