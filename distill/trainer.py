@@ -58,13 +58,16 @@ def pick_device(name: str) -> torch.device:
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """train.amp -> the autocast dtype, or None for fp32: auto is bf16 where the GPU has bf16 units (Ampere and
+    later), fp16 on older GPUs, fp32 on CPU; bf16/fp16 on CPU run fp32 with a warning."""
     if mode == "off" or device.type != "cuda":
         if mode in ("bf16", "fp16") and device.type != "cuda":
             log.warning("AMP %s requested but training on %s: running fp32", mode, device)
         return None
     if mode == "fp16":
         return torch.float16
-    if mode == "bf16" or torch.cuda.is_bf16_supported():
+    # including_emulation=False: torch otherwise says yes on V100/T4 too, where bf16 is emulated and slower than fp16
+    if mode == "bf16" or torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float16
 
