@@ -49,7 +49,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_cfg, trained
 def test_resume_refuses_another_config(tmp_path, tiny_cfg, trained_run):
     train_stage(tiny_cfg, "student", tmp_path / "s", teacher_dir=trained_run / "teacher", progress=False, stop_after=2)
     other = load_run_config("quick", {**TINY_OVERRIDES, "distill": {"loss": "kd"}})
-    with pytest.raises(ArtifactError, match="another config"):
+    with pytest.raises(ArtifactError, match="student run with other inputs"):
         train_stage(other, "student", tmp_path / "s", teacher_dir=trained_run / "teacher", progress=False)
 
 
