@@ -182,7 +182,8 @@ def raise_problems(problems: list[Problem], root, split: str, show: int = 12) ->
     lines = [p.line() for p in problems[:show]]
     if len(problems) > show:
         lines.append(f"... and {len(problems) - show} more")
-    raise DataError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in split '{split}' of {root}",
+    splits = f"splits {split}" if "," in split else f"split '{split}'"
+    raise DataError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {root} ({splits})",
                     seen="\n    " + "\n    ".join(lines),
                     fix=f"run `nfdseg data check {root}` for the full list and a summary; fix or remove those files")
 
