@@ -76,11 +76,12 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-    from nfdseg.demo.app import build_demo, example_images
+    from nfdseg.demo.app import build_demo
+    from nfdseg.demo.examples import example_images
     from nfdseg.serve import Segmenter
 
     seg = Segmenter(args.artifact, backend="onnxruntime")
-    files = example_images(seg, 8, Path(tempfile.mkdtemp()))
+    files, _ = example_images(seg.manifest, Path(tempfile.mkdtemp()), n=8)  # the model's own validation images
     demo = build_demo(seg, examples=[])
     demo.queue(default_concurrency_limit=32, max_size=512)
     port = _port()
@@ -92,7 +93,7 @@ def main() -> int:
         concurrent = _run(url, files, args.clients, args.requests)
     finally:
         demo.close()
-        demo.nfdseg_batcher.close()
+        demo.nfdseg_close()
     mach = machine()
     result = {"benchmark": "demo_load", "machine": mach, "git": git_rev(), "segmenter": seg.describe(),
               "sequential": sequential, "concurrent": concurrent,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -17,12 +16,12 @@ def main() -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from playwright.sync_api import sync_playwright
 
-    from nfdseg.demo.app import build_demo, example_images
+    from nfdseg.demo.app import build_demo
     from nfdseg.serve import Segmenter
 
     seg = Segmenter(artifact)
-    examples = example_images(seg, 4, Path(tempfile.mkdtemp()))
-    demo = build_demo(seg, examples=examples)
+    demo = build_demo(seg)  # examples: the validation images recorded in the artifact's manifest
+    examples = demo.nfdseg_examples[0]
     demo.queue()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,7 +45,7 @@ def main() -> int:
             browser.close()
     finally:
         demo.close()
-        demo.nfdseg_batcher.close()
+        demo.nfdseg_close()
     print(f"wrote {out}")
     return 0
 
