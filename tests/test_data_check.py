@@ -70,6 +70,16 @@ def test_clean_dataset_summary_numbers(tmp_path):
     assert train.never_present == ["stuff"]
 
 
+def test_hidden_files_are_not_dataset_files(tmp_path):
+    root = _tree(tmp_path)
+    (root / "images/train/._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # what macOS copies leave
+    _img(root / "images/train/.thumbnails/0.png")
+    _mask(root / "masks/train/.backup/9.png", MASK)
+    report = check_dataset(DataConfig(format="folder", root=str(root)))
+    assert report.ok, report.format_text()
+    assert report.splits[0].images == 4
+
+
 def test_every_problem_listed_in_one_pass(tmp_path):
     root = _tree(tmp_path)
     _plant_faults(root)

@@ -9,6 +9,7 @@ stopping at the first; every read is validated and a bad file is named.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,8 +161,18 @@ def check_mask_ids(mask: np.ndarray, classes: ClassSpec, path: Path | str) -> No
         )
 
 
+def _files_in(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files under `folder` with one of `suffixes`, sorted. Names starting with '.' (and everything in such
+    folders) are not dataset files: macOS '._IMG_0001.jpg' copies, '.thumbnails/' and the like."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out += [Path(dirpath, f) for f in filenames if not f.startswith(".") and f.lower().endswith(suffixes)]
+    return sorted(out)
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    return _files_in(folder, IMAGE_EXTS)
 
 
 def _missing_dirs(split: str, *dirs: tuple[Path, str]) -> list[Problem]:
@@ -197,7 +208,7 @@ def list_folder(root: str | Path, split: str, class_file: str | Path | None = No
     problems = _missing_dirs(split, (img_dir, "image"), (mask_dir, "mask"))
     if problems:
         return Listing([], problems, classes, lut)
-    masks = {p.relative_to(mask_dir).with_suffix(""): p for p in sorted(mask_dir.rglob("*.png"))}
+    masks = {p.relative_to(mask_dir).with_suffix(""): p for p in _files_in(mask_dir, (".png",))}
     pairs, seen = [], {}
     for img in _images_in(img_dir):
         key = img.relative_to(img_dir).with_suffix("")
