@@ -48,3 +48,31 @@ def test_resnet50_to_resnet18_default_nfd_trains_exports_and_passes_parity(tmp_p
     by_precision = {r["precision"]: r for r in report["results"]}
     assert set(by_precision) == {"fp32", "fp16"} and summary["parity"]["passed"], summary["parity"]["text"]
     assert by_precision["fp16"]["finite"] and np.isfinite(by_precision["fp16"]["delta_miou"])
+
+
+@pytest.mark.parametrize("name,classes,crop,iters", [("cityscapes_r101_r18", 19, (512, 1024), 40000),
+                                                     ("voc_r101_r18", 21, (512, 512), 40000),
+                                                     ("ade20k_r101_r18", 150, (512, 512), 80000)])
+def test_paper_protocol_configs_load_and_build_their_models_and_loss(name, classes, crop, iters):
+    """No data needed: the config loads, both real models build, and the default NFD loss connects them with
+    the width-independent reading (a 512 -> 2048 layer4 pair starts near weight x 2, as at the quick widths)."""
+    import torch
+
+    from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.losses import NFDLoss, build_loss
+    from nfdseg.distill.models import build_model
+
+    cfg = load_run_config(name)
+    assert (cfg.teacher.model.arch, cfg.student.model.arch) == ("deeplabv3_resnet101", "deeplabv3_resnet18")
+    assert tuple(cfg.data.crop_size) == crop and cfg.student.train.iters == iters
+    assert cfg.student.train.batch_size * 8 == 16  # 8 processes x 2 = the field's batch 16
+    assert (cfg.distill.norm, cfg.distill.reduction, cfg.distill.weight) == ("squared", "element", None)
+    teacher, student = build_model(cfg.teacher.model.arch, classes), build_model(cfg.student.model.arch, classes)
+    loss = build_loss(cfg.distill, student.feature_channels, teacher.feature_channels, student.family, teacher.family)
+    assert isinstance(loss, NFDLoss) and loss.connectors["layer4"].out_channels == 2048
+    g = torch.Generator().manual_seed(0)
+    s = {k: torch.randn(1, c, 8, 8, generator=g) for k, c in student.feature_channels.items()}
+    t = {k: torch.randn(1, c, 8, 8, generator=g) for k, c in teacher.feature_channels.items()}
+    with torch.no_grad():
+        value = loss(torch.zeros(1, classes, 8, 8), s, torch.zeros(1, classes, 8, 8), t).item()
+    assert value == pytest.approx(loss.weight * 2.0 * len(loss.pairs), rel=0.1)
