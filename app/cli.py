@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from nfdseg.distill.config import LOSSES
 from nfdseg.errors import NfdsegError, missing_extra
 
 log = logging.getLogger("nfdseg")
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=("teacher", "student", "both"), default="both",
                    help="which stage to run (default: both)")
     p.add_argument("--teacher", help="teacher run directory for the student stage (default: OUT/teacher)")
-    p.add_argument("--loss", choices=("nfd", "kd", "cwd", "none"), help="distillation loss (default: the config's, nfd)")
+    p.add_argument("--loss", choices=LOSSES, help="distillation loss (default: the config's, nfd)")
     p.add_argument("--student-name", help="subdirectory for the student (default: student)")
     p.add_argument("--restart", action="store_true",
                    help="start over the stages whose inputs changed (discarding their last.pt); finished stages "

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from nfdseg.config import deep_update, from_dict, load_yaml, to_dict
+from nfdseg.config import check_choices, deep_update, from_dict, load_yaml, to_dict
 from nfdseg.errors import ConfigError
 
 from .data.config import DataConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+# The fixed value sets of the run config, defined once: the loader checks them (Literal fields) and the CLI
+# offers them as choices.
+LOSSES = ("nfd", "kd", "cwd", "none")  # distill/losses/ has one module per name
+OPTIMIZERS = ("sgd", "adamw")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class ModelConfig:
 class OptimConfig:
     """name: sgd (with poly decay) | adamw. lr decays as (1 - it/iters) ** poly_power after warmup."""
 
-    name: str = "sgd"
+    name: Literal[OPTIMIZERS] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -42,7 +48,7 @@ class TrainConfig:
     eval_every: int = 200
     ckpt_every: int = 100
     log_every: int = 20
-    amp: str = "auto"
+    amp: Literal[AMP_MODES] = "auto"
     channels_last: bool = False
     seed: int = 0
     device: str = "auto"
@@ -68,7 +74,7 @@ class DistillConfig:
     exceeds max_ratio x the cross-entropy; at every iteration when the logits are non-finite or any
     |logit| > max_abs_logit (0 turns either check off)."""
 
-    loss: str = "nfd"
+    loss: Literal[LOSSES] = "nfd"
     layers: tuple[str, ...] = ()
     weight: float | None = None
     norm: str = "squared"
@@ -173,26 +179,18 @@ def load_run_config(source: str | Path | None = None, overrides: dict[str, Any] 
 
 
 def validate(cfg: RunConfig) -> None:
-    from .losses import LOSSES
+    """What the loader's types cannot say: known architectures, positive counts, a dataset root."""
     from .models import ARCHS
 
-    if cfg.distill.loss not in LOSSES:
-        raise ConfigError(f"distill.loss '{cfg.distill.loss}' is not a loss", fix=f"choose one of {', '.join(LOSSES)}")
+    check_choices(cfg)  # Literal fields of a config built in code, not through the loader
     validate_distill(cfg.distill)
     for stage in ("teacher", "student"):
         sc: StageConfig = getattr(cfg, stage)
         if sc.model.arch not in ARCHS:
             raise ConfigError(f"{stage}.model.arch '{sc.model.arch}' is unknown", fix=f"choose one of {', '.join(ARCHS)}")
-        if sc.optim.name not in ("sgd", "adamw"):
-            raise ConfigError(f"{stage}.optim.name must be sgd or adamw", seen=sc.optim.name)
-        if sc.train.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ConfigError(f"{stage}.train.amp must be auto, bf16, fp16 or off", seen=sc.train.amp)
         for key in ("iters", "batch_size", "grad_accum", "eval_every", "ckpt_every"):
             if getattr(sc.train, key) < 1:
                 raise ConfigError(f"{stage}.train.{key} must be at least 1", seen=str(getattr(sc.train, key)))
-    if cfg.data.format not in ("synthetic", "folder", "cityscapes", "voc", "ade20k"):
-        raise ConfigError(f"data.format '{cfg.data.format}' is unknown",
-                          fix="choose synthetic, folder, cityscapes, voc or ade20k")
     if cfg.data.format != "synthetic" and not cfg.data.root:
         raise ConfigError(f"data.root is required for data.format={cfg.data.format}", fix="set data.root=/path/to/dataset")
 

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import sha256_json, write_json_atomic, write_text_atomic
 from nfdseg.manifest import Manifest, TensorSpec, runtime_versions, write_manifest
-from nfdseg.metrics import ConfusionMatrix
 
 from .checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
 from .config import RunConfig, StageConfig
@@ -135,20 +134,29 @@ def plan_loader(ds: SegDataset, plan: BatchPlan, start: int, stop: int, workers:
                                        pin_memory=torch.cuda.is_available())
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: SegDataset, device: torch.device, batch_size: int = 16,
-             amp: torch.dtype | None = None, class_names=None, progress: bool = False) -> dict[str, Any]:
-    """mIoU (%), pixel accuracy (%) and per-class IoU (%) of `model` on `dataset`."""
+def evaluate(model: torch.nn.Module, source, manifest: Manifest, device: torch.device, limit: int = 0,
+             progress: bool = False) -> dict[str, Any]:
+    """mIoU (%), pixel accuracy (%) and per-class IoU (%) of the in-memory `model` on `source`.
+
+    Measured by the project's one evaluation (nfdseg.serve.evaluate): the same preprocessing, the label map
+    scored at each mask's own resolution, so the checkpoint's figure is what `nfdseg eval` reports for its
+    exports. `manifest` gives the classes and preprocessing.
+    """
+    from nfdseg.serve.backends.torch_backend import TorchBackend
+    from nfdseg.serve.evaluate import evaluate as evaluate_segmenter
+    from nfdseg.serve.segmenter import Segmenter
+
     was_training = model.training
     model.eval()
-    cm = ConfusionMatrix(dataset.source.classes.num_classes, dataset.ignore)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x.to(device))
-        cm.update(logits.argmax(1).cpu().numpy(), y.numpy())
-    model.train(was_training)
-    return cm.summary(class_names)
+    try:
+        # fp32 always: the backend converts a module's weights in place for fp16/bf16, and these are the
+        # weights being trained. (AMP training still evaluates the fp32 master weights, as deployed.)
+        backend = TorchBackend(Path("in-memory"), manifest, device=str(device), precision="fp32",
+                               channels_last=False, model=model)
+        m = evaluate_segmenter(Segmenter.from_backend(backend), source, batch=16, limit=limit, progress=progress)
+    finally:
+        model.train(was_training)
+    return {k: m[k] for k in ("miou", "pixel_accuracy", "per_class_iou", "images")}
 
 
 def distill_identity(d) -> dict[str, Any]:
@@ -236,8 +244,9 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
     classes = train_src.classes
     spec = preprocess_spec(cfg.data)
     train_ds = SegDataset(train_src, spec, True, cfg.data.crop_size, cfg.data.scale_range, cfg.data.hflip)
-    val_ds = SegDataset(val_src, spec, False, limit=cfg.data.max_val_images)
     plan = BatchPlan(len(train_ds), sc.train.batch_size, seed, rank, world)
+    eval_manifest = Manifest(kind="checkpoint", artifact="in-memory", architecture=sc.model.arch, classes=classes,
+                             preprocess=spec)
 
     # --- models and loss
     model = build_model(sc.model.arch, classes.num_classes, sc.model.pretrained).to(device)
@@ -372,7 +381,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
             history["train"].append({"iter": it, "lr": round(lr, 6), "ce": round(ce_sum, 5), "distill": round(kd_sum, 5)})
             bar.set_postfix(ce=f"{ce_sum:.3f}", distill=f"{kd_sum:.3f}", best=f"{max(best, 0):.1f}")
         if main_proc and (it % sc.train.eval_every == 0 or it == sc.train.iters):
-            m = evaluate(model, val_ds, device, amp=amp, class_names=classes.names)
+            m = evaluate(model, val_src, eval_manifest, device, limit=cfg.data.max_val_images)
             history["eval"].append({"iter": it, "miou": m["miou"]})
             log.info("%s iter %d: val mIoU %.2f%%", stage, it, m["miou"])
             if m["miou"] > best:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from nfdseg.errors import ConfigError
 
+from ..config import LOSSES
 from .base import DistillLoss
 from .cwd import CWDLoss
 from .kd import KDLoss
 from .nfd import NFDLoss
 from .none import NoDistillLoss
 
-LOSSES = ("nfd", "kd", "cwd", "none")
 # The one home of the default weights (distill.weight unset; the loss constructors read them too): for each
 # loss, the best of a small sweep on the synthetic "tune" split, never on the reported "val" split.
 # nfd's is for its default reading (norm squared, reduction element), chosen at two widths (the quick pair and
