@@ -215,3 +215,27 @@ def test_config_data_section_resolves_like_training(tmp_path):
     cli = [sys.executable, "-m", "nfdseg.app.cli", "data", "check", "--config", str(tmp_path / "cs.yaml")]
     r = subprocess.run(cli, capture_output=True, text=True)
     assert r.returncode == 1 and "cityscapes dataset" in r.stdout and "missing folder" in r.stdout, r.stdout + r.stderr
+
+
+def test_other_layouts_list_every_pairing_problem(tmp_path):
+    cs = tmp_path / "cs"
+    for stem, img, gt in (("a_000000_000001", True, True), ("a_000000_000002", True, False),
+                          ("a_000000_000003", False, True)):
+        if img:
+            _img(cs / "leftImg8bit/val/a" / f"{stem}_leftImg8bit.png")
+        if gt:
+            _mask(cs / "gtFine/val/a" / f"{stem}_gtFine_labelIds.png", np.full((12, 16), 7, np.uint8))
+    report = check_dataset(DataConfig(format="cityscapes", root=str(cs)), splits=["val"])
+    assert sorted((p.kind, Path(p.file).name) for p in report.problems) == [
+        ("image without mask", "a_000000_000002_leftImg8bit.png"),
+        ("mask without image", "a_000000_000003_gtFine_labelIds.png")]
+    assert report.splits[0].pixel_share["road"] == 100.0  # labelId 7 is trainId 0 (road)
+    voc = tmp_path / "voc"
+    (voc / "ImageSets/Segmentation").mkdir(parents=True)
+    (voc / "ImageSets/Segmentation/val.txt").write_text("x1\nx2\nx3\n")
+    _img(voc / "JPEGImages/x1.jpg")
+    _mask(voc / "SegmentationClass/x1.png", np.full((12, 16), 21, np.uint8))  # 21 is no VOC class
+    _img(voc / "JPEGImages/x2.jpg")
+    report = check_dataset(DataConfig(format="voc", root=str(voc)), splits=["val"])
+    assert sorted((p.kind, Path(p.file).name) for p in report.problems) == [
+        ("ids out of range", "x1.png"), ("image without mask", "x2.jpg"), ("missing image", "x3.jpg")]
