@@ -32,6 +32,20 @@ def _gradio():
     return gr
 
 
+def _path_image(gr, **kwargs):
+    """A gr.Image whose handler receives the uploaded file's path unopened. gr.Image opens uploads with PIL before
+    the handler runs, so a broken file failed there with Gradio's generic error (and the server path in its log
+    line); here it reaches load_image, which names the file in the page. `is_template` keeps the Image widget."""
+
+    class UploadedImage(gr.Image):
+        is_template = True
+
+        def preprocess(self, payload):
+            return None if payload is None else str(payload.path)
+
+    return UploadedImage(type="filepath", **kwargs)
+
+
 def _message(name: str, e: Exception) -> str:
     """One line for the page, naming the uploaded file by its own name."""
     what = getattr(e, "what", None) or str(e)
@@ -128,8 +142,7 @@ def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_f
         with gr.Row():
             with gr.Column(scale=1):
                 # a file path, not pixels: the file's own name goes into messages, and load_image applies EXIF
-                image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                 elem_id="nfd-image")
+                image = _path_image(gr, label="Image", sources=["upload", "clipboard"], elem_id="nfd-image")
                 files = gr.File(label="…or several images", file_count="multiple", file_types=["image"],
                                 elem_id="nfd-files")
                 alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity", elem_id="nfd-alpha")

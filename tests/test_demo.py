@@ -85,6 +85,10 @@ def test_gradio_client_single_several_and_bad(server, tmp_path):
     assert "3 images segmented" in status and "holiday photo.png: not a readable image" in status, status
     # the message names the visitor's file, never where the server keeps uploads
     assert tempfile.gettempdir() not in status and "gradio" not in status and str(tmp_path) not in status
+    # the same broken file in the main image box reaches the app's own message too (gr.Image would fail in Gradio)
+    _, _, status, downloads = client.predict(gradio_client.handle_file(str(bad)), [], 0.5, api_name="/segment")
+    assert "holiday photo.png: not a readable image" in status and downloads is None
+    assert tempfile.gettempdir() not in status and "gradio" not in status
     # the app keeps serving after a bad upload
     gallery, *_ = client.predict(gradio_client.handle_file(str(one)), [], 0.3, api_name="/segment")
     assert len(gallery) == 1
