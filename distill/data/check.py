@@ -237,7 +237,8 @@ def require_clean_data(cfg: DataConfig, progress: bool = False) -> CheckReport |
         return None
     report = check_dataset(cfg, progress=progress)
     if not report.ok:
-        raise_problems(report.problems, cfg.root, ", ".join(s.split for s in report.splits) or cfg.train_split)
+        raise_problems(report.problems, cfg.root, ", ".join(s.split for s in report.splits) or cfg.train_split,
+                       cfg.format)
     for s in report.splits:
         log.info("data check %s", s.line().replace("\n", ";"))
     log.info("data check: %s, no problems in %.1f s", cfg.root, report.seconds)

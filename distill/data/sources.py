@@ -186,7 +186,7 @@ def _finish(listing: Listing, root: Path, split: str) -> Listing:
     return listing
 
 
-def raise_problems(problems: list[Problem], root, split: str, show: int = 12) -> None:
+def raise_problems(problems: list[Problem], root, split: str, fmt: str = "folder", show: int = 12) -> None:
     """Raise one DataError listing (up to `show` of) the problems, with the command that lists them all."""
     if not problems:
         return
@@ -196,7 +196,8 @@ def raise_problems(problems: list[Problem], root, split: str, show: int = 12) ->
     splits = f"splits {split}" if "," in split else f"split '{split}'"
     raise DataError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {root} ({splits})",
                     seen="\n    " + "\n    ".join(lines),
-                    fix=f"run `nfdseg data check {root}` for the full list and a summary; fix or remove those files")
+                    fix=f"run `nfdseg data check {root}{'' if fmt == 'folder' else ' --format ' + fmt}` for the full list "
+                        "and a summary; fix or remove those files")
 
 
 def list_folder(root: str | Path, split: str, class_file: str | Path | None = None) -> Listing:
@@ -262,7 +263,7 @@ def list_cityscapes(root: str | Path, split: str, class_file=None) -> Listing:
 
 def cityscapes_source(root: str | Path, split: str) -> FileSource:
     listing = list_cityscapes(root, split)
-    raise_problems(listing.problems, root, split)
+    raise_problems(listing.problems, root, split, "cityscapes")
     return FileSource(listing.pairs, listing.classes, split, listing.lut)
 
 
@@ -291,7 +292,7 @@ def list_voc(root: str | Path, split: str, class_file=None) -> Listing:
 
 def voc_source(root: str | Path, split: str) -> FileSource:
     listing = list_voc(root, split)
-    raise_problems(listing.problems, root, split)
+    raise_problems(listing.problems, root, split, "voc")
     return FileSource(listing.pairs, listing.classes, split)
 
 
@@ -329,7 +330,7 @@ def list_ade20k(root: str | Path, split: str, class_file=None) -> Listing:
 
 def ade20k_source(root: str | Path, split: str) -> FileSource:
     listing = list_ade20k(root, split)
-    raise_problems(listing.problems, root, split)
+    raise_problems(listing.problems, root, split, "ade20k")
     return FileSource(listing.pairs, listing.classes, split, listing.lut)
 
 
