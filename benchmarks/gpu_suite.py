@@ -100,20 +100,35 @@ def run_config(p: dict, data: Path, device: str, student: dict, teacher_iters: i
 
     workers = min(12, max(0, (os.cpu_count() or 2) - 2)) if multiprocessing.get_start_method() == "fork" else 0
     train = {"batch_size": p["batch"], "device": device, "workers": workers, "log_every": 10}
+    optim = {"name": "sgd", "lr": 0.01}  # from scratch at these widths: the quick preset's 0.05 is for tiny models
     over = {"data": {"format": "folder", "root": str(data), "crop_size": list(p["crop"]),
                      "input_size": list(p["input"]), "scale_range": list(p["scale"]), "max_val_images": p["max_val"]},
-            "teacher": {"model": {"arch": p["teacher"]},
+            "teacher": {"model": {"arch": p["teacher"]}, "optim": optim,
                         "train": {**train, "iters": teacher_iters or p["teacher_iters"], "amp": "bf16",
                                   "channels_last": True, "eval_every": 10**6, "ckpt_every": 10**6}},
-            "student": {"model": {"arch": p["student"]}, "train": {**train, **student}}}
+            "student": {"model": {"arch": p["student"]}, "optim": optim, "train": {**train, **student}}}
     return load_run_config("quick", over)
 
 
+_TF32_DEFAULTS: dict = {}
+
+
 def set_tf32(on: bool) -> None:
+    """on: torch's defaults (TF32 for convolutions); off: IEEE fp32 for convolutions and matmuls. torch >= 2.9
+    has per-backend `fp32_precision` and refuses a mix with the legacy allow_tf32 flags: only one API is used."""
     import torch
 
-    torch.backends.cudnn.allow_tf32 = on
-    torch.backends.cuda.matmul.allow_tf32 = on
+    conv, mm = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision"):
+        if not _TF32_DEFAULTS:
+            _TF32_DEFAULTS.update(api="fp32_precision", conv=conv.fp32_precision, matmul=mm.fp32_precision)
+        conv.fp32_precision = _TF32_DEFAULTS["conv"] if on else "ieee"
+        mm.fp32_precision = _TF32_DEFAULTS["matmul"] if on else "ieee"
+        return
+    if not _TF32_DEFAULTS:
+        _TF32_DEFAULTS.update(api="allow_tf32", conv=torch.backends.cudnn.allow_tf32, matmul=mm.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = _TF32_DEFAULTS["conv"] if on else False
+    mm.allow_tf32 = _TF32_DEFAULTS["matmul"] if on else False
 
 
 def train_section(p: dict, data: Path, work: Path, device: str, out: dict, t_suite: float, budget_s: float) -> Path:
@@ -201,7 +216,8 @@ def torch_section(student: Path, p: dict, device: str, out: dict) -> tuple[list,
         seg.close()
         log.info("torch %s: p50 %.2f ms (batch 1)", name, rows[name]["batch1"]["p50_ms"])
     set_tf32(True)
-    out["torch"] = {"input_hw": list(p["input"]), "reference": "fp32_tf32_off", "variants": rows}
+    out["torch"] = {"input_hw": list(p["input"]), "reference": "fp32_tf32_off", "tf32_defaults": dict(_TF32_DEFAULTS),
+                    "variants": rows}
     return ref, images
 
 
@@ -285,16 +301,25 @@ def main(argv: list[str] | None = None) -> int:
                  "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
                               "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None},
                  "params": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}}
-    data = make_dataset(work / "data", p)
-    student = train_section(p, data, work, device, out, t_start, args.budget_s)
-    ref, images = torch_section(student, p, device, out)
-    runtime_sections(student, work, p, ref, images, out, args.budget_s - (time.perf_counter() - t_start))
+    failed = False
+    try:  # a section that fails is recorded with its error; the ones that do not depend on it still run
+        data = make_dataset(work / "data", p)
+        student = train_section(p, data, work, device, out, t_start, args.budget_s)
+        ref, images = torch_section(student, p, device, out)
+        runtime_sections(student, work, p, ref, images, out, args.budget_s - (time.perf_counter() - t_start))
+    except Exception as e:  # noqa: BLE001 - the JSON says what failed and where
+        import traceback
+
+        failed = True
+        out["error"] = {"type": type(e).__name__, "message": str(e)[:2000],
+                        "traceback": traceback.format_exc()[-4000:]}
+        log.error("gpu_suite failed: %s: %s", type(e).__name__, e)
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
     path = Path(args.out) if args.out else RESULTS / f"gpu_{mach['tag']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     log.info("wrote %s in %.0f s", path, out["wall_s"])
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
