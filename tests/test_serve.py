@@ -170,3 +170,62 @@ def test_onnxruntime_device_and_provider_reporting(exported, monkeypatch):
 def test_cuda_graphs_request_is_never_silently_dropped(exported):
     s = Segmenter(exported, backend="onnxruntime", device="cpu", cuda_graphs=True)
     assert "torch backend only" in s.describe()["fallback"]
+
+
+def _cuda_reason():
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    return None if torch.cuda.is_available() else "needs a CUDA GPU; torch sees none here"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_reason() is not None, reason=str(_cuda_reason()))
+def test_torch_backend_on_a_gpu(trained_run):
+    """fp16/bf16 weights agree with fp32 on labels; CUDA graphs (two shapes, one pool) equal eager fp16 and stay
+    right under 8 threads; the label map comes from the GPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ckpt = trained_run / "student"
+    imgs = [_img(48, 48, i) for i in range(4)]
+    ref = Segmenter(ckpt, backend="torch", device="cuda", precision="fp32").predict(imgs)
+    for prec, need in (("fp16", 0.99), ("bf16", 0.95)):
+        s = Segmenter(ckpt, backend="torch", device="cuda", precision=prec)
+        assert s.describe()["precision"] == prec and s.describe()["fallback"] == ""
+        got = s.predict(imgs)
+        assert np.mean([np.mean(a.labels == b.labels) for a, b in zip(got, ref)]) >= need, prec
+    eager = Segmenter(ckpt, backend="torch", device="cuda", precision="fp16").predict(imgs)
+    g = Segmenter(ckpt, backend="torch", device="cuda", precision="fp16", cuda_graphs=True)
+    batch = g.predict(imgs)
+    singles = [g.predict(im) for im in imgs]
+    assert len(g.backend._graphs) == 2  # batch 4 and batch 1
+    for a, b, c in zip(eager, batch, singles):
+        assert np.mean(a.labels == b.labels) >= 0.999 and np.mean(a.labels == c.labels) >= 0.999
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(g.predict, imgs * 2))
+    for a, b in zip(singles * 2, threaded):
+        assert np.array_equal(a.labels, b.labels)
+    probs = g.predict(imgs[0], with_probs=True)
+    assert np.array_equal(probs.probs.argmax(0), probs.labels)
+
+
+def _ort_cuda_reason():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return f"onnxruntime {ort.__version__} has no CUDA provider (install onnxruntime-gpu alone)"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_ort_cuda_reason() is not None, reason=str(_ort_cuda_reason()))
+def test_onnxruntime_cuda_provider(exported):
+    s = Segmenter(exported, backend="onnxruntime", device="cuda:0")
+    assert s.backend.device == "cuda:0" and s.backend.provider == "CUDAExecutionProvider", s.backend.fallback
+    assert s.backend.path.name == "model.fp16.onnx"  # what auto precision serves on a GPU
+    imgs = [_img(48, 48, i) for i in range(4)]
+    ref = Segmenter(exported, backend="onnxruntime", device="cpu").predict(imgs)
+    assert np.mean([np.mean(a.labels == b.labels) for a, b in zip(s.predict(imgs), ref)]) >= 0.99
