@@ -84,3 +84,19 @@ def test_device_under_torchrun_takes_local_rank(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert pick_device("cuda") == torch.device("cuda", 0) and pick_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; torch sees none here")
+def test_amp_bf16_channels_last_on_a_gpu(tmp_path, trained_run):
+    """train.device cuda (no index) + AMP bf16 + channels_last through train_stage: the manifest records them."""
+    from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.trainer import train_stage
+
+    over = json.loads(json.dumps(TINY_OVERRIDES))
+    over["student"]["model"]["arch"] = "deeplabv3_resnet10_w8"
+    over["student"]["train"].update({"iters": 3, "eval_every": 3, "device": "cuda", "amp": "bf16",
+                                     "channels_last": True})
+    m = train_stage(load_run_config("quick", over), "student", tmp_path / "s", teacher_dir=trained_run / "teacher",
+                    progress=False)
+    assert m.metrics["device"] == "cuda:0" and m.metrics["amp"] == "bfloat16"
