@@ -14,7 +14,7 @@ def _export_config(args):
     from .run import ExportConfig
     from .torch2onnx import OnnxExportOptions
 
-    hw = tuple(int(v) for v in args.profile_hw.split("x")) if args.profile_hw else None
+    hws = _profile_hw(args.profile_hw) if args.profile_hw else (None, None, None)
     batches = [int(v) for v in args.profile_batch.split(",")]
     if len(batches) != 3:
         from nfdseg.errors import ConfigError
@@ -26,10 +26,24 @@ def _export_config(args):
                                simplify=not args.no_simplify),
         fp16=not args.no_fp16, engine=args.engine, engine_precision=args.engine_precision,
         engine_allow_rtx=args.allow_rtx,
-        profile=EngineProfile(*batches, min_hw=hw, opt_hw=hw, max_hw=hw),
+        profile=EngineProfile(*batches, min_hw=hws[0], opt_hw=hws[1], max_hw=hws[2]),
         parity=ParityBudget(args.fp32_min_agreement, args.fp16_max_delta_miou, args.parity_images),
         triton_dir=args.triton or "",
     )
+
+
+def _profile_hw(text: str) -> tuple:
+    """'HxW' (one size) or 'HxW,HxW,HxW' (min,opt,max) -> three (h, w) tuples."""
+    from nfdseg.errors import ConfigError
+
+    try:
+        sizes = [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 3) or any(len(s) != 2 or min(s) < 1 for s in sizes):
+        raise ConfigError("--profile-hw takes HxW or min,opt,max as HxW,HxW,HxW", seen=text,
+                          fix="e.g. 512x1024, or 256x512,512x1024,1024x2048")
+    return tuple(sizes * 3) if len(sizes) == 1 else tuple(sizes)
 
 
 def cmd_export(args) -> int:
@@ -116,7 +130,9 @@ def register(sub) -> None:
                    help="TensorRT engine: auto = build when TensorRT is installed (default), on = required, off")
     p.add_argument("--engine-precision", choices=("fp16", "fp32"), default="fp16", help="engine precision (default fp16)")
     p.add_argument("--profile-batch", default="1,4,8", help="engine profile batch min,opt,max (default 1,4,8)")
-    p.add_argument("--profile-hw", help="engine profile HxW (default: the training input size)")
+    p.add_argument("--profile-hw", help="engine profile sizes: HxW, or min,opt,max as HxW,HxW,HxW; the range must "
+                                        "contain the model's input size, which the runtime resizes every image to "
+                                        "(default: exactly that size)")
     p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository to DIR")
     p.add_argument("--num-classes", type=int, help="refuse the checkpoint unless it has this many classes")
     _parity_args(p)

@@ -220,3 +220,13 @@ def test_build_with_a_refused_timing_cache_leaves_a_complete_artifact(exported, 
     assert m.config["engine_build"]["timing_cache"].startswith("discarded")
     assert cache.read_bytes() == b"cache from another GPU"
     assert read_manifest((tmp_path / m.artifact).with_suffix(".json"), expect_kind="engine").sha256 == m.sha256
+
+
+def test_profile_hw_option_takes_a_size_or_a_range():
+    from nfdseg.export.cli import _profile_hw
+
+    assert _profile_hw("48x64") == ((48, 64), (48, 64), (48, 64))
+    assert _profile_hw("32x32,48x64,96x128") == ((32, 32), (48, 64), (96, 128))
+    for bad in ("48", "48x64,96x128", "axb", "0x48"):
+        with pytest.raises(ConfigError, match="--profile-hw takes"):
+            _profile_hw(bad)
