@@ -94,6 +94,7 @@ class MicroBatcher:
         try:
             return fut.result(timeout=t + 1.0)
         except FutureTimeout:
+            fut.cancel()  # still queued: the worker skips it; already running: its result goes nowhere
             raise RequestTimeout(f"no result within {t:.1f}s", fix="raise timeout_s or lower the load") from None
 
     async def apredict(self, image: Any, bgr: bool = False, with_probs: bool = False) -> Prediction:
@@ -126,7 +127,9 @@ class MicroBatcher:
             now = time.perf_counter()
             live = []
             for r in batch:
-                if r.future.cancelled():
+                # PENDING -> RUNNING, or False if the caller cancelled it (an asyncio caller that timed out):
+                # from here on cancel() is refused, so setting the result below cannot fail for its batch mates
+                if not r.future.set_running_or_notify_cancel():
                     continue
                 if now > r.deadline:
                     r.future.set_exception(RequestTimeout("the request waited past its deadline in the queue",
@@ -162,7 +165,7 @@ class MicroBatcher:
                 r = self._q.get_nowait()
             except queue.Empty:
                 return
-            if not r.future.done():
+            if r.future.set_running_or_notify_cancel():  # not cancelled meanwhile
                 r.future.set_exception(ShutdownError("the batcher shut down before this request ran",
                                                      fix="retry on a running server"))
 

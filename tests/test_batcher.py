@@ -142,3 +142,141 @@ def test_backend_failure_reaches_callers_and_worker_survives(exported):
         with pytest.raises(RuntimeError, match="device lost"):
             mb.predict(_images(1)[0])
         assert mb.predict(_images(1)[0]).labels.shape == (48, 48)
+
+
+class GatedBackend:
+    """Wraps a backend: each call waits at a gate the test opens, so a batch can be held inside the backend."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.gate = inner, [], threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def infer(self, x):
+        self.calls.append(len(x))
+        assert self.gate.wait(10), "the test never opened the gate"
+        return self.inner.infer(x)
+
+
+class RecordingBatcher(MicroBatcher):
+    """Keeps every Future it hands out and notes when someone (asyncio, for a caller that gave up) tries to
+    cancel one: `fut.cancel_tried` is set once cancel() has been called, whatever it returned."""
+
+    def __init__(self, *a, **k):
+        self.futures = []
+        super().__init__(*a, **k)
+
+    def submit(self, *a, **k):
+        fut = super().submit(*a, **k)
+        fut.cancel_tried, cancel = threading.Event(), fut.cancel
+
+        def noted_cancel():
+            try:
+                return cancel()
+            finally:
+                fut.cancel_tried.set()
+
+        fut.cancel = noted_cancel
+        self.futures.append(fut)
+        return fut
+
+
+def _distinct_images(seg, n):
+    """n images of mixed sizes whose label maps all differ, so a result handed to the wrong caller shows."""
+    imgs = _images(n)
+    labels = [seg.predict(im).labels for im in imgs]
+    for i in range(n):
+        for j in range(i):
+            assert labels[i].shape != labels[j].shape or not np.array_equal(labels[i], labels[j])
+    return imgs, labels
+
+
+def test_cancelled_request_is_skipped_and_the_worker_keeps_serving(exported):
+    seg = Segmenter(exported, backend="onnxruntime")
+    imgs, want = _distinct_images(seg, 4)
+    seg.backend = GatedBackend(seg.backend)
+    with MicroBatcher(seg, max_batch=4, max_wait_ms=0) as mb:
+        a = mb.submit(imgs[0])
+        wait_until_busy(seg.backend)  # a is inside the backend; b and c wait in the queue
+        b, c = mb.submit(imgs[1]), mb.submit(imgs[2])
+        assert b.cancel()
+        seg.backend.gate.set()
+        assert np.array_equal(a.result(timeout=5).labels, want[0])
+        assert np.array_equal(c.result(timeout=5).labels, want[2])
+        assert b.cancelled() and seg.backend.calls == [1, 1], "the cancelled request never reached the backend"
+        assert np.array_equal(mb.predict(imgs[3]).labels, want[3])
+        assert mb.stats["images"] == 3 and mb.stats["errors"] == 0
+
+
+def test_caller_cancelled_while_its_batch_runs_does_not_fail_its_batch_mates(exported):
+    """An asyncio caller gives up (wait_for times out) while its request is inside the backend with two others:
+    the others get their own results, nothing is counted as an error, and the worker serves the next request."""
+    seg = Segmenter(exported, backend="onnxruntime")
+    imgs, want = _distinct_images(seg, 4)
+    seg.backend = GatedBackend(seg.backend)
+    with RecordingBatcher(seg, max_batch=3, max_wait_ms=5000) as mb:  # the batch starts when 3 requests are in
+        async def impatient():
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(mb.apredict(imgs[1]), timeout=0.2)
+
+        a = mb.submit(imgs[0])
+        with ThreadPoolExecutor(1) as pool:
+            gave_up = pool.submit(asyncio.run, impatient())
+            end = time.perf_counter() + 10
+            while len(mb.futures) < 2:
+                assert time.perf_counter() < end
+                time.sleep(0.002)
+            c = mb.submit(imgs[2])
+            wait_until_busy(seg.backend)  # a, b, c are in one backend call
+            gave_up.result(timeout=10)
+        b = mb.futures[1]
+        assert b.cancel_tried.wait(10), "asyncio passes the caller's cancellation on to the batcher's Future"
+        seg.backend.gate.set()
+        assert seg.backend.calls == [3]
+        assert np.array_equal(a.result(timeout=5).labels, want[0])
+        assert np.array_equal(c.result(timeout=5).labels, want[2])
+        assert b.cancelled() or np.array_equal(b.result(timeout=5).labels, want[1]), "nobody gets another's result"
+        assert mb.stats["errors"] == 0
+        assert np.array_equal(mb.predict(imgs[3]).labels, want[3])
+
+
+def test_timed_out_caller_gets_no_result_and_the_next_caller_gets_its_own(exported):
+    seg = Segmenter(exported, backend="onnxruntime")
+    imgs, want = _distinct_images(seg, 3)
+    seg.backend = GatedBackend(seg.backend)
+    with MicroBatcher(seg, max_batch=1, max_wait_ms=0) as mb:
+        a = mb.submit(imgs[0])
+        wait_until_busy(seg.backend)
+        with pytest.raises(RequestTimeout):
+            mb.predict(imgs[1], timeout_s=0.05)
+        seg.backend.gate.set()
+        assert np.array_equal(a.result(timeout=5).labels, want[0])
+        assert np.array_equal(mb.predict(imgs[2]).labels, want[2])
+        assert seg.backend.calls == [1, 1], "the timed-out request was not run for nobody"
+        assert mb.stats["images"] == 2 and mb.stats["errors"] == 0
+
+
+def test_with_probs_through_the_batcher(exported):
+    """Requests with and without probabilities in one batch (mixed sizes); each gets what it asked for, at its
+    own size, equal to a direct Segmenter call."""
+    seg = Segmenter(exported, backend="onnxruntime")
+    imgs = _images(9)
+    direct = [seg.predict(im, with_probs=True) for im in imgs]
+    seg.backend = GatedBackend(seg.backend)
+    with MicroBatcher(seg, max_batch=8, max_wait_ms=0) as mb:
+        first = mb.submit(imgs[8])
+        wait_until_busy(seg.backend)  # the worker is held; the next 8 requests queue up and form one batch
+        futures = [mb.submit(im, with_probs=i % 2 == 0) for i, im in enumerate(imgs[:8])]
+        seg.backend.gate.set()
+        got = [f.result(timeout=10) for f in futures]
+        assert first.result(timeout=10).probs is None and seg.backend.calls == [1, 8]
+    for i, (im, p, want) in enumerate(zip(imgs, got, direct)):
+        assert p.timings_ms["batch_size"] == 8
+        assert np.array_equal(p.labels, want.labels), i
+        if i % 2:
+            assert p.probs is None
+        else:
+            assert p.probs.shape == (8, *im.shape[:2]) and p.probs.dtype == np.float32
+            np.testing.assert_allclose(p.probs, want.probs, atol=1e-5)
+            np.testing.assert_allclose(p.probs.sum(0), 1.0, atol=1e-4)
