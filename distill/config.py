@@ -124,7 +124,7 @@ def _source_path(name: str, relative_to: Path | None) -> tuple[Path, bool]:
 def _layers(name: str, relative_to: Path | None = None, chain: tuple[str, ...] = ()) -> list[tuple[str, dict, bool]]:
     """The config `name` and the bases under it, base first: [(label, mapping without `base`, is built-in)]."""
     path, builtin = _source_path(name, relative_to)
-    label = path.stem if builtin else str(path)
+    label = path.stem if builtin else str(path.resolve())
     if label in chain:
         raise ConfigError("config bases form a loop", seen=" -> ".join(chain + (label,)),
                           fix="make one of them build on a preset (base: quick) or on nothing (base: none)")
@@ -150,7 +150,7 @@ def load_run_config(source: str | Path | None = None, overrides: dict[str, Any] 
 
     A file builds on a base named by its `base:` key (a preset name, a YAML path, or none); a user's file without
     it builds on `quick`, a built-in preset on the dataclass defaults. Everything a file does not write keeps its
-    base's value; `overrides` (--set) apply last. The result records the base in `RunConfig.base`.
+    base's value; `overrides` (--set) apply last. The result records the file's own base in `RunConfig.base`.
     A teacher with the student's architecture is refused unless the user wrote teacher.model.arch.
     """
     layers = _layers(str(source)) if source else []
@@ -166,8 +166,8 @@ def load_run_config(source: str | Path | None = None, overrides: dict[str, Any] 
             users = deep_update(users, layer)
     data = deep_update(data, overrides)
     users = deep_update(users, overrides)
-    bases = [label for label, _, _ in layers[:-1]]
-    cfg = from_dict(RunConfig, {**data, "base": " on ".join(reversed(bases)) or "none"})
+    # the config's own base (a preset name or an absolute path): loading the saved config again resolves the same
+    cfg = from_dict(RunConfig, {**data, "base": layers[-2][0] if len(layers) > 1 else "none"})
     validate(cfg)
     arch = cfg.teacher.model.arch
     if arch == cfg.student.model.arch and not _written(users, "teacher", "model", "arch"):

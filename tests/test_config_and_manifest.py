@@ -97,10 +97,11 @@ def test_named_base_chain_and_loops(tmp_path):
     (tmp_path / "mine.yaml").write_text("base: team.yaml\ndata: {root: /data/cs}\n")
     cfg = load_run_config(tmp_path / "mine.yaml")
     assert cfg.student.train.iters == 77 and cfg.data.root == "/data/cs" and cfg.data.crop_size == (512, 1024)
-    assert cfg.teacher.model.arch == "deeplabv3_resnet101" and cfg.base == f"{tmp_path / 'team.yaml'} on cityscapes_r101_r18"
+    assert cfg.teacher.model.arch == "deeplabv3_resnet101" and cfg.base == str((tmp_path / "team.yaml").resolve())
     bare = tmp_path / "bare.yaml"
     bare.write_text("base: none\nteacher: {model: {arch: deeplabv3_resnet50}}\n")
     assert load_run_config(bare).student.train.iters == 600, "base none: the dataclass defaults"
+    assert load_run_config(tmp_path / "team.yaml").base == "cityscapes_r101_r18"
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="loop"):
