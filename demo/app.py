@@ -35,15 +35,12 @@ def _gradio():
 def _path_image(gr, **kwargs):
     """A gr.Image whose handler receives the uploaded file's path unopened. gr.Image opens uploads with PIL before
     the handler runs, so a broken file failed there with Gradio's generic error (and the server path in its log
-    line); here it reaches load_image, which names the file in the page. `is_template` keeps the Image widget."""
-
-    class UploadedImage(gr.Image):
-        is_template = True
-
-        def preprocess(self, payload):
-            return None if payload is None else str(payload.path)
-
-    return UploadedImage(type="filepath", **kwargs)
+    line); here it reaches load_image, which names the file in the page. The instance's preprocess is replaced
+    rather than gr.Image subclassed: Gradio writes a .pyi file beside the module of every Component subclass,
+    which fails in a read-only install."""
+    image = gr.Image(type="filepath", **kwargs)
+    image.preprocess = lambda payload: None if payload is None else str(payload.path)
+    return image
 
 
 def _message(name: str, e: Exception) -> str:

@@ -89,6 +89,10 @@ def test_gradio_client_single_several_and_bad(server, tmp_path):
     _, _, status, downloads = client.predict(gradio_client.handle_file(str(bad)), [], 0.5, api_name="/segment")
     assert "holiday photo.png: not a readable image" in status and downloads is None
     assert tempfile.gettempdir() not in status and "gradio" not in status
+    # ...without a gr.Image subclass, for which Gradio would write a .pyi into the (maybe read-only) package
+    import nfdseg.demo
+
+    assert not list(Path(nfdseg.demo.__file__).parent.glob("*.pyi"))
     # the app keeps serving after a bad upload
     gallery, *_ = client.predict(gradio_client.handle_file(str(one)), [], 0.3, api_name="/segment")
     assert len(gallery) == 1
