@@ -64,7 +64,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="deeplabv3_resnet50")
     ap.add_argument("--students", default=",".join(STUDENTS))
-    ap.add_argument("--methods", default="none,kd,cwd,nfd")
+    ap.add_argument("--methods", default="nfd,none,kd,cwd")
     ap.add_argument("--crop", type=int, nargs=2, default=[128, 256])
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.02)
@@ -72,7 +72,8 @@ def main() -> int:
     ap.add_argument("--student-iters", type=int, default=80)
     ap.add_argument("--val-images", type=int, default=40)
     ap.add_argument("--stage", choices=["teacher", "all"], default="all")
-    ap.add_argument("--no-parity", action="store_true")
+    ap.add_argument("--parity-methods", default="nfd,none,kd,cwd", help="methods whose students are exported "
+                    "and checked for fp32/FP16 parity ('' for none)")
     ap.add_argument("--work", default="benchmarks/work/real_scale")
     ap.add_argument("--tag", help="results file suffix (default: the machine)")
     args = ap.parse_args()
@@ -112,36 +113,45 @@ def main() -> int:
     from nfdseg.export.run import ExportConfig, run_export
 
     done = {(r["student"], r["method"]) for r in result["runs"]}
-    for arch in args.students.split(","):
-        for method in args.methods.split(","):
-            if (arch, method) in done:
-                continue
-            over = deep_update(base, {"student": {"model": {"arch": arch}}, "distill": {"loss": method}})
-            run_cfg = load_run_config(None, over)
-            rdir = work / f"{arch}_{method}"
-            rec = {"student": arch, "method": method}
-            try:
-                m = (read_manifest(rdir / "checkpoint.json") if (rdir / "checkpoint.json").is_file()
-                     else train_stage(run_cfg, "student", rdir, teacher_dir=tdir, progress=False))
-            except NfdsegError as e:  # the runaway guard (or another user-facing stop) is a result too
-                rec.update({"stopped": str(e)})
-                result["runs"].append(rec)
-                out_path.write_text(json.dumps(result, indent=2) + "\n")
-                continue
-            rec.update({"miou": m.metrics["miou"], "params": m.metrics["params"],
-                        "train_time_s": m.metrics["train_time_s"], "ratio_curve": ratio_curve(rdir),
-                        "logits": logit_range(rdir)})
-            if not args.no_parity:
-                summary = run_export(rdir, rdir / "export", ExportConfig(engine="off"))
-                par = json.loads((rdir / "export" / "parity.json").read_text())
-                rec["parity"] = {"passed": par["passed"], "results": [
-                    {k: r.get(k) for k in ("artifact", "precision", "pixel_agreement_pct", "delta_miou", "finite", "passed")}
-                    for r in par["results"]]}
-                rec["export_time_s"] = summary["export_time_s"]
+    # The previous default (squared over H*W, weight 0.1, chosen on 64-256-channel models) at these widths:
+    # once with the runaway guard (it should stop at the first iteration), once without it for a few iterations.
+    legacy = {"distill": {"loss": "nfd", "reduction": "spatial", "weight": 0.1}}
+    plan = [(STUDENTS[0], "nfd_legacy_guarded", legacy),
+            (STUDENTS[0], "nfd_legacy_unguarded", deep_update(legacy, {
+                "distill": {"max_ratio": 0.0, "max_abs_logit": 0.0},
+                "student": {"train": {"iters": 4, "eval_every": 4}}}))]
+    plan += [(arch, method, {"distill": {"loss": method}})  # method-major: nfd and none of both students first
+             for method in args.methods.split(",") for arch in args.students.split(",")]
+    for arch, method, extra in plan:
+        if (arch, method) in done:
+            continue
+        over = deep_update(base, deep_update({"student": {"model": {"arch": arch}}}, extra))
+        run_cfg = load_run_config(None, over)
+        rdir = work / f"{arch}_{method}"
+        rec = {"student": arch, "method": method}
+        try:
+            m = (read_manifest(rdir / "checkpoint.json") if (rdir / "checkpoint.json").is_file()
+                 else train_stage(run_cfg, "student", rdir, teacher_dir=tdir, progress=False))
+        except NfdsegError as e:  # the runaway guard (or another user-facing stop) is a result too
+            rec.update({"stopped": str(e), "distill": run_cfg.to_dict()["distill"]})
             result["runs"].append(rec)
-            result["wall_time_s"] = round(time.perf_counter() - t0, 1)
             out_path.write_text(json.dumps(result, indent=2) + "\n")
-            print(f"{arch} {method}: mIoU {rec['miou']:.2f}%  max|logit| {rec['logits']['max_abs_logit']:.3g}", flush=True)
+            continue
+        rec.update({"distill": run_cfg.to_dict()["distill"], "iters": run_cfg.student.train.iters,
+                    "miou": m.metrics["miou"], "params": m.metrics["params"],
+                    "train_time_s": m.metrics["train_time_s"], "ratio_curve": ratio_curve(rdir),
+                    "logits": logit_range(rdir)})
+        if method in args.parity_methods.split(","):
+            summary = run_export(rdir, rdir / "export", ExportConfig(engine="off"))
+            par = json.loads((rdir / "export" / "parity.json").read_text())
+            rec["parity"] = {"passed": par["passed"], "results": [
+                {k: r.get(k) for k in ("artifact", "precision", "pixel_agreement_pct", "delta_miou", "finite", "passed")}
+                for r in par["results"]]}
+            rec["export_time_s"] = summary["export_time_s"]
+        result["runs"].append(rec)
+        result["wall_time_s"] = round(time.perf_counter() - t0, 1)
+        out_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{arch} {method}: mIoU {rec['miou']:.2f}%  max|logit| {rec['logits']['max_abs_logit']:.3g}", flush=True)
     return 0
 
 

@@ -71,8 +71,8 @@ class DistillConfig:
     width: the default) | spatial (the paper's literal divide by H*W, grows with the channel count).
     logits_kd_weight > 0 adds logits KD (temperature) on top of nfd or cwd.
     Runaway guard: during the first guard_iters student iterations the run stops when the distillation loss
-    exceeds max_ratio x the cross-entropy; at every iteration when the logits are non-finite or any
-    |logit| > max_abs_logit (0 turns either check off)."""
+    exceeds max_ratio x the cross-entropy (summed since the start); at every iteration when the logits are
+    non-finite or any |logit| > max_abs_logit (0 turns either check off)."""
 
     loss: Literal[LOSSES] = "nfd"
     layers: tuple[str, ...] = ()

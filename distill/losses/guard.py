@@ -3,9 +3,9 @@
 A distillation term far larger than the cross-entropy at the start (an NFD weight chosen for another
 width, say) drives the student's features and logits to huge values within a few iterations, and the
 checkpoint, its FP16 export and everything after inherit them. The guard logs the distillation/CE ratio at
-the first iteration, stops when it exceeds `max_ratio` during the first `guard_iters` iterations, and stops
-whenever the logits are non-finite or exceed `max_abs_logit`, with an error naming the loss, the ratio and
-the fix.
+the first iteration, stops when it (as the ratio of the sums since the start) exceeds `max_ratio` during the
+first `guard_iters` iterations, and stops whenever the logits are non-finite or exceed `max_abs_logit`, with an
+error naming the loss, the ratio and the fix.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class RunawayGuard:
         reading = f", norm {loss.norm}, reduction {loss.reduction}" if self.name == "nfd" else ""
         self.what = f"{self.name} (weight {self.weight:g}{reading})"
         self.first_ratio: float | None = None
+        self.d_sum = self.ce_sum = 0.0
 
     def _fix(self, ratio: float | None) -> str:
         target = ""
@@ -44,16 +45,21 @@ class RunawayGuard:
         """Call once per micro-batch before backward; returns the distill/CE ratio. Raises ConfigError on a runaway."""
         ce_v, d_v = float(ce.detach()), float(loss_d.detach())
         ratio = d_v / max(ce_v, 1e-12)
+        # the bound applies to the ratio of the sums so far: exactly the first ratio at the start (where a
+        # runaway shows), without stopping a sound run on one batch whose cross-entropy happens to be small
+        self.d_sum, self.ce_sum = self.d_sum + d_v, self.ce_sum + ce_v
+        running = self.d_sum / max(self.ce_sum, 1e-12)
         if self.first_ratio is None:
             self.first_ratio = ratio
             log.info("student stage starts: distillation %s = %.4g, cross-entropy %.4g, ratio %.3g (limit %g)",
                      self.what, d_v, ce_v, ratio, self.cfg.max_ratio)
         if (self.cfg.max_ratio and it < self.start + self.cfg.guard_iters
-                and (ratio > self.cfg.max_ratio or not math.isfinite(ratio))):
+                and (running > self.cfg.max_ratio or not math.isfinite(running))):
             raise ConfigError(
-                f"the distillation loss {self.what} is {ratio:.3g}x the cross-entropy at student iteration {it} "
+                f"the distillation loss {self.what} is {running:.3g}x the cross-entropy at student iteration {it} "
                 f"(limit distill.max_ratio={self.cfg.max_ratio:g}): training would run away, so no checkpoint "
-                f"was written", seen=f"distillation {d_v:.4g}, cross-entropy {ce_v:.4g}", fix=self._fix(ratio))
+                f"was written", seen=f"distillation {d_v:.4g}, cross-entropy {ce_v:.4g} at this iteration; "
+                f"ratio of the sums since the start {running:.3g}", fix=self._fix(running))
         if self.cfg.max_abs_logit:
             peak = float(logits.detach().abs().max())
             if not math.isfinite(peak) or peak > self.cfg.max_abs_logit:
