@@ -94,6 +94,12 @@ def main() -> int:
     path = RESULTS / f"distill_tune_{mach['tag']}.json"
     doc = json.loads(path.read_text()) if path.is_file() else {}
     if args.choose:
+        for pname, entry in doc.get("pairs", {}).items():  # the per-iteration ratio over the guard's window
+            for r in entry["runs"]:
+                hist = Path(args.work) / f"{pname}_{r['loss']}_{r['norm']}_{r['reduction']}_{r['weight']:g}" / "history.json"
+                if hist.is_file():
+                    h = json.loads(hist.read_text())["train"][:50]
+                    r["max_ratio_first_50_iters"] = round(max(x["distill"] / max(x["ce"], 1e-9) for x in h), 3)
         doc["chosen"] = choose(doc)
         path.write_text(json.dumps(doc, indent=2) + "\n")
         print(json.dumps(doc["chosen"], indent=2))
