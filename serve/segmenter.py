@@ -100,7 +100,9 @@ class Segmenter:
         """One preprocessed batch through the backend, split into chunks of the backend's max batch
         (an engine profile), so a larger batch is served rather than refused. Safe to call from several
         threads at once (each backend guards what its calls share)."""
-        run = self.backend.infer_labels if labels_only else self.backend.infer
+        run = self.backend.infer
+        if labels_only:  # a duck-typed custom backend without infer_labels gets the argmax done here
+            run = getattr(self.backend, "infer_labels", None) or (lambda b: _labels_of(self.backend.infer(b)))
         step = self.backend.max_batch or len(x)
         if len(x) <= step:
             return run(x)
@@ -137,6 +139,10 @@ class Segmenter:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _labels_of(out: np.ndarray) -> np.ndarray:
+    return out.astype(np.uint8, copy=False) if out.ndim == 3 else out.argmax(1).astype(np.uint8)
 
 
 def _is_single(images: Any) -> bool:
