@@ -312,7 +312,9 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         if main_proc:
             log.info("resuming %s from iteration %d of %d", stage, start_it, sc.train.iters)
     if main_proc:
-        write_text_atomic(out / "config.yaml", yaml.safe_dump({"stage": stage, **cfg.to_dict()}, sort_keys=False))
+        # the resolved config, loadable as it is: `nfdseg distill --config <this file>` reproduces the run
+        write_text_atomic(out / "config.yaml", f"# {stage} stage: the resolved run config (base: what it was built on)\n"
+                          + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def save_state(it: int) -> None:
         save_torch_atomic({"run_key": run_key, "iter": it, "model": model.state_dict(),

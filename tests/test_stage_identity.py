@@ -84,3 +84,13 @@ def test_kd_student_beside_the_nfd_one_keeps_both(run):
     kd = snapshot(run / "kd")
     r = cli(*args)
     assert r.returncode == 0 and "up to date, kept" in r.stdout and snapshot(run / "kd") == kd
+
+
+def test_saved_config_loads_back_to_the_same_run(run):
+    from nfdseg.config import parse_overrides
+
+    assert load_run_config(run / "teacher/config.yaml") == load_run_config("quick", parse_overrides(SETS[1::2]))
+    for stage in ("teacher", "student"):  # whatever the earlier tests left there: config.yaml is what was trained
+        recorded = read_manifest(run / stage / "checkpoint.json").config
+        saved = load_run_config(run / stage / "config.yaml").to_dict()
+        assert saved == {k: v for k, v in recorded.items() if k not in ("stage", "run_key")}
