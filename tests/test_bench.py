@@ -133,3 +133,12 @@ def test_budget_rejects_nonsense():
         BenchBudget(min_iters=0)
     with pytest.raises(ConfigError):
         BenchBudget(total_s=0)
+
+
+def test_percentiles_by_hand():
+    """Linear interpolation between order statistics (numpy's default, as trtexec reports them): for 1..100 ms,
+    the 99th percentile lies 0.01 of the way from 99 to 100. Shuffled input: the order must not matter."""
+    ms = list(np.random.default_rng(0).permutation(np.arange(1, 101)).astype(float))
+    p = bench.percentiles(ms)
+    assert p == {"p50_ms": 50.5, "p95_ms": 95.05, "p99_ms": 99.01, "mean_ms": 50.5, "n": 100}
+    assert bench.percentiles([7.0, 1.0, 4.0]) == {"p50_ms": 4.0, "p95_ms": 6.7, "p99_ms": 6.94, "mean_ms": 4.0, "n": 3}
