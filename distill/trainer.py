@@ -174,10 +174,13 @@ def stage_inputs(cfg: RunConfig, stage: str, teacher_sha: str = "") -> dict[str,
     """What a stage's result depends on, and nothing else. Teacher: the data and its own stage config. Student:
     the data, its stage config, the distillation config and the teacher's weights (sha256). So a student setting,
     another loss or a re-export never changes the teacher's identity."""
-    data = cfg.to_dict()["data"]
+    d = cfg.to_dict()
+    for sc in (d["teacher"], d["student"]):  # how often to log and save changes nothing the stage produces
+        for key in ("log_every", "ckpt_every"):
+            sc["train"].pop(key, None)
     if stage == "teacher":
-        return {"stage": "teacher", "data": data, "teacher": cfg.to_dict()["teacher"]}
-    return {"stage": stage, "data": data, "student": cfg.to_dict()["student"], "distill": distill_identity(cfg.distill),
+        return {"stage": "teacher", "data": d["data"], "teacher": d["teacher"]}
+    return {"stage": stage, "data": d["data"], "student": d["student"], "distill": distill_identity(cfg.distill),
             "teacher_sha256": teacher_sha}
 
 

@@ -46,6 +46,9 @@ def test_keys_depend_only_on_each_stages_inputs():
     other_teacher = load_run_config("quick", over({"teacher": {"train": {"iters": 9}}}))
     assert stage_run_key(other_teacher, "teacher") != t
     assert stage_run_key(other_teacher, "student", "sha-a") == s, "the student sees the teacher only by its sha256"
+    chatty = load_run_config("quick", over({"teacher": {"train": {"log_every": 1, "ckpt_every": 1}},
+                                            "student": {"train": {"log_every": 1}}}))
+    assert stage_run_key(chatty, "teacher") == t and stage_run_key(chatty, "student", "sha-a") == s
     more_data = load_run_config("quick", over({"data": {"synthetic_train": 65}}))
     assert stage_run_key(more_data, "teacher") != t and stage_run_key(more_data, "student", "sha-a") != s
     # the baseline ('none') ignores nfd's settings
