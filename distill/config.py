@@ -18,6 +18,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 LOSSES = ("nfd", "kd", "cwd", "none")  # distill/losses/ has one module per name
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+NORMS = ("squared", "euclidean")  # NFD's two readings of "L2 distance" (distill/losses/nfd.py)
+REDUCTIONS = ("element", "spatial")  # NFD divides by C*H*W (width-independent) or the paper's literal H*W
 
 
 @dataclass(frozen=True)
@@ -70,19 +72,20 @@ class DistillConfig:
     norm: nfd's L2 reading, squared | euclidean. reduction: element (divide by C*H*W, the same size at every
     width: the default) | spatial (the paper's literal divide by H*W, grows with the channel count).
     logits_kd_weight > 0 adds logits KD (temperature) on top of nfd or cwd.
-    Runaway guard: during the first guard_iters student iterations the run stops when the distillation loss
-    exceeds max_ratio x the cross-entropy (summed since the start); at every iteration when the logits are
-    non-finite or any |logit| > max_abs_logit (0 turns either check off)."""
+    Runaway guard (distill/losses/guard.py): during the first guard_iters student iterations the run stops when
+    the distillation loss exceeds max_ratio x the cross-entropy, divided by the loss's weight where that weight
+    is above 1 (summed since the start); at every iteration when the logits are non-finite or any
+    |logit| > max_abs_logit (0 turns either check off)."""
 
     loss: Literal[LOSSES] = "nfd"
     layers: tuple[str, ...] = ()
     weight: float | None = None
-    norm: str = "squared"
-    reduction: str = "element"
+    norm: Literal[NORMS] = "squared"
+    reduction: Literal[REDUCTIONS] = "element"
     temperature: float = 1.0
     cwd_tau: float = 4.0
     logits_kd_weight: float = 0.0
-    max_ratio: float = 100.0
+    max_ratio: float = 50.0
     guard_iters: int = 50
     max_abs_logit: float = 1.0e4
 
@@ -196,13 +199,6 @@ def validate(cfg: RunConfig) -> None:
 
 
 def validate_distill(d: DistillConfig) -> None:
-    from .losses.nfd import NORMS, REDUCTIONS
-
-    if d.norm not in NORMS:
-        raise ConfigError(f"distill.norm '{d.norm}' is unknown", fix="choose squared or euclidean")
-    if d.reduction not in REDUCTIONS:
-        raise ConfigError(f"distill.reduction '{d.reduction}' is unknown",
-                          fix="choose element (size independent of width; the default) or spatial (the paper's /HW)")
     for entry in d.layers:
         parts = str(entry).split(":")
         if len(parts) > 2 or not all(p.strip() for p in parts):

@@ -19,28 +19,38 @@ REAL = {
 }
 
 
-@pytest.mark.slow
-def test_resnet50_to_resnet18_default_nfd_trains_exports_and_passes_parity(tmp_path):
+@pytest.fixture(scope="module")
+def r50_teacher(tmp_path_factory):
+    """A DeepLabV3-ResNet-50 teacher, two iterations at 64x128 (the real widths, not a trained teacher)."""
+    from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.trainer import train_stage
+
+    out = tmp_path_factory.mktemp("r50") / "teacher"
+    train_stage(load_run_config("quick", REAL), "teacher", out, progress=False)
+    return out
+
+
+def _distill_export_and_check(teacher_dir, tmp_path, student_arch: str):
+    """Train `student_arch` from the R50 teacher with the default NFD settings, export it, check parity."""
     import torch
 
     from nfdseg.distill.checkpoint import load_model_from_dir
     from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.losses import DEFAULT_WEIGHTS
     from nfdseg.distill.trainer import train_stage
     from nfdseg.export.parity import ParityBudget
     from nfdseg.export.run import ExportConfig, run_export
 
-    cfg = load_run_config("quick", REAL)
+    cfg = load_run_config("quick", {**REAL, "student": {**REAL["student"], "model": {"arch": student_arch}}})
     assert (cfg.distill.norm, cfg.distill.reduction, cfg.distill.weight) == ("squared", "element", None)
-    train_stage(cfg, "teacher", tmp_path / "teacher", progress=False)
-    s = train_stage(cfg, "student", tmp_path / "student", teacher_dir=tmp_path / "teacher", progress=False)
-    assert s.architecture == "deeplabv3_resnet18" and s.metrics["params"] > 15e6
+    s = train_stage(cfg, "student", tmp_path / "student", teacher_dir=teacher_dir, progress=False)
+    assert s.architecture == student_arch
     hist = json.loads((tmp_path / "student" / "history.json").read_text())["train"]
-    ratios = [h["distill"] / h["ce"] for h in hist]
+    ratios = [h["distill"] / h["ce"] / max(DEFAULT_WEIGHTS["nfd"], 1.0) for h in hist]  # judged as the guard does
     assert all(0 < r < cfg.distill.max_ratio for r in ratios), ratios  # the default stays inside the guard
     model, _ = load_model_from_dir(tmp_path / "student", "cpu")
-    x = torch.randn(2, 3, 64, 128)
     with torch.no_grad():
-        logits = model(x)
+        logits = model(torch.randn(2, 3, 64, 128))
     assert torch.isfinite(logits).all() and logits.abs().max() < 100, float(logits.abs().max())
     summary = run_export(tmp_path / "student", tmp_path / "export", ExportConfig(engine="off",
                                                                                   parity=ParityBudget(max_images=4)))
@@ -48,6 +58,20 @@ def test_resnet50_to_resnet18_default_nfd_trains_exports_and_passes_parity(tmp_p
     by_precision = {r["precision"]: r for r in report["results"]}
     assert set(by_precision) == {"fp32", "fp16"} and summary["parity"]["passed"], summary["parity"]["text"]
     assert by_precision["fp16"]["finite"] and np.isfinite(by_precision["fp16"]["delta_miou"])
+    return s
+
+
+@pytest.mark.slow
+def test_resnet50_to_resnet18_default_nfd_trains_exports_and_passes_parity(r50_teacher, tmp_path):
+    s = _distill_export_and_check(r50_teacher, tmp_path, "deeplabv3_resnet18")
+    assert s.metrics["params"] > 15e6
+
+
+@pytest.mark.slow
+def test_resnet50_to_mobilenetv3_default_pairs_train_export_and_pass_parity(r50_teacher, tmp_path):
+    """The mobile student from a ResNet teacher with no layer config: the family's default pairs connect them."""
+    s = _distill_export_and_check(r50_teacher, tmp_path, "deeplabv3_mobilenetv3_large")
+    assert s.config["distill"]["layers"] == []  # nothing written: the default pairs were used
 
 
 @pytest.mark.parametrize("name,classes,crop,iters", [("cityscapes_r101_r18", 19, (512, 1024), 40000),

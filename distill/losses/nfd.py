@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import torch
 
+from ..config import NORMS, REDUCTIONS
 from .base import DistillLoss, Features, make_connectors, pair_key, resize_like
 
-NORMS = ("squared", "euclidean")
-REDUCTIONS = ("element", "spatial")
 
 
 def normalize_feature(f: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
