@@ -1,4 +1,7 @@
-"""The torch view of a dataset source: augmentation for training, resize for evaluation."""
+"""The torch view of a dataset source for training: random scale, crop and flip.
+
+Evaluation does not go through here: it is the runtime's one evaluation (nfdseg.serve.evaluate), which
+scores each image at its label's own size."""
 
 from __future__ import annotations
 
@@ -7,24 +10,24 @@ import torch
 from PIL import Image
 
 from nfdseg.manifest import PreprocessSpec
-from nfdseg.preprocess import normalize, resize_image, resize_labels
+from nfdseg.preprocess import normalize
 
 from .data.config import DataConfig
 from .data.synthetic import SyntheticScenes
 
 
 class SegDataset(torch.utils.data.Dataset):
-    """Training (random scale, crop, flip) or evaluation (resize to input_size) view of a source.
+    """The training view of a source (random scale, crop, flip).
 
     Items are (float32 3xHxW normalised image, int64 HxW mask). Augmentation randomness comes from
     (seed, epoch-free item index, call count) through torch's worker-seeded generator.
     """
 
-    def __init__(self, source, spec: PreprocessSpec, train: bool, crop_size=DataConfig.crop_size,
-                 scale_range=DataConfig.scale_range, hflip: bool = DataConfig.hflip, limit: int = 0):
-        self.source, self.spec, self.train = source, spec, train
+    def __init__(self, source, spec: PreprocessSpec, crop_size=DataConfig.crop_size,
+                 scale_range=DataConfig.scale_range, hflip: bool = DataConfig.hflip):
+        self.source, self.spec = source, spec
         self.crop_size, self.scale_range, self.hflip = tuple(crop_size), tuple(scale_range), hflip
-        self.length = min(len(source), limit) if limit else len(source)
+        self.length = len(source)
         self.ignore = source.classes.ignore_index
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._cacheable = isinstance(source, SyntheticScenes)
@@ -40,12 +43,7 @@ class SegDataset(torch.utils.data.Dataset):
         return self.source.load(index)
 
     def __getitem__(self, index: int):
-        img, mask = self._load(index)
-        if self.train:
-            img, mask = self._augment(img, mask)
-        else:
-            img = resize_image(img, self.spec.input_size)
-            mask = resize_labels(mask, self.spec.input_size)
+        img, mask = self._augment(*self._load(index))
         return torch.from_numpy(normalize(img, self.spec)), torch.from_numpy(mask.astype(np.int64))
 
     def _augment(self, img: np.ndarray, mask: np.ndarray):

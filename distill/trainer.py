@@ -246,7 +246,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         raise ConfigError("train and val splits declare different classes")
     classes = train_src.classes
     spec = preprocess_spec(cfg.data)
-    train_ds = SegDataset(train_src, spec, True, cfg.data.crop_size, cfg.data.scale_range, cfg.data.hflip)
+    train_ds = SegDataset(train_src, spec, cfg.data.crop_size, cfg.data.scale_range, cfg.data.hflip)
     plan = BatchPlan(len(train_ds), sc.train.batch_size, seed, rank, world)
     eval_manifest = Manifest(kind="checkpoint", artifact="in-memory", architecture=sc.model.arch, classes=classes,
                              preprocess=spec)

@@ -121,9 +121,6 @@ class Manifest:
     def num_classes(self) -> int:
         return self.classes.num_classes
 
-    def with_updates(self, **changes: Any) -> "Manifest":
-        return replace(self, **changes)
-
     def to_json(self) -> dict[str, Any]:
         return to_dict(self)
 

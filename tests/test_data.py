@@ -126,9 +126,6 @@ def test_num_classes_mismatch_and_augmented_views(tmp_path):
                                              "input_size": [24, 24]}})
     src = build_source(cfg.data, "train")
     spec = preprocess_spec(cfg.data)
-    train = SegDataset(src, spec, True, (32, 32), (0.5, 2.0))
+    train = SegDataset(src, spec, (32, 32), (0.5, 2.0))
     x, y = train[0]
     assert x.shape == (3, 32, 32) and y.shape == (32, 32)
-    ev = SegDataset(src, spec, False)
-    x, y = ev[0]
-    assert x.shape == (3, 24, 24) and y.shape == (24, 24)

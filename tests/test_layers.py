@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_FREE = {"contract", "data", "runtime"}
 HEAVY_THIRD_PARTY = ("torch", "torchvision", "onnx")
+# The one runtime module that may reach the models layer (lazily): the torch backend serves a checkpoint.
+RUNTIME_TO_MODELS = {"nfdseg.serve.backends.torch_backend"}
 
 
 def layer_table() -> dict[str, tuple[int, list[str]]]:
@@ -104,6 +106,8 @@ def violations() -> list[str]:
             dst_rank = table[dst_layer][0]
             if dst_rank > src_rank:
                 out.append(f"{where}: {mod} ({src_layer}) imports {dst} ({dst_layer}), a layer above")
+            elif src_layer == "runtime" and dst_layer == "models" and mod not in RUNTIME_TO_MODELS:
+                out.append(f"{where}: {mod} (runtime) imports {dst} (models); only the torch backend may")
             elif top and src_layer in TORCH_FREE and dst_layer not in TORCH_FREE:
                 out.append(f"{where}: {mod} ({src_layer}) imports {dst} ({dst_layer}) at module level")
     return out
@@ -127,6 +131,7 @@ def test_no_import_runs_upward():
     ("def f():\n    from nfdseg.export import run\n", "(runtime) imports nfdseg.export.run (export)"),
     ("import torch\n", "runtime module imports torch at module level"),
     ("from ..distill import trainer\n", "(runtime) imports nfdseg.distill.trainer (training)"),
+    ("def f():\n    from nfdseg.distill.models import build_model\n", "only the torch backend may"),
 ])
 def test_the_check_catches_an_upward_import(tmp_path, monkeypatch, source, expected):
     """A planted upward import in a runtime module must be reported (so the check above can fail)."""
