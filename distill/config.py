@@ -6,12 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nfdseg.config import check_choices, deep_update, from_dict, load_yaml, to_dict
+from nfdseg.config import check_choices, deep_update, from_dict, to_dict
 from nfdseg.errors import ConfigError
 
-from .data.config import DataConfig
-
-CONFIG_DIR = Path(__file__).parent / "configs"
+from .data.config import DataConfig, run_config_layers
 
 # The fixed value sets of the run config, defined once: the loader checks them (Literal fields) and the CLI
 # offers them as choices.
@@ -102,44 +100,6 @@ class RunConfig:
         return to_dict(self)
 
 
-def builtin_config(name: str) -> Path:
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        choices = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("*.yaml")))
-        raise ConfigError(f"no built-in config named '{name}'", fix=f"use a YAML path or one of: {choices}")
-    return path
-
-
-PRESET_BASE = "none"  # a built-in preset stands on the dataclass defaults
-USER_BASE = "quick"  # a user's file builds on the quick default unless it names another `base:`
-
-
-def _source_path(name: str, relative_to: Path | None) -> tuple[Path, bool]:
-    """(path, is built-in) for a config named by path (tried beside the including file first) or built-in name."""
-    path = Path(name)
-    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_file():
-        return relative_to / path, False
-    if not path.suffix and not path.exists():
-        return builtin_config(name), True
-    return path, False
-
-
-def _layers(name: str, relative_to: Path | None = None, chain: tuple[str, ...] = ()) -> list[tuple[str, dict, bool]]:
-    """The config `name` and the bases under it, base first: [(label, mapping without `base`, is built-in)]."""
-    path, builtin = _source_path(name, relative_to)
-    label = path.stem if builtin else str(path.resolve())
-    if label in chain:
-        raise ConfigError("config bases form a loop", seen=" -> ".join(chain + (label,)),
-                          fix="make one of them build on a preset (base: quick) or on nothing (base: none)")
-    data = load_yaml(path)
-    base = data.pop("base", PRESET_BASE if builtin else USER_BASE)
-    if base is not None and not isinstance(base, str):
-        raise ConfigError(f"'base' in {path} must be a preset name or a YAML path", seen=repr(base),
-                          fix="e.g. base: quick, base: cityscapes_r101_r18, base: ../team.yaml or base: none")
-    below = [] if base is None or base.lower() == "none" else _layers(base, path.parent, chain + (label,))
-    return below + [(label, data, builtin)]
-
-
 def _written(data: dict[str, Any], *keys: str) -> bool:
     for k in keys:
         if not isinstance(data, dict) or k not in data:
@@ -156,21 +116,21 @@ def load_run_config(source: str | Path | None = None, overrides: dict[str, Any] 
     base's value; `overrides` (--set) apply last. The result records the file's own base in `RunConfig.base`.
     A teacher with the student's architecture is refused unless the user wrote teacher.model.arch.
     """
-    layers = _layers(str(source)) if source else []
+    layers = run_config_layers(source) if source else []
     overrides = dict(overrides or {})
     if "base" in overrides:
         raise ConfigError("'base' cannot be set with --set", seen=f"base={overrides['base']}",
                           fix="write `base: NAME` at the top of your config file")
     data: dict[str, Any] = {}
     users: dict[str, Any] = {}
-    for _, layer, builtin in layers:
-        data = deep_update(data, layer)
-        if not builtin:
-            users = deep_update(users, layer)
+    for layer in layers:
+        data = deep_update(data, layer.data)
+        if not layer.builtin:
+            users = deep_update(users, layer.data)
     data = deep_update(data, overrides)
     users = deep_update(users, overrides)
     # the config's own base (a preset name or an absolute path): loading the saved config again resolves the same
-    cfg = from_dict(RunConfig, {**data, "base": layers[-2][0] if len(layers) > 1 else "none"})
+    cfg = from_dict(RunConfig, {**data, "base": layers[-2].label if len(layers) > 1 else "none"})
     validate(cfg)
     arch = cfg.teacher.model.arch
     if arch == cfg.student.model.arch and not _written(users, "teacher", "model", "arch"):

@@ -148,3 +148,54 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(raw)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigLayer:
+    """One file of a config's base chain: label (a preset's name, or the file's absolute path), its mapping
+    without `base`, and whether it is a preset."""
+
+    label: str
+    data: dict[str, Any]
+    builtin: bool
+
+
+def preset_path(name: str, preset_dir: Path) -> Path:
+    """The preset `name` (preset_dir/NAME.yaml); ConfigError listing the presets when there is none."""
+    path = Path(preset_dir) / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(p.stem for p in sorted(Path(preset_dir).glob("*.yaml")))
+        raise ConfigError(f"no built-in config named '{name}'", fix=f"use a YAML path or one of: {names}")
+    return path
+
+
+def _source_path(name: str, relative_to: Path | None, preset_dir: Path) -> tuple[Path, bool]:
+    """(path, is preset) for a config named by path (tried beside the including file first) or by preset name."""
+    path = Path(name)
+    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_file():
+        return relative_to / path, False
+    if not path.suffix and not path.exists():
+        return preset_path(name, preset_dir), True
+    return path, False
+
+
+def config_layers(source: str | Path, preset_dir: Path, user_base: str = "none",
+                  relative_to: Path | None = None, chain: tuple[str, ...] = ()) -> list[ConfigLayer]:
+    """The config `source` (a YAML path or a preset name in preset_dir) and the files under it, base first.
+
+    Each file names what it builds on with `base:` (a preset name, a YAML path tried relative to that file first,
+    or none); a preset without it stands on nothing, any other file on `user_base`. A loop of bases or a `base:`
+    that is not a string is a ConfigError. Merge the layers' mappings in order with deep_update."""
+    path, builtin = _source_path(str(source), relative_to, preset_dir)
+    label = path.stem if builtin else str(path.resolve())
+    if label in chain:
+        raise ConfigError("config bases form a loop", seen=" -> ".join(chain + (label,)),
+                          fix=f"make one of them build on a preset (base: {user_base}) or on nothing (base: none)")
+    data = load_yaml(path)
+    base = data.pop("base", "none" if builtin else user_base)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"'base' in {path} must be a preset name or a YAML path", seen=repr(base),
+                          fix="e.g. base: quick, base: cityscapes_r101_r18, base: ../team.yaml or base: none")
+    below = ([] if base is None or base.lower() == "none"
+             else config_layers(base, preset_dir, user_base, path.parent, chain + (label,)))
+    return below + [ConfigLayer(label, data, builtin)]

@@ -195,13 +195,16 @@ def test_exif_rotated_photos_in_a_dataset(tmp_path, orientation):
     assert p.kind == "size mismatch" and "EXIF orientation" in p.detail
 
 
-def test_config_data_section_resolves_like_training(tmp_path):
-    """`data check --config` reads the data section below the training layer; it must agree with the training
-    loader on every base chain: a preset base, the implicit quick base, a chain of user files, a built-in name."""
+def test_config_data_section_resolves_through_the_training_resolver(tmp_path, monkeypatch):
+    """`data check --config` reads the data section below the training layer through the one resolver the training
+    loader uses (run_config_layers over PRESET_DIR): same section on every base chain, same refusals word for word,
+    and a preset folder moved in one place moves for both."""
     pytest.importorskip("torch", reason="the training loader validates architectures with torch")
     from nfdseg.config import from_dict
     from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.data import config as data_config
     from nfdseg.distill.data.cli import run_config_data
+    from nfdseg.errors import ConfigError
 
     (tmp_path / "cs.yaml").write_text(f"base: cityscapes_r101_r18\ndata: {{root: {tmp_path / 'cityscapes'}}}\n")
     (tmp_path / "plain.yaml").write_text(f"data: {{format: folder, root: {tmp_path}, crop_size: [32, 48]}}\n")
@@ -212,6 +215,26 @@ def test_config_data_section_resolves_like_training(tmp_path):
         path = str(tmp_path / name)
         assert from_dict(DataConfig, run_config_data(path)) == load_run_config(path).data, name
     assert from_dict(DataConfig, run_config_data("quick")) == load_run_config("quick").data
+    # the refusals are the same error, not two copies that drift (the data CLI once took `base: 5` as a preset name)
+    (tmp_path / "five.yaml").write_text("base: 5\n")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    (tmp_path / "flat.yaml").write_text("data: [1, 2]\n")
+    for name, words in (("five.yaml", "must be a preset name or a YAML path"), ("a.yaml", "config bases form a loop"),
+                        ("flat.yaml", "'data' must be a mapping")):
+        with pytest.raises(ConfigError) as ours:
+            run_config_data(str(tmp_path / name))
+        with pytest.raises(ConfigError) as training:
+            load_run_config(tmp_path / name)
+        assert words in str(ours.value) and str(ours.value) == str(training.value), name
+    # one preset folder: pointing PRESET_DIR elsewhere changes what both readers call `quick`
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "quick.yaml").write_text("data: {synthetic_size: [40, 56], seed: 3}\n")
+    monkeypatch.setattr(data_config, "PRESET_DIR", presets)
+    assert run_config_data("quick") == {"synthetic_size": [40, 56], "seed": 3}
+    assert load_run_config("quick").data == from_dict(DataConfig, run_config_data("quick"))
+    assert load_run_config(tmp_path / "plain.yaml").data.seed == 3, "a user file builds on the moved quick"
     cli = [sys.executable, "-m", "nfdseg.app.cli", "data", "check", "--config", str(tmp_path / "cs.yaml")]
     r = subprocess.run(cli, capture_output=True, text=True)
     assert r.returncode == 1 and "cityscapes dataset" in r.stdout and "missing folder" in r.stdout, r.stdout + r.stderr

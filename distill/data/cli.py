@@ -9,44 +9,21 @@ from pathlib import Path
 from .sources import FORMATS
 
 
-PRESETS = Path(__file__).resolve().parents[1] / "configs"  # the built-in run configs (quick, cityscapes_r101_r18...)
-
-
-def _config_path(name: str, relative_to: Path | None) -> tuple[Path, bool]:
-    """(path, is built-in) for a config named by path (beside the including file first) or by built-in name."""
+def run_config_data(source: str | Path) -> dict:
+    """The `data:` section of run config `source` (a YAML path or a preset name) merged over its `base:` chain by
+    the resolver the training loader uses (run_config_layers), so that checking data needs no torch."""
+    from nfdseg.config import deep_update
     from nfdseg.errors import ConfigError
 
-    path = Path(name)
-    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_file():
-        return relative_to / path, False
-    if not path.suffix and not path.exists():
-        preset = PRESETS / f"{name}.yaml"
-        if not preset.is_file():
-            choices = ", ".join(p.stem for p in sorted(PRESETS.glob("*.yaml")))
-            raise ConfigError(f"no built-in config named '{name}'", fix=f"use a YAML path or one of: {choices}")
-        return preset, True
-    return path, False
+    from .config import run_config_layers
 
-
-def run_config_data(name: str, relative_to: Path | None = None, chain: tuple[str, ...] = ()) -> dict:
-    """The `data:` section of run config `name` resolved over its `base:` chain the way the training loader
-    (nfdseg.distill.config.load_run_config) resolves it: a user's file builds on `quick` unless it names another
-    base (a preset, a path, or none); a preset stands on the defaults. Read here, below the training layer, so that
-    checking data needs no torch; tests/test_data_check.py holds the two readings equal."""
-    from nfdseg.config import deep_update, load_yaml
-    from nfdseg.errors import ConfigError
-
-    path, builtin = _config_path(name, relative_to)
-    label = path.stem if builtin else str(path)
-    if label in chain:
-        raise ConfigError("config bases form a loop", seen=" -> ".join(chain + (label,)))
-    raw = load_yaml(path)
-    base = raw.get("base", "none" if builtin else "quick")
-    below = {} if base is None or str(base).lower() == "none" else run_config_data(str(base), path.parent, chain + (label,))
-    data = raw.get("data") or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"'data' in {path} must be a mapping", seen=repr(data)[:200])
-    return deep_update(below, data)
+    merged: dict = {}
+    for layer in run_config_layers(source):
+        merged = deep_update(merged, layer.data)
+    data = merged.get("data", {})
+    if not isinstance(data, dict):  # the training loader's refusal, word for word (nfdseg.config.from_dict)
+        raise ConfigError("'data' must be a mapping", seen=repr(data), fix="write it as `key: value` lines")
+    return data
 
 
 def data_config(args):

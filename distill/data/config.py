@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from nfdseg.config import ConfigLayer, config_layers
 from nfdseg.manifest import IMAGENET_MEAN, IMAGENET_STD
 
 from .sources import FORMATS
 
 # The formats data.format accepts: the generated scenes and every on-disk loader (sources.FORMATS).
 DATA_FORMATS = ("synthetic", *FORMATS)
+# The built-in run configs (quick, cityscapes_r101_r18, ...): the one home of the preset folder, here below the
+# training layer so that `nfdseg data check --config` resolves a run config without torch.
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+USER_BASE = "quick"  # a user's run config builds on the quick preset unless it names another `base:`
 # The quick default's image size, (height, width) in pixels: scenes, crops and the network input.
 DEFAULT_SIZE = (96, 96)
 
@@ -36,3 +42,9 @@ class DataConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     num_classes: int = 0  # 0: take it from the dataset; otherwise it must agree with the dataset
     max_val_images: int = 0  # 0: all
+
+
+def run_config_layers(source: str | Path) -> list[ConfigLayer]:
+    """The run config `source` (a YAML path or a preset name) over its `base:` chain, base first: the one
+    resolver of both the training loader (nfdseg.distill.config.load_run_config) and `nfdseg data check`."""
+    return config_layers(source, PRESET_DIR, user_base=USER_BASE)
