@@ -38,21 +38,38 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- setup helpers
+def _own_gpu(local_rank: int) -> int:
+    """This process's GPU index: LOCAL_RANK where it sees the node's GPUs, 0 where it sees exactly one (a
+    per-task CUDA_VISIBLE_DEVICES, as SLURM sets it); anything else has no GPU of its own."""
+    count = torch.cuda.device_count()
+    if count > local_rank:
+        return local_rank
+    if count == 1:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    raise ConfigError(f"torchrun process LOCAL_RANK {local_rank} has no GPU of its own",
+                      seen=f"{count} GPUs visible to it (CUDA_VISIBLE_DEVICES={visible})",
+                      fix="let every process see all the node's GPUs, or exactly one each (CUDA_VISIBLE_DEVICES per "
+                          "task), and start at most one process per GPU (--nproc-per-node)")
+
+
 def pick_device(name: str) -> torch.device:
-    """train.device -> a torch device. 'auto' and 'cuda' take cuda:LOCAL_RANK (torchrun sets it; 0 otherwise),
-    so each process of a multi-GPU run drives its own GPU and DDP gets a device index."""
+    """train.device -> a torch device. 'auto' and 'cuda' take this process's own GPU: cuda:LOCAL_RANK (torchrun
+    sets it; 0 otherwise), or cuda:0 where each process sees a single GPU, so each process of a multi-GPU run
+    drives its own GPU and DDP gets a device index."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        return torch.device("cuda", _own_gpu(local_rank)) if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device asks for CUDA but no CUDA GPU is visible", seen=name,
                           fix="use train.device=auto or cpu")
     if dev.type == "cuda" and dev.index is None:
-        return torch.device("cuda", local_rank)
-    if dev.type == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1 and dev.index != local_rank:
-        raise ConfigError(f"train.device {name} puts every torchrun process on the same GPU", seen=f"LOCAL_RANK {local_rank}",
-                          fix="use train.device=cuda (or auto): each process then takes cuda:LOCAL_RANK")
+        return torch.device("cuda", _own_gpu(local_rank))
+    if dev.type == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1 and dev.index != _own_gpu(local_rank):
+        raise ConfigError(f"train.device {name} puts every torchrun process on the same GPU",
+                          seen=f"LOCAL_RANK {local_rank}, whose GPU is cuda:{_own_gpu(local_rank)}",
+                          fix="use train.device=cuda (or auto): each process then takes its own GPU")
     return dev
 
 

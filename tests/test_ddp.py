@@ -74,6 +74,7 @@ def test_device_under_torchrun_takes_local_rank(monkeypatch):
     from nfdseg.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # every process sees the node's 2 GPUs
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert pick_device("cuda") == torch.device("cuda", 1)
@@ -84,6 +85,27 @@ def test_device_under_torchrun_takes_local_rank(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert pick_device("cuda") == torch.device("cuda", 0) and pick_device("cpu") == torch.device("cpu")
+
+
+def test_device_under_torchrun_with_one_gpu_per_process(monkeypatch):
+    """SLURM-style per-task CUDA_VISIBLE_DEVICES: each process sees only its own GPU, as cuda:0, whatever its
+    LOCAL_RANK; a process that sees some GPUs but not one of its own is refused with a clear error."""
+    from nfdseg.distill.trainer import pick_device
+    from nfdseg.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert pick_device("cuda") == torch.device("cuda", 0)
+    assert pick_device("auto") == torch.device("cuda", 0)
+    assert pick_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ConfigError, match="same GPU"):
+        pick_device("cuda:3")  # an ordinal this process cannot see
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # 2 GPUs visible, but rank 3 has none of its own
+    for name in ("cuda", "auto", "cuda:3"):
+        with pytest.raises(ConfigError, match="LOCAL_RANK 3 has no GPU of its own"):
+            pick_device(name)
 
 
 @pytest.mark.gpu
