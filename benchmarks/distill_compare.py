@@ -85,6 +85,8 @@ def main() -> int:
         "student_iters": cfg.student.train.iters, "teacher_iters": cfg.teacher.train.iters,
         "distill_defaults": {**cfg.to_dict()["distill"], "default_weights": DEFAULT_WEIGHTS},
         "seeds": seeds, "draws": [],
+        "note": "mIoU on each draw's val split; train times and images/s were measured while other jobs shared the "
+                "machine (they vary with its load, not only with the method), so compare mIoU, not time",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     for dseed in (int(s) for s in args.data_seeds.split(",")):
@@ -129,7 +131,7 @@ def write_md(result: dict, tag: str, seeds: str) -> None:
     md = [f"# distill_compare on {mach['cpu']} ({mach['cores']} cores{', ' + mach['gpu'] if mach['gpu'] else ''})", "",
           f"Student {result['student_arch']}, {result['student_iters']} iterations each, seeds {seeds}; "
           f"NFD default: norm {result['distill_defaults']['norm']}, reduction {result['distill_defaults']['reduction']}, "
-          f"weight {result['distill_defaults']['default_weights']['nfd']}.", ""]
+          f"weight {result['distill_defaults']['default_weights']['nfd']}. {result['note']}.", ""]
     for draw in result["draws"]:
         t = draw["teacher"]
         md += [f"## data.seed={draw['data_seed']}", "",
