@@ -119,6 +119,24 @@ def test_cli_exit_status_text_and_json(tmp_path):
     assert usage.returncode == 2 and "no dataset to check" in usage.stderr and "Traceback" not in usage.stderr
 
 
+def test_missing_dataset_root_is_named_as_such(tmp_path):
+    """A typo in the root is not a missing class list: the check says the root does not exist (what, seen, fix)."""
+    typo = tmp_path / "typo"
+    r = subprocess.run([sys.executable, "-m", "nfdseg.app.cli", "data", "check", str(typo)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+    assert f"the dataset root does not exist: {typo}" in r.stderr and "seen: data.root" in r.stderr
+    assert "fix: pass the folder that holds the dataset" in r.stderr
+    assert "class list" not in r.stderr and "Traceback" not in r.stderr
+    for fmt in ("folder", "cityscapes", "voc", "ade20k"):  # before training too, in every on-disk format
+        with pytest.raises(DataError, match="dataset root does not exist") as e:
+            require_clean_data(DataConfig(format=fmt, root=str(typo)))
+        assert e.value.seen and e.value.fix
+    (tmp_path / "file.txt").write_text("not a folder")
+    with pytest.raises(DataError, match="dataset root is not a folder"):
+        check_dataset(DataConfig(format="folder", root=str(tmp_path / "file.txt")))
+
+
 def test_training_stops_before_it_starts_with_every_problem(tmp_path):
     root = _tree(tmp_path)
     _plant_faults(root)
@@ -235,6 +253,7 @@ def test_config_data_section_resolves_through_the_training_resolver(tmp_path, mo
     assert run_config_data("quick") == {"synthetic_size": [40, 56], "seed": 3}
     assert load_run_config("quick").data == from_dict(DataConfig, run_config_data("quick"))
     assert load_run_config(tmp_path / "plain.yaml").data.seed == 3, "a user file builds on the moved quick"
+    (tmp_path / "cityscapes").mkdir()  # the root is there, its folders are not
     cli = [sys.executable, "-m", "nfdseg.app.cli", "data", "check", "--config", str(tmp_path / "cs.yaml")]
     r = subprocess.run(cli, capture_output=True, text=True)
     assert r.returncode == 1 and "cityscapes dataset" in r.stdout and "missing folder" in r.stdout, r.stdout + r.stderr

@@ -166,10 +166,15 @@ def check_dataset(cfg: DataConfig, splits: list[str] | None = None, full: bool =
 
     splits: split names (default the config's train and val splits). full: decode images too (slower).
     workers: reader threads (default: the CPU count, at most 8). Raises DataError only when there is nothing to
-    check (the synthetic format, or an unknown one)."""
+    check (the synthetic format, an unknown one, or a root that is not a folder)."""
     if cfg.format not in LISTERS:
         raise DataError(f"data format '{cfg.format}' has no files to check",
                         fix=f"check one of: {', '.join(LISTERS)} (synthetic scenes are generated, always valid)")
+    root = Path(cfg.root)
+    if not root.is_dir():  # before the class list: a typo in the root is not a missing classes.yaml
+        raise DataError(f"the dataset root {'is not a folder' if root.exists() else 'does not exist'}: {root}",
+                        seen=f"data.root {cfg.root!r} (absolute: {root.absolute()})",
+                        fix="pass the folder that holds the dataset (nfdseg data check DIR, or data.root in the config)")
     t0 = time.perf_counter()
     names = _splits(cfg, splits)
     problems: list[Problem] = []
