@@ -176,15 +176,22 @@ def evaluate(model: torch.nn.Module, source, manifest: Manifest, device: torch.d
     return {k: m[k] for k in ("miou", "pixel_accuracy", "per_class_iou", "images")}
 
 
+# The DistillConfig fields each loss reads (losses.build_loss). The runaway guard's thresholds (max_ratio,
+# guard_iters, max_abs_logit) are in none of them: they can only stop a run, never change a finished student.
+LOSS_FIELDS = {"nfd": ("weight", "layers", "norm", "reduction"), "kd": ("weight", "temperature"),
+               "cwd": ("weight", "cwd_tau"), "none": ()}
+
+
 def distill_identity(d) -> dict[str, Any]:
-    """The distillation settings that shape a student. The baseline ('none') uses none of them, except logits KD
-    when logits_kd_weight > 0 adds it, so changing nfd's settings does not retrain the baseline."""
+    """The distillation settings that shape a student: its loss and the fields that loss reads, plus logits KD
+    (logits_kd_weight, temperature) where logits_kd_weight > 0 adds it to a loss other than kd. So nfd's settings
+    do not retrain a kd, cwd or baseline ('none') student, and the guard's thresholds retrain none."""
     from nfdseg.config import to_dict
 
-    if d.loss != "none":
-        return to_dict(d)
-    return {"loss": "none"} | ({"logits_kd_weight": d.logits_kd_weight, "temperature": d.temperature}
-                               if d.logits_kd_weight > 0 else {})
+    out = {"loss": d.loss} | {k: to_dict(getattr(d, k)) for k in LOSS_FIELDS[d.loss]}
+    if d.logits_kd_weight > 0 and d.loss != "kd":  # the trainer adds logits KD on top of every loss but kd
+        out |= {"logits_kd_weight": d.logits_kd_weight, "temperature": d.temperature}
+    return out
 
 
 def stage_inputs(cfg: RunConfig, stage: str, teacher_sha: str = "") -> dict[str, Any]:

@@ -57,6 +57,35 @@ def test_keys_depend_only_on_each_stages_inputs():
     assert stage_run_key(none, "student", "x") == stage_run_key(none_w, "student", "x")
 
 
+# one other value for every DistillConfig field but `loss`
+CHANGES = {"weight": 0.5, "layers": ("layer4",), "norm": "euclidean", "reduction": "spatial", "temperature": 2.0,
+           "cwd_tau": 1.0, "logits_kd_weight": 0.5, "max_ratio": 7.0, "guard_iters": 3, "max_abs_logit": 99.0}
+# the fields whose change must give another student, per loss: what that loss reads (build_loss), plus logits KD
+# on top where the trainer adds it (every loss but kd); never the runaway guard's thresholds
+SHAPES = {"nfd": {"weight", "layers", "norm", "reduction", "logits_kd_weight"}, "kd": {"weight", "temperature"},
+          "cwd": {"weight", "cwd_tau", "logits_kd_weight"}, "none": {"logits_kd_weight"}}
+
+
+@pytest.mark.parametrize("loss", sorted(SHAPES))
+def test_student_identity_holds_only_what_its_loss_reads(loss):
+    import dataclasses
+
+    base = load_run_config("quick", over({"distill": {"loss": loss}}))
+    assert set(CHANGES) == {f.name for f in dataclasses.fields(base.distill)} - {"loss"}, "a new field: classify it"
+
+    def key(cfg, **change):
+        return stage_run_key(dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **change)), "student", "t")
+
+    k = key(base)
+    changed = {name for name, value in CHANGES.items() if key(base, **{name: value}) != k}
+    assert changed == SHAPES[loss]
+    with_kd = dataclasses.replace(base, distill=dataclasses.replace(base.distill, logits_kd_weight=0.5))
+    # the temperature shapes logits KD wherever it runs: as the loss (kd) or on top of another one
+    assert key(with_kd, temperature=2.0) != key(with_kd)
+    assert key(with_kd, max_ratio=7.0, guard_iters=3, max_abs_logit=99.0) == key(with_kd)
+    assert stage_run_key(base, "teacher") == stage_run_key(with_kd, "teacher")
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("identity") / "run"
