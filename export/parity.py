@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from nfdseg.config import from_dict
-from nfdseg.errors import ArtifactError, MissingDependencyError
+from nfdseg.errors import ArtifactError, EngineNotRunnableHere, MissingDependencyError
 from nfdseg.manifest import Manifest, read_manifest
 
 log = logging.getLogger(__name__)
@@ -208,9 +208,9 @@ def _onnxruntime_lists_cuda() -> bool:
 
 
 def _engine_cannot_run_here(e: Exception) -> bool:
-    text = getattr(e, "what", str(e))
-    return isinstance(e, MissingDependencyError) or "needs a CUDA GPU" in text or "was built with" in text \
-        or "was built for compute capability" in text
+    """TensorRT absent or broken here, or the engine refused by the compatibility checks or by TensorRT-RTX's
+    own validity check (both raise EngineNotRunnableHere): "not run here", never a parity failure."""
+    return isinstance(e, (MissingDependencyError, EngineNotRunnableHere))
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nfdseg.errors import ArtifactError, MissingDependencyError
+from nfdseg.errors import ArtifactError, BrokenDependencyError, MissingDependencyError
 from nfdseg.fsutil import sha256_file, write_json_atomic
 from nfdseg.manifest import read_manifest
 
@@ -121,7 +121,7 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
             summary["files"][engine_m.artifact] = file_mb(engine_path)
             summary["engine"] = {"path": str(engine_path), "precision_built": engine_m.precision}
         except MissingDependencyError as e:
-            if cfg.engine == "on":
+            if cfg.engine == "on" or isinstance(e, BrokenDependencyError):  # installed but broken: never skipped
                 raise
             summary["engine"] = {"path": None, "reason": e.what}
             log.warning("NO ENGINE BUILT: %s. Deploy model.onnx / model.fp16.onnx with onnxruntime, or rebuild "

@@ -34,6 +34,12 @@ class ArtifactError(NfdsegError):
     """A checkpoint, ONNX file or engine that is missing, corrupt or does not match its manifest."""
 
 
+class EngineNotRunnableHere(ArtifactError):
+    """A sound engine that this machine cannot run: another TensorRT release or flavor, another GPU
+    architecture, no GPU, or TensorRT-RTX's own validity check said INVALID. Parity lists such an engine as
+    "not run here" instead of failing it; anything else wrong with an engine stays a plain ArtifactError."""
+
+
 class InputError(NfdsegError):
     """An image handed to the runtime that it cannot segment."""
 
@@ -44,6 +50,11 @@ class BusyError(NfdsegError):
 
 class MissingDependencyError(NfdsegError):
     """An optional library (TensorRT, CUDA bindings, Gradio) is not installed."""
+
+
+class BrokenDependencyError(MissingDependencyError):
+    """An optional library is installed but fails to import (a missing shared library, a mismatched build):
+    never read as "not installed", so nothing falls back past it silently."""
 
 
 # Which extra of `pip install nfdseg[...]` brings each optional top-level module (docs/architecture.md).

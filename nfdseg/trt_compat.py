@@ -12,7 +12,7 @@ import importlib
 import logging
 from dataclasses import dataclass
 
-from .errors import ArtifactError, MissingDependencyError
+from .errors import ArtifactError, BrokenDependencyError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,33 @@ def fp16_build_path(tm: TrtModule, fp16_onnx_exists: bool) -> str:
 
 
 def import_tensorrt(allow_rtx: bool = True) -> TrtModule:
-    """Import TensorRT (preferred) or TensorRT-RTX; raise MissingDependencyError with a hint otherwise."""
+    """Import TensorRT (preferred) or TensorRT-RTX; raise MissingDependencyError with a hint otherwise.
+
+    Only the package itself missing counts as absent (and lets TensorRT-RTX stand in). A package that is there
+    but fails to import (a missing libnvinfer, a mismatched build: ImportError, OSError, or a
+    ModuleNotFoundError for one of its own dependencies) raises BrokenDependencyError with the real error,
+    so `--engine auto` never reads a broken install as "not installed"."""
     names = ["tensorrt"] + (["tensorrt_rtx"] if allow_rtx else [])
     for name in names:
         try:
             mod = importlib.import_module(name)
-        except Exception:  # ImportError, or a broken install raising OSError for missing libs
-            continue
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise _broken(name, e) from e
+        except Exception as e:  # ImportError, or OSError for a missing shared library
+            raise _broken(name, e) from e
         return TrtModule(mod, name, str(mod.__version__))
     raise MissingDependencyError("TensorRT is not installed", fix=INSTALL_HINT)
+
+
+def _broken(name: str, error: Exception) -> BrokenDependencyError:
+    return BrokenDependencyError(f"the {name} package is installed but cannot be imported",
+                                 seen=f"{type(error).__name__}: {error}",
+                                 fix=f"repair it (`python -c 'import {name}'` shows the full error: usually a "
+                                     "missing libnvinfer / CUDA library on LD_LIBRARY_PATH or a build for another "
+                                     f"CUDA), or uninstall it (`pip uninstall {name}`); pass --engine off to skip "
+                                     "the engine")
 
 
 def engine_version_problem(built: str, here: str) -> tuple[str, str]:

@@ -4,12 +4,15 @@ TensorRT-RTX (which builds without a GPU) through a TensorRT-10-like front."""
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from nfdseg.errors import ArtifactError, ConfigError
+from nfdseg.errors import ArtifactError, ConfigError, EngineNotRunnableHere
 from nfdseg.manifest import EngineInfo, read_manifest
 from nfdseg.trt_compat import (CudaSetupError, GpuInfo, TrtModule, binding_mismatch, cuda_device_index, current_gpu,
                                engine_version_problem, fp16_build_path, version_tuple)
@@ -52,11 +55,138 @@ def test_engine_compatibility_warnings_and_rtx_validity(exported):
     ev = types.SimpleNamespace(VALID=0, SUBOPTIMAL=1, INVALID=2)
     fake_trt = types.SimpleNamespace(EngineValidity=ev)
     runtime = types.SimpleNamespace(get_engine_validity=lambda blob: (ev.INVALID, "UNSUPPORTED_CC"))
-    with pytest.raises(ArtifactError, match="cannot run here"):
+    with pytest.raises(EngineNotRunnableHere, match="cannot run here"):
         check_engine_validity(runtime, b"", fake_trt, "x.engine")
     runtime.get_engine_validity = lambda blob: (ev.SUBOPTIMAL, "VERSION_MISMATCH")
     assert "suboptimally" in check_engine_validity(runtime, b"", fake_trt, "x.engine")
     assert check_engine_validity(object(), b"", fake_trt, "x.engine") == ""
+
+
+@pytest.mark.parametrize("refusal", ["rtx_invalid", "other_release", "no_gpu", "deserialize_failed"])
+def test_parity_lists_an_engine_refused_here_as_not_run(exported, trained_run, tmp_path, monkeypatch, refusal):
+    """An engine that this machine's checks refuse (TensorRT-RTX's own validity check included) is "not run
+    here" in parity; an engine TensorRT cannot deserialize is a parity failure."""
+    import shutil
+
+    import nfdseg.serve.backends as backends
+    from nfdseg.export.parity import ParityBudget, run_parity
+    from nfdseg.serve.backends.tensorrt_backend import check_engine_compatible, check_engine_validity
+
+    out = tmp_path / "export"
+    shutil.copytree(exported, out)
+    (out / "x.engine").write_bytes(b"not really an engine")
+    m = read_manifest(exported / "model.json")
+    eng = replace(m, kind="engine", engine=EngineInfo("1.7.1.116", "tensorrt_rtx", "NVIDIA H100", "9.0", "fp16",
+                                                      "fp16", True))
+    ev = types.SimpleNamespace(VALID=0, SUBOPTIMAL=1, INVALID=2)
+    real_open = backends.open_backend
+
+    def open_backend(path, backend="auto", **kw):
+        if Path(path).suffix != ".engine":
+            return real_open(path, backend, **kw)
+        if refusal == "rtx_invalid":
+            runtime = types.SimpleNamespace(get_engine_validity=lambda blob: (ev.INVALID, "UNSUPPORTED_CC"))
+            check_engine_validity(runtime, b"", types.SimpleNamespace(EngineValidity=ev), Path(path).name)
+        elif refusal == "other_release":
+            check_engine_compatible(eng, TrtModule(None, "tensorrt_rtx", "1.8.0.1"), GpuInfo("NVIDIA H100", "9.0"))
+        elif refusal == "no_gpu":
+            check_engine_compatible(eng, TrtModule(None, "tensorrt_rtx", "1.7.1.116"), None)
+        raise ArtifactError(f"TensorRT could not deserialize {path}", fix="rebuild the engine on this machine")
+
+    monkeypatch.setattr(backends, "open_backend", open_backend)
+    report = run_parity(out, trained_run / "student", ParityBudget(max_images=2), engine_allow_rtx=True)
+    not_run = {n["artifact"]: n["reason"] for n in report["not_run"]}
+    failed = {f["artifact"]: f["rule"] for f in report["failures"]}
+    if refusal == "deserialize_failed":
+        assert "x.engine" in failed and "x.engine" not in not_run and not report["passed"], report
+        assert "could not deserialize" in failed["x.engine"]
+    else:
+        assert "x.engine" in not_run and not failed and report["passed"], report
+        expected = {"rtx_invalid": "TensorRT says engine x.engine cannot run here", "other_release": "1.8.0.1",
+                    "no_gpu": "needs a CUDA GPU"}[refusal]
+        assert expected in not_run["x.engine"]
+
+
+class _FailingImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """A package that is installed (found on the path) but whose import raises `error`, as a TensorRT wheel
+    without its libnvinfer does."""
+
+    def __init__(self, name: str, error: Exception):
+        self.name, self.error = name, error
+
+    def find_spec(self, fullname, path=None, target=None):
+        return importlib.util.spec_from_loader(fullname, self) if fullname == self.name else None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [OSError("libnvinfer.so.10: cannot open shared object file"),
+                                   ImportError("libnvinfer.so.10: cannot open shared object file"),
+                                   ModuleNotFoundError("No module named 'tensorrt_libs'", name="tensorrt_libs")],
+                         ids=["oserror", "importerror", "dependency-missing"])
+def test_broken_tensorrt_is_not_read_as_absent(monkeypatch, error):
+    """An installed TensorRT that fails to import raises the real error, and TensorRT-RTX does not stand in."""
+    import sys
+
+    from nfdseg.errors import BrokenDependencyError, MissingDependencyError
+    from nfdseg.trt_compat import import_tensorrt
+
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", types.SimpleNamespace(__version__="1.7.1.116"))
+    monkeypatch.setattr(sys, "meta_path", [_FailingImport("tensorrt", error)] + sys.meta_path)
+    with pytest.raises(BrokenDependencyError) as caught:
+        import_tensorrt(allow_rtx=True)
+    e = caught.value
+    assert isinstance(e, MissingDependencyError) and "installed but cannot be imported" in e.what
+    assert e.seen == f"{type(error).__name__}: {error}" and "tensorrt" in e.fix
+    assert "not installed" not in e.what
+
+
+def test_absent_tensorrt_lets_rtx_stand_in(monkeypatch):
+    import sys
+
+    from nfdseg.errors import BrokenDependencyError, MissingDependencyError
+    from nfdseg.trt_compat import import_tensorrt
+
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_FailingImport("tensorrt", ModuleNotFoundError("No module named "
+                                                          "'tensorrt'", name="tensorrt"))] + sys.meta_path)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", types.SimpleNamespace(__version__="1.7.1.116"))
+    tm = import_tensorrt(allow_rtx=True)
+    assert (tm.flavor, tm.version) == ("tensorrt_rtx", "1.7.1.116")
+    with pytest.raises(MissingDependencyError, match="TensorRT is not installed") as caught:
+        import_tensorrt(allow_rtx=False)
+    assert not isinstance(caught.value, BrokenDependencyError)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # neither: absent, not broken
+    with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
+        import_tensorrt(allow_rtx=True)
+
+
+def test_engine_auto_does_not_skip_a_broken_tensorrt(trained_run, tmp_path, monkeypatch):
+    """--engine auto skips the engine only where TensorRT is absent; a broken install stops the export."""
+    import nfdseg.export.onnx2engine as o2e
+    from nfdseg.errors import BrokenDependencyError, MissingDependencyError
+    from nfdseg.export.parity import ParityBudget
+    from nfdseg.export.run import ExportConfig, run_export
+
+    def broken(allow_rtx=True):
+        raise BrokenDependencyError("the tensorrt package is installed but cannot be imported", seen="OSError: x")
+
+    monkeypatch.setattr(o2e, "import_tensorrt", broken)
+    cfg = ExportConfig(engine="auto", fp16=False, fp16_calibration_images=0, parity=ParityBudget(max_images=2))
+    with pytest.raises(BrokenDependencyError):
+        run_export(trained_run / "student", tmp_path / "broken", cfg)
+
+    def absent(allow_rtx=True):
+        raise MissingDependencyError("TensorRT is not installed")
+
+    monkeypatch.setattr(o2e, "import_tensorrt", absent)
+    summary = run_export(trained_run / "student", tmp_path / "absent", cfg)
+    assert summary["engine"] == {"path": None, "reason": "TensorRT is not installed"}
 
 
 class _FakeCudart:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nfdseg.errors import ArtifactError, InputError
+from nfdseg.errors import ArtifactError, EngineNotRunnableHere, InputError
 from nfdseg.manifest import Manifest
 from nfdseg.trt_compat import (GpuInfo, TrtModule, cuda_check, cuda_device_index, cuda_runtime, current_gpu,
                                engine_version_problem, import_tensorrt)
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 def check_engine_compatible(manifest: Manifest, tm: TrtModule, gpu: GpuInfo | None,
                             runtime_checks_gpu: bool = False) -> list[str]:
-    """Refuse an engine whose TensorRT flavor or release (major.minor.patch, as TensorRT itself compares)
-    or GPU compute capability differs from this machine's. Returns warnings: another build of the same
+    """Refuse (EngineNotRunnableHere) an engine whose TensorRT flavor or release (major.minor.patch, as TensorRT
+    itself compares) or GPU compute capability differs from this machine's. Returns warnings: another build of the same
     release, another GPU model of the same compute capability. `runtime_checks_gpu`: the runtime has its
     own validity check (TensorRT-RTX), which then decides about the GPU instead of the compute capability."""
     info = manifest.engine
@@ -38,7 +38,7 @@ def check_engine_compatible(manifest: Manifest, tm: TrtModule, gpu: GpuInfo | No
         raise ArtifactError("the manifest describes no TensorRT engine", fix="pass the .json beside a .engine file")
     refusal, warning = engine_version_problem(info.tensorrt_version, tm.version)
     if info.tensorrt_flavor != tm.flavor or refusal:
-        raise ArtifactError(
+        raise EngineNotRunnableHere(
             f"engine {manifest.artifact} was built with {info.tensorrt_flavor} {info.tensorrt_version}; "
             f"this machine has {tm.flavor} {tm.version}",
             fix="TensorRT loads only engines of its own release: rebuild the engine here "
@@ -46,10 +46,10 @@ def check_engine_compatible(manifest: Manifest, tm: TrtModule, gpu: GpuInfo | No
         )
     warnings = [warning] if warning else []
     if gpu is None:
-        raise ArtifactError("a TensorRT engine needs a CUDA GPU and none is visible",
+        raise EngineNotRunnableHere("a TensorRT engine needs a CUDA GPU and none is visible",
                             fix="run on the GPU machine, or serve the ONNX with --backend onnxruntime")
     if info.compute_capability and info.compute_capability != gpu.compute_capability and not runtime_checks_gpu:
-        raise ArtifactError(
+        raise EngineNotRunnableHere(
             f"engine {manifest.artifact} was built for compute capability {info.compute_capability} "
             f"({info.gpu_name}); this GPU is {gpu.name} ({gpu.compute_capability})",
             fix="TensorRT engines are not portable across GPU architectures: rebuild it on this GPU",
@@ -65,12 +65,12 @@ def check_engine_compatible(manifest: Manifest, tm: TrtModule, gpu: GpuInfo | No
 
 def check_engine_validity(runtime, blob: bytes, trt, name: str) -> str:
     """TensorRT-RTX's own check (`Runtime.get_engine_validity`); "" when valid or the API is absent,
-    a warning when suboptimal, ArtifactError when invalid."""
+    a warning when suboptimal, EngineNotRunnableHere when invalid."""
     if not hasattr(runtime, "get_engine_validity"):
         return ""
     validity, diagnostics = runtime.get_engine_validity(blob)
     if validity == trt.EngineValidity.INVALID:
-        raise ArtifactError(f"TensorRT says engine {name} cannot run here", seen=str(diagnostics),
+        raise EngineNotRunnableHere(f"TensorRT says engine {name} cannot run here", seen=str(diagnostics),
                             fix="rebuild the engine on this machine with this TensorRT")
     if validity == trt.EngineValidity.SUBOPTIMAL:
         msg = f"TensorRT says engine {name} runs here suboptimally ({diagnostics}): rebuild it here for best speed"
