@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nfdseg.errors import ArtifactError
+from nfdseg.export.onnx2engine import ENGINE_MODES
 from nfdseg.fsutil import sha256_file, sha256_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,17 @@ class Pipeline:
     # ------------------------------------------------------------------ output directory ownership
     def _claim(self, overwrite: bool) -> None:
         marker = self.out / "pipeline.json"
-        key = sha256_json(self.cfg.to_dict())
+        # the run's identity is its resolved values: `base` names the config file it was built on (an absolute
+        # path for a user's file), which changes when the project moves and changes nothing the run makes
+        values = {k: v for k, v in self.cfg.to_dict().items() if k != "base"}
+        key, older_key = sha256_json(values), sha256_json(self.cfg.to_dict())  # older_key: markers before this
         if self.out.exists() and any(self.out.iterdir()):
             if not marker.is_file():
                 raise ArtifactError(f"{self.out} is not empty and was not written by `nfdseg pipeline`",
                                     seen=", ".join(sorted(p.name for p in self.out.iterdir())[:8]),
                                     fix="choose a new --out directory")
             old = json.loads(marker.read_text())
-            if old.get("config_hash") != key and not overwrite:
+            if old.get("config_hash") not in (key, older_key) and not overwrite:
                 raise ArtifactError(f"{self.out} holds another run's artifacts (made with a different config)",
                                     fix="choose a new --out, or pass --overwrite to rerun the stages the change affects")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +180,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="append", default=[], choices=STAGES, metavar="STAGE",
                    help=f"rerun this stage even if it is up to date ({', '.join(STAGES)}); repeatable")
     p.add_argument("--overwrite", action="store_true", help="reuse an output directory made with another config")
-    p.add_argument("--engine", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--engine", choices=ENGINE_MODES, default="auto",
                    help="TensorRT engine: auto = when TensorRT is installed (default)")
     p.add_argument("--bench-seconds", type=float, default=45.0,
                    help="time budget of the bench stage in seconds (default 45): each row runs for its share, "

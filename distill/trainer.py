@@ -182,6 +182,17 @@ LOSS_FIELDS = {"nfd": ("weight", "layers", "norm", "reduction"), "kd": ("weight"
                "cwd": ("weight", "cwd_tau"), "none": ()}
 
 
+def saved_config_text(cfg: RunConfig, stage: str) -> str:
+    """The config.yaml beside a stage: the fully resolved run config with `base: none`, so that it loads on its own
+    (`nfdseg distill --config <this file>` reproduces the run) after the run folder moves to another machine and the
+    files it was built on are gone; what it was built on stays as a comment, which the loader does not read."""
+    built_on = " ".join(str(cfg.base).splitlines())  # a comment holds one line
+    return (f"# {stage} stage: the resolved run config, complete in itself (base: none)\n"
+            f"# built on: {built_on}\n"
+            + yaml.safe_dump({"base": "none", **{k: v for k, v in cfg.to_dict().items() if k != "base"}},
+                             sort_keys=False))
+
+
 def distill_identity(d) -> dict[str, Any]:
     """The distillation settings that shape a student: its loss and the fields that loss reads, plus logits KD
     (logits_kd_weight, temperature) where logits_kd_weight > 0 adds it to a loss other than kd. So nfd's settings
@@ -339,9 +350,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         if main_proc:
             log.info("resuming %s from iteration %d of %d", stage, start_it, sc.train.iters)
     if main_proc:
-        # the resolved config, loadable as it is: `nfdseg distill --config <this file>` reproduces the run
-        write_text_atomic(out / "config.yaml", f"# {stage} stage: the resolved run config (base: what it was built on)\n"
-                          + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text_atomic(out / "config.yaml", saved_config_text(cfg, stage))
 
     def save_state(it: int) -> None:
         save_torch_atomic({"run_key": run_key, "iter": it, "model": model.state_dict(),

@@ -126,3 +126,41 @@ def test_saved_config_loads_back_to_the_same_run(run):
         recorded = read_manifest(run / stage / "checkpoint.json").config
         saved = load_run_config(run / stage / "config.yaml").to_dict()
         assert saved == {k: v for k, v in recorded.items() if k not in ("stage", "run_key")}
+
+
+def test_saved_config_loads_alone_after_the_run_moves(tmp_path):
+    """config.yaml is complete in itself (base: none): it loads after the user's files it was built on are gone and
+    the run folder has moved, and the pipeline's claim on a folder does not hang on where the config file was."""
+    import dataclasses
+    import shutil
+
+    import yaml
+
+    from nfdseg.app.pipeline import Pipeline
+    from nfdseg.errors import ArtifactError
+    from nfdseg.distill.trainer import train_stage
+
+    project = tmp_path / "project"
+    (project / "team").mkdir(parents=True)
+    (project / "team/team.yaml").write_text(
+        "base: quick\nteacher: {model: {arch: deeplabv3_resnet_tiny}, train: {iters: 2, batch_size: 2, eval_every: 2}}\n"
+        "data: {synthetic_train: 6, synthetic_val: 2, synthetic_size: [32, 32], crop_size: [32, 32], "
+        "input_size: [32, 32]}\n")
+    (project / "mine.yaml").write_text("base: team/team.yaml\ndata: {seed: 5}\nstudent: {optim: {lr: 0.02}}\n")
+    cfg = load_run_config(project / "mine.yaml")
+    assert cfg.base == str((project / "team/team.yaml").resolve()), "built on a user file: an absolute path"
+    train_stage(cfg, "teacher", project / "run/teacher", progress=False)
+    text = (project / "run/teacher/config.yaml").read_text()
+    assert yaml.safe_load(text)["base"] == "none" and f"# built on: {cfg.base}\n" in text
+    moved = tmp_path / "elsewhere/run"
+    shutil.copytree(project / "run", moved)
+    shutil.rmtree(project)  # the user's files and the original run folder are gone
+    saved = load_run_config(moved / "teacher/config.yaml")
+    assert saved.base == "none" and dataclasses.replace(saved, base=cfg.base) == cfg
+    assert saved.data.seed == 5 and saved.student.optim.lr == 0.02 and saved.teacher.train.iters == 2
+    Pipeline(cfg, tmp_path / "pipe", progress=False)
+    (tmp_path / "pipe/teacher").mkdir()  # the folder is the pipeline's now: claiming it again checks the config
+    Pipeline(saved, tmp_path / "pipe", progress=False)  # same values from another path: the same run
+    with pytest.raises(ArtifactError, match="holds another run's artifacts"):
+        Pipeline(dataclasses.replace(saved, data=dataclasses.replace(saved.data, seed=6)), tmp_path / "pipe",
+                 progress=False)
