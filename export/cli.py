@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS
+
 log = logging.getLogger(__name__)
 
 
@@ -126,9 +128,9 @@ def register(sub) -> None:
     p.add_argument("--static-hw", action="store_true", help="fix height/width to the training input size")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16 ONNX")
-    p.add_argument("--engine", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--engine", choices=ENGINE_MODES, default="auto",
                    help="TensorRT engine: auto = build when TensorRT is installed (default), on = required, off")
-    p.add_argument("--engine-precision", choices=("fp16", "fp32"), default="fp16", help="engine precision (default fp16)")
+    p.add_argument("--engine-precision", choices=ENGINE_PRECISIONS, default="fp16", help="engine precision (default fp16)")
     p.add_argument("--profile-batch", default="1,4,8", help="engine profile batch min,opt,max (default 1,4,8)")
     p.add_argument("--profile-hw", help="engine profile sizes: HxW, or min,opt,max as HxW,HxW,HxW; the range must "
                                         "contain the model's input size, which the runtime resizes every image to "

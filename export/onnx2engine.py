@@ -21,6 +21,10 @@ from nfdseg.trt_compat import current_gpu, fp16_build_path, import_tensorrt
 
 log = logging.getLogger(__name__)
 MAX_LOG_LINES = 20_000
+# Defined once, here (a module that imports no torch, so the CLIs can list them): ExportConfig's Literal fields,
+# `nfdseg export` and `nfdseg pipeline` take them from here.
+ENGINE_MODES = ("auto", "on", "off")  # auto: build when TensorRT is installed; on: required; off: no engine
+ENGINE_PRECISIONS = ("fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,9 @@ def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precisi
     Nothing is written until the build has succeeded and its timing cache is in hand, so a failure
     leaves no engine without a manifest.
     """
-    if precision not in ("fp16", "fp32"):
-        raise ConfigError(f"engine precision '{precision}' is not supported", fix="use fp16 or fp32")
+    if precision not in ENGINE_PRECISIONS:
+        raise ConfigError(f"engine precision '{precision}' is not supported",
+                          fix=f"use {' or '.join(ENGINE_PRECISIONS)}")
     shapes = profile.shapes(fp32_manifest)  # refuse a profile the runtime could never use before any work
     tm = import_tensorrt(allow_rtx)
     trt = tm.module

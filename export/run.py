@@ -6,13 +6,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nfdseg.errors import ArtifactError, BrokenDependencyError, MissingDependencyError
 from nfdseg.fsutil import sha256_file, write_json_atomic
 from nfdseg.manifest import read_manifest
 
-from .onnx2engine import EngineProfile
+from .onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS, EngineProfile
 from .parity import ParityBudget
 from .torch2onnx import OnnxExportOptions
 
@@ -26,8 +26,8 @@ class ExportConfig:
 
     onnx: OnnxExportOptions = field(default_factory=OnnxExportOptions)
     fp16: bool = True
-    engine: str = "auto"
-    engine_precision: str = "fp16"
+    engine: Literal[ENGINE_MODES] = "auto"
+    engine_precision: Literal[ENGINE_PRECISIONS] = "fp16"
     engine_allow_rtx: bool = False
     profile: EngineProfile = field(default_factory=EngineProfile)
     parity: ParityBudget = field(default_factory=ParityBudget)
@@ -84,6 +84,7 @@ def _fp16_with_overflow_guard(fp32_path: Path, onnx_m, fp16_path: Path, ckpt, n_
 def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = ExportConfig(),
                expect_classes: int | None = None) -> dict[str, Any]:
     """Export the student in ckpt_dir to out_dir; returns a summary (paths, sizes, parity verdict)."""
+    from nfdseg.config import check_choices
     from nfdseg.distill.checkpoint import load_model_from_dir
 
     from .onnx2engine import onnx2engine
@@ -91,6 +92,7 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
     from .torch2onnx import file_mb, torch2onnx
     from .triton import write_triton_repository
 
+    check_choices(cfg)  # Literal fields of a config built in code (engine, engine_precision)
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
     if ckpt_dir.is_file():
         ckpt_dir = ckpt_dir.parent

@@ -25,6 +25,37 @@ def test_every_command_has_help():
                 assert action.help, f"{name} {action.option_strings} has no help"
 
 
+def test_value_sets_have_one_home(tmp_path):
+    """Engine modes, engine precisions and serving precisions are each defined once; the CLIs, ExportConfig's
+    Literal fields and the backends take them from there, and a value outside the set is a ConfigError."""
+    import types
+
+    from nfdseg.config import choices
+    from nfdseg.errors import ConfigError
+    from nfdseg.export.onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS
+    from nfdseg.export.run import ExportConfig, run_export
+    from nfdseg.serve.backends import PRECISIONS
+    from nfdseg.serve.backends.torch_backend import TorchBackend
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+
+    def option(command, flag):
+        return next(a for a in sub.choices[command]._actions if flag in a.option_strings).choices
+
+    assert option("export", "--engine") is ENGINE_MODES and option("pipeline", "--engine") is ENGINE_MODES
+    assert option("export", "--engine-precision") is ENGINE_PRECISIONS
+    assert option("predict", "--precision") is PRECISIONS
+    assert choices(ExportConfig, "engine") == ENGINE_MODES == ("auto", "on", "off")
+    assert choices(ExportConfig, "engine_precision") == ENGINE_PRECISIONS == ("fp16", "fp32")
+    # an ExportConfig built in code is checked before any work: no checkpoint needed to refuse it
+    with pytest.raises(ConfigError, match="auto, on, off"):
+        run_export(tmp_path / "no-checkpoint", tmp_path / "out", ExportConfig(engine="yes"))
+    with pytest.raises(ConfigError, match="fp16, fp32"):
+        run_export(tmp_path / "no-checkpoint", tmp_path / "out", ExportConfig(engine_precision="int8"))
+    with pytest.raises(ConfigError, match="use one of auto, fp32, fp16, bf16"):
+        TorchBackend(tmp_path / "best.pt", types.SimpleNamespace(precision="fp32"), device="cpu", precision="int8")
+
+
 def test_config_errors_exit_2_without_traceback(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("studnet: {}\n")

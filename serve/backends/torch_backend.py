@@ -18,6 +18,7 @@ import numpy as np
 from nfdseg.errors import ConfigError, MissingDependencyError
 from nfdseg.manifest import Manifest
 
+from . import PRECISIONS
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ class TorchBackend(Backend):
         self.device = str(self.dev)
         if precision == "auto":
             precision = "fp16" if self.dev.type == "cuda" else "fp32"
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise ConfigError(f"unknown precision '{precision}'", fix="use auto, fp32, fp16 or bf16")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(PRECISIONS)}")
         if self.dev.type == "cpu" and precision != "fp32":
             self.fallback = f"{precision} requested on CPU: running fp32"
             log.warning("FALLBACK: %s", self.fallback)
