@@ -23,10 +23,12 @@ COPY app ./app
 COPY docker/healthcheck.py /usr/local/bin/nfdseg-healthcheck.py
 # TensorRT's Python package comes with the base image; torch is needed for distill/export only.
 # pip is not upgraded: over the distro's pip (installed by apt, no RECORD file) `pip install --upgrade pip`
-# fails to uninstall it. The [trt] extra brings cuda-python 12.x, which runs on CUDA 12 and CUDA 13 drivers
-# (cuda-python 13 would need a CUDA 13 driver; see docs/deploying.md).
+# fails to uninstall it. [all] brings cuda-python 13 beside a CUDA 13 torch (the default base is CUDA 13); on a
+# CUDA 12 base (TensorRT 10 images such as 24.08) pass --build-arg NFDSEG_EXTRAS=train,export,trt,demo and a
+# CUDA 12 torch (--build-arg TORCH_SPEC=...), so cuda-python 12 matches the driver (see docs/deploying.md).
+ARG NFDSEG_EXTRAS=all
 RUN python3 -m pip install ${TORCH_SPEC} \
- && python3 -m pip install ".[all]" \
+ && python3 -m pip install ".[${NFDSEG_EXTRAS}]" \
  && cd / && python3 -c "import nfdseg.serve, nfdseg.export.onnx2engine; print('nfdseg ok')"
 
 RUN useradd --create-home --uid 10001 nfdseg && mkdir -p /work && chown nfdseg /work
