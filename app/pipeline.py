@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nfdseg.errors import ArtifactError
+from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.export.onnx2engine import ENGINE_MODES
 from nfdseg.fsutil import sha256_file, sha256_json, write_json_atomic
+
+from .choose import DEPLOY_CHOICES
 
 log = logging.getLogger(__name__)
 STAGES = ("teacher", "student", "baseline", "export", "bench", "report")
@@ -24,9 +26,13 @@ STAGES = ("teacher", "student", "baseline", "export", "bench", "report")
 
 class Pipeline:
     def __init__(self, cfg, out: Path, baseline: bool = True, force: tuple[str, ...] = (), overwrite: bool = False,
-                 progress: bool = True, bench_seconds: float = 45.0, engine: str = "auto"):
+                 progress: bool = True, bench_seconds: float = 45.0, engine: str = "auto", deploy: str = "better"):
         self.cfg, self.out, self.baseline, self.force = cfg, Path(out), baseline, set(force)
-        self.progress, self.bench_seconds, self.engine = progress, bench_seconds, engine
+        self.progress, self.bench_seconds, self.engine, self.deploy = progress, bench_seconds, engine, deploy
+        if deploy == "baseline" and not baseline:
+            raise ConfigError("--deploy baseline needs the baseline student", seen="--no-baseline",
+                              fix="drop --no-baseline, or deploy the distilled student (--deploy student)")
+        self.choice = None
         self.status: list[dict[str, Any]] = []
         self._claim(overwrite)
 
@@ -35,8 +41,10 @@ class Pipeline:
         marker = self.out / "pipeline.json"
         # the run's identity is its resolved values: `base` names the config file it was built on (an absolute
         # path for a user's file), which changes when the project moves and changes nothing the run makes
-        values = {k: v for k, v in self.cfg.to_dict().items() if k != "base"}
-        key, older_key = sha256_json(values), sha256_json(self.cfg.to_dict())  # older_key: markers before this
+        from nfdseg.distill.config import identity_dict
+
+        values = {k: v for k, v in identity_dict(self.cfg).items() if k != "base"}
+        key, older_key = sha256_json(values), sha256_json(identity_dict(self.cfg))  # older_key: markers before this
         if self.out.exists() and any(self.out.iterdir()):
             if not marker.is_file():
                 raise ArtifactError(f"{self.out} is not empty and was not written by `nfdseg pipeline`",
@@ -78,13 +86,24 @@ class Pipeline:
         self._line(i, name, "done", f"{m.architecture} mIoU {m.metrics['miou']:.2f}%", time.perf_counter() - t0)
         return m
 
+    @property
+    def deployed_dir(self) -> Path:
+        """The student run that is exported: the distilled one unless the choice (see app/choose.py) says baseline."""
+        return self.out / ("baseline" if self.choice is not None and self.choice.deployed == "baseline" else "student")
+
+    def _choose(self) -> None:
+        from .choose import choose_student
+
+        self.choice = choose_student(self.out / "student", self.out / "baseline" if self.baseline else None, self.deploy)
+        print(f"          {self.choice.message}", flush=True)
+
     def _export(self, i: int):
         from nfdseg.export.parity import ParityBudget
         from nfdseg.export.run import ExportConfig, run_export
 
         out = self.out / "export"
         cfg = ExportConfig(engine=self.engine, parity=ParityBudget(max_images=0), triton_dir=str(self.out / "triton"))
-        key = sha256_json({"student": sha256_file(self.out / "student/best.pt"), "export": repr(cfg)})
+        key = sha256_json({"student": sha256_file(self.deployed_dir / "best.pt"), "export": repr(cfg)})
         done = out / "export_summary.json"
         t0 = time.perf_counter()
         if "export" not in self.force and done.is_file() and json.loads(done.read_text()).get("key") == key:
@@ -92,7 +111,7 @@ class Pipeline:
             return json.loads(done.read_text())
         if out.exists():
             shutil.rmtree(out)
-        summary = run_export(self.out / "student", out, cfg)
+        summary = run_export(self.deployed_dir, out, cfg)
         parity = json.loads((out / "parity.json").read_text())
         record = {k: v for k, v in summary.items() if k != "parity"} | {"key": key, "parity_passed": parity["passed"]}
         write_json_atomic(done, record)
@@ -120,7 +139,7 @@ class Pipeline:
         out = self.out / "bench.json"
         targets = [("onnxruntime", self.out / "export" / "model.onnx", "fp32"),
                    ("onnxruntime", self.out / "export" / "model.fp16.onnx", "fp16"),
-                   ("torch", self.out / "student", "auto")]
+                   ("torch", self.deployed_dir, "auto")]
         engines = sorted((self.out / "export").glob("*.engine"))
         if engines:
             targets.insert(0, ("tensorrt", engines[0], "auto"))
@@ -157,14 +176,32 @@ class Pipeline:
             baseline = self._train(3, "baseline", "student", base_cfg, self.out / "teacher")
         else:
             self._line(3, "baseline", "off", "--no-baseline", 0.0)
+        self._choose()
         export = self._export(4)
+        record_choice(self.out / "export", self.choice)
         bench = self._bench(5)
         t0 = time.perf_counter()
         deploy = write_deploy(self.out)
         report = write_report(self.out, teacher, student, baseline, export, bench, self.status,
-                              wall_s=time.perf_counter() - t_start)
+                              wall_s=time.perf_counter() - t_start, choice=self.choice, deployed_dir=self.deployed_dir)
         self._line(6, "report", "done", f"{self.out / 'report.md'}; deployable: {deploy}", time.perf_counter() - t0)
+        print(f"\n{self.choice.message}", flush=True)
         return report
+
+
+def record_choice(export_dir: Path, choice) -> None:
+    """Write which student was exported, and why, into the manifest of every exported ONNX model and engine."""
+    import dataclasses
+
+    from nfdseg.manifest import read_manifest, write_manifest
+
+    for path in sorted(export_dir.glob("*.json")):
+        try:
+            m = read_manifest(path, verify_sha=False)
+        except ArtifactError:  # parity.json, export_summary.json: not manifests
+            continue
+        if m.metrics.get("student_choice") != choice.to_json():
+            write_manifest(dataclasses.replace(m, metrics={**m.metrics, "student_choice": choice.to_json()}), path)
 
 
 def register(sub) -> None:
@@ -185,6 +222,10 @@ def register(sub) -> None:
     p.add_argument("--bench-seconds", type=float, default=45.0,
                    help="time budget of the bench stage in seconds (default 45): each row runs for its share, "
                         "large batches that cannot fit are skipped and listed in bench.json")
+    p.add_argument("--deploy", choices=DEPLOY_CHOICES, default="better",
+                   help="which student to export: better = the distilled student unless the baseline beats it on the "
+                        "validation split (default; the report's first line says when it does), or pin student "
+                        "(distilled) / baseline")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pipeline)
 
@@ -196,7 +237,7 @@ def cmd_pipeline(args) -> int:
     cfg = load_run_config(args.config, parse_overrides(args.overrides))
     pipe = Pipeline(cfg, Path(args.out), baseline=not args.no_baseline, force=tuple(args.force),
                     overwrite=args.overwrite, progress=not args.quiet, engine=args.engine,
-                    bench_seconds=args.bench_seconds)
+                    bench_seconds=args.bench_seconds, deploy=args.deploy)
     report = pipe.run()
     print(f"\nreport: {Path(args.out) / 'report.md'}")
     return 0 if report["checks"]["parity_passed"] else 1

@@ -79,8 +79,15 @@ def _plots(out: Path, runs: dict[str, Path], per_class: dict[str, dict], bench_r
     return files
 
 
+def zero_classes(per_class: dict[str, dict[str, float | None]]) -> dict[str, list[str]]:
+    """For each model, the classes present in the validation masks that it never gets right (IoU 0)."""
+    return {model: [name for name, iou in ious.items() if iou is not None and iou == 0.0]
+            for model, ious in per_class.items()}
+
+
 def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Manifest | None, export: dict,
-                 bench: dict, status: list[dict], wall_s: float) -> dict[str, Any]:
+                 bench: dict, status: list[dict], wall_s: float, choice=None,
+                 deployed_dir: Path | None = None) -> dict[str, Any]:
     parity = json.loads((out / "export/parity.json").read_text())
     by_artifact = {r["artifact"]: r for r in parity["results"]}
     miou = {"teacher": teacher.metrics["miou"], "student_nfd": student.metrics["miou"],
@@ -98,18 +105,23 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
         per_class["baseline"] = baseline.metrics["per_class_iou"]
     runs = {"student (NFD)": out / "student"} | ({"baseline": out / "baseline"} if baseline else {})
     plots = _plots(out, runs, per_class, bench["rows"])
+    deployed_dir = deployed_dir or out / "student"
+    deployed_m = baseline if deployed_dir.name == "baseline" and baseline is not None else student
     cost = {"teacher": model_cost(out / "teacher"), "student": model_cost(out / "student")}
+    if deployed_dir.name != "student":
+        cost["deployed (baseline)"] = model_cost(deployed_dir)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
         "versions": runtime_versions("torch", "onnx", "onnxruntime", "numpy"),
         "wall_time_s": round(wall_s, 1), "stages": status, "miou": miou,
         "nfd_gain_over_baseline": round(miou["student_nfd"] - miou["baseline"], 3) if baseline else None,
-        "per_class_iou": per_class, "cost": cost, "bench": bench["rows"], "plots": plots,
+        "per_class_iou": per_class, "zero_iou_classes": zero_classes(per_class),
+        "student_choice": choice.to_json() if choice is not None else None, "cost": cost, "bench": bench["rows"], "plots": plots,
         "bench_budget": {**bench.get("budget", {}), "seconds": bench.get("seconds")},
         "engine": engine or {"path": None, "reason": "engine off"},
         "parity": {"passed": parity["passed"], "images": parity["images"], "not_run": parity["not_run"]},
         "checks": {"parity_passed": parity["passed"],
-                   "student_miou_matches_parity_torch": abs(parity["torch_miou"] - student.metrics["miou"]) < 1e-6},
+                   "student_miou_matches_parity_torch": abs(parity["torch_miou"] - deployed_m.metrics["miou"]) < 1e-6},
         "architectures": {"teacher": teacher.architecture, "student": student.architecture},
         "deploy": sorted(p.name for p in (out / "deploy").iterdir()) if (out / "deploy").is_dir() else [],
     }
@@ -125,19 +137,35 @@ def _fmt(v, digits=2):
 def _markdown(r: dict[str, Any]) -> str:
     m = r["miou"]
     lines = ["# nfdseg pipeline report", ""]
+    choice = r.get("student_choice")
+    if choice and choice.get("gap") is not None:
+        worse = choice["gap"] < 0
+        lines += [("> **" if worse else "> ") + choice["message"][0].upper() + choice["message"][1:]
+                  + (".**" if worse else "."), ""]
     if not r["engine"].get("path"):
         lines += [f"> **No TensorRT engine was built**: {r['engine'].get('reason', '')}. The deployable is the ONNX "
                   "model for onnxruntime; rebuild on a machine with TensorRT with `nfdseg export ... --engine on`.", ""]
     gain = r["nfd_gain_over_baseline"]
     lines += [f"Teacher `{r['architectures']['teacher']}`, student `{r['architectures']['student']}`. "
               f"NFD gain over the baseline student: **{_fmt(gain)} mIoU points**." if gain is not None else "", "",
-              "## Accuracy (validation split, mIoU %)", "", "| model | mIoU | Δ vs torch student |", "|---|---|---|",
+              "## Accuracy (validation split, mIoU %)", "", "| model | mIoU | Δ vs the deployed student (torch) |", "|---|---|---|",
               f"| teacher | {_fmt(m['teacher'])} | |", f"| baseline student (no distillation) | {_fmt(m['baseline'])} | |",
               f"| NFD student (torch) | {_fmt(m['student_nfd'])} | |"]
+    deployed = "baseline" if choice and choice.get("deployed") == "baseline" else "distilled"
     for key, label in (("onnx_fp32", "ONNX fp32 (onnxruntime)"), ("onnx_fp16", "ONNX fp16 (onnxruntime)"),
                        ("engine", "TensorRT engine")):
         if key in m:
-            lines.append(f"| {label} | {_fmt(m[key])} | {m[key + '_delta']:+.3f} |")
+            lines.append(f"| {label}, {deployed} student | {_fmt(m[key])} | {m[key + '_delta']:+.3f} |")
+    names = list(next(iter(r["per_class_iou"].values())).keys())
+    lines += ["", "## Per-class IoU (validation split, %)", "",
+              "| class | " + " | ".join(r["per_class_iou"]) + " |", "|---|" + "---|" * len(r["per_class_iou"])]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(_fmt(ious.get(n)) for ious in r["per_class_iou"].values()) + " |")
+    zeros = {model: cls for model, cls in r["zero_iou_classes"].items() if cls}
+    lines += [""] + ([f"Classes at 0 % IoU: " + "; ".join(f"{model}: {', '.join(cls)}" for model, cls in zeros.items())
+                      + ". A class at 0 is never found: more data of it, class weights "
+                        "(train.class_weights: median_frequency) or OHEM (train.ohem_thresh) are the usual remedies."]
+                     if zeros else ["Every class present in the validation masks is found by every model (IoU > 0)."])
     lines += ["", f"Parity: {'passed' if r['parity']['passed'] else '**FAILED**'} on {r['parity']['images']} images"
               + "".join(f"; {n['artifact']} not run: {n['reason']}" for n in r["parity"]["not_run"]) + ".", "",
               "## Cost", "", "| model | params (M) | GFLOPs | input |", "|---|---|---|---|"]

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from nfdseg.config import check_choices, deep_update, from_dict, to_dict
 from nfdseg.errors import ConfigError
 
+from .data.balance import CLASS_WEIGHTINGS
 from .data.config import DataConfig, run_config_layers
 
 # The fixed value sets of the run config, defined once: the loader checks them (Literal fields) and the CLI
@@ -40,7 +41,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """amp: auto (bf16 on GPUs that support it, off on CPU) | bf16 | fp16 | off."""
+    """amp: auto (bf16 on GPUs that support it, off on CPU) | bf16 | fp16 | off.
+    The cross-entropy (distill/losses/ce.py): class_weights none | median_frequency (weights from the training
+    masks, distill/data/balance.py); OHEM when 0 < ohem_thresh < 1: only labelled pixels whose probability for
+    their true class is <= ohem_thresh count, and at least ohem_min_kept of the hardest per batch."""
 
     iters: int = 600
     batch_size: int = 8
@@ -53,6 +57,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 0
+    class_weights: Literal[CLASS_WEIGHTINGS] = "none"
+    ohem_thresh: float = 0.0
+    ohem_min_kept: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,25 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+# Not part of any run's identity: how the training images are held changes nothing a stage produces.
+NOT_IDENTITY = {("data", "cache_mb")}
+# Fields added after runs were made, with the default that reproduces those runs: at that default they are left
+# out of the identity, so a run made before they existed keeps its key and is not retrained.
+LATER_FIELDS = {("train", "class_weights"): "none", ("train", "ohem_thresh"): 0.0, ("train", "ohem_min_kept"): 0}
+
+
+def identity_dict(cfg: RunConfig) -> dict[str, Any]:
+    """cfg.to_dict() less NOT_IDENTITY and the LATER_FIELDS at their default: what run keys hash."""
+    d = cfg.to_dict()
+    for section, key in NOT_IDENTITY:
+        d[section].pop(key, None)
+    for stage in ("teacher", "student"):
+        for (section, key), default in LATER_FIELDS.items():
+            if d[stage][section].get(key) == default:
+                d[stage][section].pop(key)
+    return d
 
 
 def _written(data: dict[str, Any], *keys: str) -> bool:
@@ -154,6 +180,10 @@ def validate(cfg: RunConfig) -> None:
         for key in ("iters", "batch_size", "grad_accum", "eval_every", "ckpt_every"):
             if getattr(sc.train, key) < 1:
                 raise ConfigError(f"{stage}.train.{key} must be at least 1", seen=str(getattr(sc.train, key)))
+        if not 0.0 <= sc.train.ohem_thresh < 1.0 or sc.train.ohem_min_kept < 0:
+            raise ConfigError(f"{stage}.train.ohem_thresh must be in [0, 1) (0: OHEM off) and ohem_min_kept >= 0",
+                              seen=f"ohem_thresh {sc.train.ohem_thresh}, ohem_min_kept {sc.train.ohem_min_kept}",
+                              fix="e.g. ohem_thresh: 0.7, ohem_min_kept: 10000 (pixels per batch)")
     if cfg.data.format != "synthetic" and not cfg.data.root:
         raise ConfigError(f"data.root is required for data.format={cfg.data.format}", fix="set data.root=/path/to/dataset")
 

@@ -5,6 +5,8 @@ scores each image at its label's own size."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from PIL import Image
@@ -15,6 +17,8 @@ from nfdseg.preprocess import normalize
 from .data.config import DataConfig
 from .data.synthetic import SyntheticScenes
 
+log = logging.getLogger(__name__)
+
 
 class SegDataset(torch.utils.data.Dataset):
     """The training view of a source (random scale, crop, flip).
@@ -24,13 +28,49 @@ class SegDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, source, spec: PreprocessSpec, crop_size=DataConfig.crop_size,
-                 scale_range=DataConfig.scale_range, hflip: bool = DataConfig.hflip):
+                 scale_range=DataConfig.scale_range, hflip: bool = DataConfig.hflip,
+                 cache_mb: int = DataConfig.cache_mb):
         self.source, self.spec = source, spec
         self.crop_size, self.scale_range, self.hflip = tuple(crop_size), tuple(scale_range), hflip
         self.length = len(source)
         self.ignore = source.classes.ignore_index
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._cacheable = isinstance(source, SyntheticScenes)
+        self.cache_decision = self._decide_cache(cache_mb)
+        self._cacheable = self.cache_decision["cached"]
+
+    def _decide_cache(self, cache_mb: int) -> dict:
+        """Keep decoded (image, mask) pairs in memory when the whole split fits in `cache_mb` MiB: decoding a PNG
+        costs more than the model's step on small inputs. Generated scenes are always kept (they are small).
+        The estimate is the first pair's bytes times the split's length."""
+        if isinstance(self.source, SyntheticScenes):
+            return {"cached": True, "reason": "generated scenes"}
+        if cache_mb <= 0 or self.length == 0:
+            return {"cached": False, "reason": "data.cache_mb is 0" if cache_mb <= 0 else "empty split"}
+        img, mask = self.source.load(0)
+        need_mb = (img.nbytes + mask.nbytes) * self.length / 2**20
+        if need_mb > cache_mb:
+            log.info("training images are decoded at every step: the split needs ~%.0f MiB decoded, over "
+                     "data.cache_mb=%d (raise it, or use train.workers to decode in parallel)", need_mb, cache_mb)
+            return {"cached": False, "reason": f"needs ~{need_mb:.0f} MiB > data.cache_mb {cache_mb}",
+                    "need_mb": round(need_mb, 1)}
+        self._cache[0] = (img, mask)
+        log.info("keeping the %d decoded training images in memory (~%.0f MiB, data.cache_mb=%d)", self.length,
+                 need_mb, cache_mb)
+        return {"cached": True, "reason": f"~{need_mb:.0f} MiB <= data.cache_mb {cache_mb}", "need_mb": round(need_mb, 1)}
+
+    def fill_cache(self, progress: bool = False) -> None:
+        """Decode every pair now (before DataLoader workers fork, so they share the decoded arrays)."""
+        if not self._cacheable:
+            return
+        from tqdm.auto import tqdm
+
+        for i in tqdm(range(self.length), desc="decode training images", unit="img", disable=not progress,
+                      mininterval=1.0):
+            self._load(i)
+
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded (image, mask) of `index`, from the cache when it is kept."""
+        return self._load(index)
 
     def __len__(self) -> int:
         return self.length

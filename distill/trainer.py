@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
@@ -27,10 +26,12 @@ from nfdseg.fsutil import sha256_json, write_json_atomic, write_text_atomic
 from nfdseg.manifest import Manifest, TensorSpec, runtime_versions, write_manifest
 
 from .checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
-from .config import RunConfig, StageConfig
+from .config import RunConfig, StageConfig, identity_dict
 from .data import build_source, preprocess_spec, require_clean_data
+from .data.balance import class_weights
 from .dataset import SegDataset
 from .losses import KDLoss, build_loss
+from .losses.ce import SegCrossEntropy
 from .losses.guard import RunawayGuard
 from .models import build_model, count_parameters
 
@@ -209,7 +210,7 @@ def stage_inputs(cfg: RunConfig, stage: str, teacher_sha: str = "") -> dict[str,
     """What a stage's result depends on, and nothing else. Teacher: the data and its own stage config. Student:
     the data, its stage config, the distillation config and the teacher's weights (sha256). So a student setting,
     another loss or a re-export never changes the teacher's identity."""
-    d = cfg.to_dict()
+    d = identity_dict(cfg)
     for sc in (d["teacher"], d["student"]):  # how often to log and save changes nothing the stage produces
         for key in ("log_every", "ckpt_every"):
             sc["train"].pop(key, None)
@@ -247,6 +248,18 @@ def stage_complete(out_dir: str | Path, run_key: str) -> bool:
         return False
 
 
+def build_ce(sc: StageConfig, train_ds: SegDataset, classes) -> SegCrossEntropy:
+    """The stage's cross-entropy: class weights from the training masks (train.class_weights) and OHEM."""
+    weights = None
+    if sc.train.class_weights != "none":
+        masks = (train_ds.pair(i)[1] for i in range(len(train_ds)))
+        weights = class_weights(sc.train.class_weights, masks, classes.num_classes, classes.ignore_index)
+        log.info("class weights (%s): %s", sc.train.class_weights,
+                 ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, weights)))
+    return SegCrossEntropy(classes.ignore_index, None if weights is None else torch.from_numpy(weights),
+                           sc.train.ohem_thresh, sc.train.ohem_min_kept)
+
+
 # ----------------------------------------------------------------------------- the stage
 def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: str | Path | None = None,
                 resume: bool = True, stop_after: int | None = None, progress: bool = True) -> Manifest | None:
@@ -281,12 +294,14 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         raise ConfigError("train and val splits declare different classes")
     classes = train_src.classes
     spec = preprocess_spec(cfg.data)
-    train_ds = SegDataset(train_src, spec, cfg.data.crop_size, cfg.data.scale_range, cfg.data.hflip)
+    train_ds = SegDataset(train_src, spec, cfg.data.crop_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.cache_mb)
+    train_ds.fill_cache(progress=progress and main_proc)
     plan = BatchPlan(len(train_ds), sc.train.batch_size, seed, rank, world)
     eval_manifest = Manifest(kind="checkpoint", artifact="in-memory", architecture=sc.model.arch, classes=classes,
                              preprocess=spec)
 
     # --- models and loss
+    ce_loss = build_ce(sc, train_ds, classes).to(device)
     model = build_model(sc.model.arch, classes.num_classes, sc.model.pretrained).to(device)
     teacher, teacher_manifest, distill, extra_kd, guard = None, None, None, None, None
     if stage == "student":
@@ -392,7 +407,7 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits, feats = net(x, return_features=True)
-                ce = F.cross_entropy(logits.float(), y, ignore_index=classes.ignore_index)
+                ce = ce_loss(logits, y)
                 loss_d = torch.zeros((), device=device)
                 if teacher_forward:
                     with torch.no_grad():
@@ -443,15 +458,19 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         write_json_atomic(out / "history.json", history)
     if world > 1:
         torch.distributed.barrier()
+    ce_record = {"class_weights": sc.train.class_weights,
+                 "weights": None if ce_loss.weight is None else [round(float(w), 4) for w in ce_loss.weight],
+                 "ohem_thresh": sc.train.ohem_thresh, "ohem_min_kept": sc.train.ohem_min_kept,
+                 "train_images_cached": train_ds.cache_decision}
     manifest = _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manifest, teacher_dir, elapsed,
-                                   device, amp, world, run_key) if main_proc else None
+                                   device, amp, world, run_key, ce_record) if main_proc else None
     if world > 1:
         torch.distributed.barrier()  # other ranks may read checkpoint.json next (the student stage)
     return manifest
 
 
 def _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manifest, teacher_dir, elapsed, device,
-                        amp, world, run_key) -> Manifest:
+                        amp, world, run_key, ce_record) -> Manifest:
     """best.pt was saved at the best evaluation; now its manifest, checkpoint.json, and history.json."""
     import json
 
@@ -467,7 +486,8 @@ def _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manif
         parent=str(Path(teacher_dir).resolve()) if teacher_dir else "",
         metrics={**best_metrics, "params": count_parameters(model), "train_time_s": round(elapsed, 2),
                  "images_per_s": round(images / max(elapsed, 1e-9), 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-                 "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": world},
+                 "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": world,
+                 "ce": ce_record},
         config={"stage": stage, **cfg.to_dict(), "run_key": run_key},
         versions=runtime_versions("torch", "torchvision", "numpy"),
     )

@@ -29,7 +29,11 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipe") / "run"
     r = pipeline(out)
     assert r.returncode == 0, r.stdout + r.stderr
+    STDOUT[out] = r.stdout
     return out
+
+
+STDOUT: dict = {}
 
 
 def test_report_matches_manifests(run_dir):
@@ -59,6 +63,44 @@ def test_report_matches_manifests(run_dir):
         assert (run_dir / png).stat().st_size > 1000
     deploy = {p.name for p in (run_dir / "deploy").iterdir()}
     assert {"model.onnx", "model.json", "classes.json", "usage.py"} <= deploy
+
+
+def test_the_better_student_is_deployed_and_recorded(run_dir):
+    rep = json.loads((run_dir / "report.json").read_text())
+    s = read_manifest(run_dir / "student/checkpoint.json")
+    b = read_manifest(run_dir / "baseline/checkpoint.json")
+    choice = rep["student_choice"]
+    # the choice re-scores both checkpoints image by image: the same figures as the trainer's evaluation
+    assert choice["student_miou"] == pytest.approx(s.metrics["miou"], abs=0.01)
+    assert choice["baseline_miou"] == pytest.approx(b.metrics["miou"], abs=0.01)
+    better = "student" if s.metrics["miou"] >= b.metrics["miou"] else "baseline"
+    assert choice["deployed"] == better and choice["rule"] == "better"
+    lo, hi = choice["gap_ci95"]
+    assert lo <= choice["gap"] <= hi
+    onnx = read_manifest(run_dir / "export/model.json")
+    assert onnx.parent_sha256 == (s if better == "student" else b).sha256, "the exported model is the chosen one"
+    assert onnx.metrics["student_choice"] == choice
+    assert choice["message"] in STDOUT[run_dir].strip().splitlines()[-3], "the pipeline's last lines say it"
+    md = (run_dir / "report.md").read_text()
+    assert md.splitlines()[2].lstrip("> *").lower().startswith(("the baseline beat", "distilled student"))
+    assert ("THE BASELINE BEAT" in md.splitlines()[2]) == (choice["gap"] < 0)
+
+
+def test_pinned_student_is_exported_even_when_worse(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    r = pipeline(run, "--deploy", "baseline")
+    assert r.returncode == 0, r.stdout + r.stderr
+    b = read_manifest(run / "baseline/checkpoint.json")
+    onnx = read_manifest(run / "export/model.json")
+    assert onnx.parent_sha256 == b.sha256 and onnx.metrics["student_choice"]["deployed"] == "baseline"
+    assert "pinned with --deploy" in r.stdout or "the better one" in r.stdout
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["checks"]["student_miou_matches_parity_torch"], "parity's torch figure is the baseline's own"
+    r = pipeline(run, "--deploy", "baseline", "--no-baseline")
+    assert r.returncode == 2 and "--deploy baseline needs the baseline student" in r.stderr
 
 
 def test_rerun_skips_and_force_reruns(run_dir):

@@ -137,16 +137,17 @@ def _check_pair(img_path: Path, mask_path: Path, classes: ClassSpec, lut: np.nda
     except Exception as e:
         problems.append(Problem("unreadable mask", str(mask_path), f"{type(e).__name__}: {e}", split))
         return problems, size, None
-    hist = np.bincount(raw.ravel(), minlength=256)
-    if lut is not None:  # the label map sends raw values to class ids (unmapped ones to ignore)
-        hist = np.bincount(lut, weights=hist, minlength=256).astype(np.int64)
-    else:
-        bad = bad_ids(np.flatnonzero(hist), classes)
-        if bad:
-            seen = [int(i) for i in np.flatnonzero(hist)]
-            problems.append(Problem("ids out of range", str(mask_path),
-                                    f"ids {bad} are not classes (0-{classes.num_classes - 1}) nor ignore "
-                                    f"{classes.ignore_index}; ids seen: {seen}", split))
+    raw_hist = np.bincount(raw.ravel(), minlength=256)
+    hist = raw_hist
+    if lut is not None:  # the label map sends raw values to class ids (a format's table may leave some unmapped)
+        hist = np.bincount(lut, weights=raw_hist, minlength=256).astype(np.int64)
+    bad = bad_ids(np.flatnonzero(hist), classes)
+    if bad:
+        seen = [int(i) for i in np.flatnonzero(raw_hist)]
+        problems.append(Problem("ids out of range", str(mask_path),
+                                f"ids {bad} are not classes (0-{classes.num_classes - 1}) nor ignore "
+                                f"{classes.ignore_index}; {'raw values' if lut is not None else 'ids'} seen: {seen}",
+                                split))
     mask_wh = (raw.shape[1], raw.shape[0])
     if size is not None and mask_wh != wh:
         problems.append(Problem("size mismatch", str(mask_path), f"mask {mask_wh[0]}x{mask_wh[1]}, image {img_path.name} "

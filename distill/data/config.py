@@ -23,7 +23,9 @@ DEFAULT_SIZE = (96, 96)
 
 @dataclass(frozen=True)
 class DataConfig:
-    """format: synthetic | folder | cityscapes | voc | ade20k. Sizes are (height, width) in pixels."""
+    """format: synthetic | folder | cityscapes | voc | ade20k | camvid. Sizes are (height, width) in pixels.
+    cache_mb: keep the decoded training images in memory when the split fits in this many MiB (0: decode at
+    every step)."""
 
     format: Literal[DATA_FORMATS] = "synthetic"
     root: str = ""
@@ -42,6 +44,7 @@ class DataConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     num_classes: int = 0  # 0: take it from the dataset; otherwise it must agree with the dataset
     max_val_images: int = 0  # 0: all
+    cache_mb: int = 4096
 
 
 def run_config_layers(source: str | Path) -> list[ConfigLayer]:

