@@ -148,7 +148,7 @@ def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_f
                     gr.Examples(examples=[[p] for p in examples], inputs=[image],
                                 label="Examples" if examples_from == "given" else f"Examples ({examples_from})")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Input | segmentation", columns=1, height=460, object_fit="contain",
+                gallery = gr.Gallery(label="Input | segmentation", columns=1, object_fit="contain",
                                      elem_id="nfd-gallery", format="png")
                 status = gr.Markdown(status_markdown(info, 0, [], [1], []), elem_id="nfd-status")
                 legend = gr.HTML(legend_html(names, palette), elem_id="nfd-legend")

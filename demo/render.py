@@ -41,6 +41,13 @@ LEGEND_CSS = """
 .nfd-swatch {display:inline-block; width:1.1em; height:1.1em; border-radius:3px; border:1px solid #8884;}
 .nfd-share {margin-left:auto; font-variant-numeric: tabular-nums; opacity:.8;}
 .nfd-error {color:#b00020; font-weight:600;}
+/* Results fill the gallery's width at their own aspect ratio: Gradio draws square cells in a fixed-height box, so
+   a wide street photo sat at the bottom of a tall blank area. Tall images are capped at 75 % of the window. */
+#nfd-gallery .grid-wrap {height: auto !important; max-height: none !important; min-height: 0 !important;}
+#nfd-gallery .grid-container {grid-auto-rows: auto !important; padding-top: 30px !important;}
+#nfd-gallery .thumbnail-item {aspect-ratio: auto !important; height: auto !important;}
+#nfd-gallery .thumbnail-item img {width: 100% !important; height: auto !important; max-height: 75vh;
+                                   object-fit: contain;}
 """
 
 

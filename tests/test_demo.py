@@ -202,14 +202,14 @@ def test_examples_come_from_the_models_own_data(exported, tmp_path):
 def test_browser_upload_shows_overlay_and_legend(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     url, seg, _ = server
-    img = _scene(tmp_path, size=(192, 256))
+    img = _scene(tmp_path, size=(360, 480))  # CamVid's size: a wide street photo
     shots = Path(os.environ.get("NFDSEG_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                                           "--disable-component-update", "--no-first-run", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
         page.goto(url, wait_until="domcontentloaded")  # Gradio keeps connections open: no networkidle
         upload = page.locator("#nfd-image input[type=file]")
         upload.wait_for(state="attached", timeout=60_000)
@@ -224,10 +224,19 @@ def test_browser_upload_shows_overlay_and_legend(server, tmp_path):
         for name in seg.class_names:
             assert name in legend_text
         assert "%" in legend_text, "legend shows class shares"
+        page.wait_for_timeout(300)  # let the image settle at its laid-out size
         page.screenshot(path=str(shots / "demo.png"), full_page=True)
         png = shown.screenshot()
+        box, img_box = page.locator("#nfd-gallery").bounding_box(), shown.bounding_box()
+        rendered = page.evaluate("""() => { const i = document.querySelector('#nfd-gallery img');
+            const r = i.getBoundingClientRect(), k = Math.min(r.width / i.naturalWidth, r.height / i.naturalHeight);
+            return [i.naturalWidth * k, i.naturalHeight * k]; }""")
         browser.close()
     import io
 
     arr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float32)
     assert arr.std() > 10, "the overlay shown in the page is not blank"
+    # the result fills its box: the picture as drawn (object-fit contain) is nearly as wide and as tall as the
+    # gallery, no blank band above or beside it (Gradio's default square cell left 60 % of the box empty here)
+    assert rendered[0] >= 0.95 * img_box["width"] and rendered[1] >= 0.95 * img_box["height"]
+    assert img_box["width"] >= 0.95 * box["width"] - 24 and img_box["height"] >= box["height"] - 60, (box, img_box)
