@@ -201,6 +201,22 @@ def test_onnxruntime_device_and_provider_reporting(exported, monkeypatch):
     assert explicit.path.name == "model.fp16.onnx" and explicit.fallback == ""
 
 
+@pytest.mark.parametrize("listed", [False, True])
+def test_an_fp16_file_given_by_itself_is_served_without_a_bogus_fallback(exported, monkeypatch, caplog, listed):
+    """Issue 20.7: `model.fp16.onnx` given as the artifact (the pipeline's bench does) logged 'FALLBACK: ; serving
+    model.fp16.onnx on CPU instead of model.fp16.onnx' on every CPU machine: it is served as given, silently."""
+    import logging
+
+    from nfdseg.serve import backends
+
+    monkeypatch.setattr(backends, "_has_gpu", lambda: listed)  # also when CUDA is listed but cannot load
+    with caplog.at_level(logging.WARNING):
+        b = backends.open_backend(exported / "model.fp16.onnx", "onnxruntime", device="auto")
+    assert b.path.name == "model.fp16.onnx" and "instead of model.fp16.onnx" not in caplog.text + b.fallback
+    if not listed:  # a CPU machine: nothing fell back at all
+        assert b.fallback == "" and "FALLBACK" not in caplog.text
+
+
 def test_cuda_graphs_request_is_never_silently_dropped(exported):
     s = Segmenter(exported, backend="onnxruntime", device="cpu", cuda_graphs=True)
     assert "torch backend only" in s.describe()["fallback"]

@@ -79,8 +79,11 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
 
                 f = _pick_onnx(files, precision, gpu and device != "cpu")
                 b = OnnxRuntimeBackend(f, _manifest_for(f), device=device, threads=kwargs.get("threads", 0))
-                if f.name == "model.fp16.onnx" and precision == "auto" and b.device == "cpu":
-                    # the CUDA provider was listed but did not load: FP16 is slower than fp32 on the CPU
+                fp32_there = any(x.name == "model.onnx" for x in files)
+                if (f.name == "model.fp16.onnx" and precision == "auto" and b.device == "cpu" and gpu
+                        and device != "cpu" and fp32_there):
+                    # FP16 was picked for a GPU, but the CUDA provider was listed and did not load: FP16 is slower
+                    # than fp32 on the CPU. (An FP16 file given by itself is served as given: no fallback.)
                     f = _pick_onnx(files, "fp32", False)
                     note = b.fallback
                     b = OnnxRuntimeBackend(f, _manifest_for(f), device="cpu", threads=kwargs.get("threads", 0))
