@@ -487,7 +487,7 @@ def _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manif
         metrics={**best_metrics, "params": count_parameters(model), "train_time_s": round(elapsed, 2),
                  "images_per_s": round(images / max(elapsed, 1e-9), 2), "peak_rss_mb": round(peak_rss_mb(), 1),
                  "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": world,
-                 "ce": ce_record},
+                 "ce": ce_record, "init": getattr(model, "init", "random")},
         config={"stage": stage, **cfg.to_dict(), "run_key": run_key},
         versions=runtime_versions("torch", "torchvision", "numpy"),
     )

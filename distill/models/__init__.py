@@ -109,7 +109,9 @@ class SegModel(nn.Module):
 
 def build_model(arch: str, num_classes: int, pretrained: str = "") -> SegModel:
     """Build `arch` for `num_classes`. pretrained: '' (random init), 'torchvision' (ImageNet backbone,
-    downloads once into the torch cache), or a local .pth/.pt file (a full state dict or a backbone one)."""
+    downloads once into the torch cache), 'torchvision_cached' (the same weights only when they are already in the
+    torch cache; otherwise random init with a warning), or a local .pth/.pt file (a full state dict or a backbone
+    one). `model.init` says what was done."""
     if arch not in ARCHS:
         import difflib
 
@@ -119,9 +121,45 @@ def build_model(arch: str, num_classes: int, pretrained: str = "") -> SegModel:
     if num_classes < 1 or num_classes > 255:
         raise ConfigError("num_classes must be between 1 and 255", seen=str(num_classes))
     model = SegModel(arch, num_classes)
+    model.init = "random"  # what the weights started from; the trainer records it in the checkpoint manifest
+    if pretrained == "torchvision_cached":
+        if torchvision_weights(model) is None:
+            log.warning("%s has custom widths and no torchvision ImageNet weights: it starts from random weights", arch)
+            model.init = "random (torchvision_cached: no torchvision weights for this architecture)"
+            return model
+        cached = cached_torchvision_weights(model)
+        if cached is None:
+            log.warning("PRETRAINED WEIGHTS NOT FOUND: %s starts from random weights. pretrained: torchvision_cached "
+                        "loads ImageNet weights only from the torch cache (%s/checkpoints), and none are there; put "
+                        "them there (or use pretrained: torchvision, which downloads them) for ImageNet-initialised "
+                        "training", arch, torch.hub.get_dir())
+            model.init = "random (torchvision_cached: no weights in the torch cache)"
+            return model
+        pretrained = "torchvision"
     if pretrained:
         load_pretrained(model, pretrained)
+        model.init = f"pretrained: {pretrained}"
     return model
+
+
+def torchvision_weights(model: "SegModel"):
+    """The torchvision ImageNet weights enum entry for `model`'s backbone, or None for custom widths."""
+    import torchvision
+
+    spec = ARCHS[model.arch]
+    name = "mobilenet_v3_large" if spec.family.endswith("_mobilenetv3") else spec.torchvision_backbone
+    if not name:
+        return None
+    return torchvision.models.get_model_weights(name).IMAGENET1K_V1
+
+
+def cached_torchvision_weights(model: "SegModel") -> Path | None:
+    """The file of `model`'s torchvision ImageNet weights in the torch cache, if it is there (nothing downloads)."""
+    weights = torchvision_weights(model)
+    if weights is None:
+        return None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    return path if path.is_file() else None
 
 
 def load_pretrained(model: SegModel, source: str) -> None:
