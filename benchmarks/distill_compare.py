@@ -5,8 +5,11 @@ Nothing here is tuned on the reported validation split: the loss weights are the
 defaults (see distill/losses/__init__.py), fixed before this benchmark was first run.
 
     python benchmarks/distill_compare.py                       # quick default, 3 seeds, data.seed 0 and 1
+    python benchmarks/distill_compare.py --config camvid_cpu --set data.root=$CAMVID --tag camvid_cpu2
     python benchmarks/distill_compare.py --config cityscapes_r101_r18 --set data.root=/data/cs
-Rerunning resumes: finished runs in --work are reused.
+On-disk data (CamVid, Cityscapes, ...) is one draw: data.seed only draws the synthetic scenes.
+Rerunning resumes: finished runs in --work are reused. Seeds are the outer loop, so a run stopped early still
+has every method at the first seeds.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ def summarize(runs: list[dict], methods: list[str]) -> dict:
         if not rs:
             continue
         vals = [r["miou"] for r in rs]
+        per_class = {name: [r["per_class_iou"][name] for r in rs if r["per_class_iou"].get(name) is not None]
+                     for name in rs[0]["per_class_iou"]}
         summary[method] = {"miou_mean": round(statistics.mean(vals), 3),
+                           "per_class_iou_mean": {n: round(statistics.mean(v), 2) if v else None
+                                                  for n, v in per_class.items()},
                            "miou_std": round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0,
                            "train_time_s_mean": round(statistics.mean(r["train_time_s"] for r in rs), 1),
                            "images_per_s_mean": round(statistics.mean(r["images_per_s"] for r in rs), 2),
@@ -89,7 +96,8 @@ def main() -> int:
                 "machine (they vary with its load, not only with the method), so compare mIoU, not time",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for dseed in (int(s) for s in args.data_seeds.split(",")):
+    data_seeds = [int(s) for s in args.data_seeds.split(",")] if cfg.data.format == "synthetic" else [0]
+    for dseed in data_seeds:
         base_over = deep_update(user_over, {"data": {"seed": dseed}})
         cfg = load_run_config(args.config, base_over)
         work = Path(f"{args.work}_d{dseed}")
@@ -98,12 +106,14 @@ def main() -> int:
             teacher = read_manifest(teacher_dir / "checkpoint.json")
         else:
             teacher = train_stage(cfg, "teacher", teacher_dir)
-        draw = {"data_seed": dseed, "teacher": {"arch": teacher.architecture, "miou": teacher.metrics["miou"],
+        draw = {"data_seed": dseed if cfg.data.format == "synthetic" else None, "data": cfg.data.format,
+                "teacher": {"arch": teacher.architecture, "miou": teacher.metrics["miou"],
+                            "per_class_iou": teacher.metrics["per_class_iou"],
                                                  "train_time_s": teacher.metrics["train_time_s"],
                                                  "params": teacher.metrics["params"]}, "runs": []}
         result["draws"].append(draw)
-        for method in methods:
-            for seed in seeds:
+        for seed in seeds:
+            for method in methods:
                 over = deep_update(base_over, {"distill": {"loss": method}, "student": {"train": {"seed": seed}}})
                 run_cfg = load_run_config(args.config, over)
                 out = work / f"{method}_seed{seed}"
@@ -134,7 +144,8 @@ def write_md(result: dict, tag: str, seeds: str) -> None:
           f"weight {result['distill_defaults']['default_weights']['nfd']}. {result['note']}.", ""]
     for draw in result["draws"]:
         t = draw["teacher"]
-        md += [f"## data.seed={draw['data_seed']}", "",
+        title = f"data.seed={draw['data_seed']}" if draw.get("data_seed") is not None else draw.get("data", "")
+        md += [f"## {title}", "",
                f"Teacher {t['arch']}: mIoU {t['miou']:.2f}% ({result['teacher_iters']} iters, {t['train_time_s']:.0f}s).", "",
                "| method | mIoU mean ± std (%) | train time (s) | images/s |", "|---|---|---|---|"]
         for method, s in draw.get("summary", {}).items():
@@ -144,6 +155,16 @@ def write_md(result: dict, tag: str, seeds: str) -> None:
             share = draw["gap_share_closed_by_nfd"]
             md += ["", f"NFD gain over none: {draw['nfd_gain_over_none']:+.2f} points; share of the teacher-student gap "
                        f"closed: {share * 100:.0f}%." if share is not None else ""]
+        summary = draw.get("summary", {})
+        if summary:
+            names = list(t.get("per_class_iou") or next(iter(summary.values()))["per_class_iou_mean"])
+            md += ["", "Per-class IoU (%, mean over seeds):", "",
+                   "| class | teacher | " + " | ".join(summary) + " |", "|---|---|" + "---|" * len(summary)]
+            for n in names:
+                tv = (t.get("per_class_iou") or {}).get(n)
+                md.append(f"| {n} | {'—' if tv is None else f'{tv:.1f}'} | " + " | ".join(
+                    "—" if s["per_class_iou_mean"].get(n) is None else f"{s['per_class_iou_mean'][n]:.1f}"
+                    for s in summary.values()) + " |")
         md.append("")
     (RESULTS / f"distill_compare_{tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -188,3 +188,40 @@ def test_training_records_class_weights_and_cache(camvid, tmp_path):
     expect = class_weights("median_frequency", (src.load(i)[1] for i in range(len(src))), 11, 255)
     np.testing.assert_allclose(ce["weights"], expect, atol=1e-4)
     assert set(m.metrics["per_class_iou"]) == set(CAMVID_NAMES)
+
+
+def test_camvid_presets_describe_their_protocols():
+    from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.losses import NFDLoss, build_loss
+    from nfdseg.distill.models import build_model
+
+    cpu = load_run_config("camvid_cpu")
+    assert cpu.data.format == "camvid" and tuple(cpu.data.input_size) == (120, 160)
+    assert cpu.teacher.train.class_weights == cpu.student.train.class_weights == "median_frequency"
+    full = load_run_config("camvid_r101_r18")
+    assert tuple(full.data.crop_size) == (360, 480) == tuple(full.data.input_size)
+    assert (full.teacher.model.arch, full.student.model.arch) == ("deeplabv3_resnet101", "deeplabv3_resnet18")
+    assert full.teacher.model.pretrained == full.student.model.pretrained == "torchvision_cached"
+    teacher, student = build_model("deeplabv3_resnet101", 11), build_model("deeplabv3_resnet18", 11)
+    loss = build_loss(full.distill, student.feature_channels, teacher.feature_channels, student.family, teacher.family)
+    assert isinstance(loss, NFDLoss) and loss.connectors["layer4"].out_channels == 2048
+
+
+def test_pipeline_on_a_camvid_tree(camvid, tmp_path):
+    """The CPU preset's pipeline end to end on the tiny SegNet-layout tree (tiny models, a few iterations)."""
+    out = tmp_path / "run"
+    sets = ["data.root=" + str(camvid), "data.crop_size=[24,32]", "data.input_size=[24,32]", "data.scale_range=[0.5,1.0]",
+            "teacher.model.arch=deeplabv3_resnet_tiny", "student.model.arch=deeplabv3_resnet_tiny",
+            "teacher.train.iters=4", "student.train.iters=4", "teacher.train.eval_every=2", "student.train.eval_every=2",
+            "teacher.train.batch_size=2", "student.train.batch_size=2"]
+    cmd = [sys.executable, "-m", "nfdseg.app.cli", "pipeline", "--config", "camvid_cpu", "--out", str(out), "--quiet",
+           "--bench-seconds", "3", "--engine", "off"]
+    for s in sets:
+        cmd += ["--set", s]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["per_class_iou"]["teacher"]) == set(CAMVID_NAMES)
+    assert rep["student_choice"]["deployed"] in ("student", "baseline")
+    md = (out / "report.md").read_text()
+    assert "| pedestrian |" in md and ("Classes at 0 % IoU" in md or "Every class present" in md)
