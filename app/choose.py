@@ -4,7 +4,8 @@ one, with the gap measured against the noise of the validation set.
 The noise is a paired bootstrap over validation images: both students are scored image by image (confusion
 matrices), images are resampled with replacement, and the spread of the mIoU difference gives a 95 % interval.
 It says how much of a gap the choice of validation images alone can make. It does not include training-seed
-noise (one seed per student here); benchmarks/distill_compare.py measures that with several seeds.
+noise (one seed per student here; benchmarks/distill_compare.py measures that with several seeds), nor the bias
+of picking each best.pt on the same images, so it understates the uncertainty of the choice.
 """
 
 from __future__ import annotations
@@ -91,18 +92,22 @@ def choose_student(student_dir: Path, baseline_dir: Path | None, rule: str = "be
     limit = int(seg_s.manifest.config.get("data", {}).get("max_val_images", 0) or 0)  # as the trainer scored
     cms_s, cms_b = per_image_confusions(seg_s, source, limit), per_image_confusions(seg_b, source, limit)
     m_s, m_b = float(miou_of(cms_s.sum(0))), float(miou_of(cms_b.sum(0)))
-    ci = paired_bootstrap(cms_s, cms_b, samples) if len(cms_s) > 1 else (round(m_s - m_b, 3),) * 2
+    ci = paired_bootstrap(cms_s.astype(np.float64), cms_b.astype(np.float64), samples) if len(cms_s) > 1 else None
     return decide(m_s, m_b, ci, rule, len(cms_s))
 
 
-def decide(m_s: float, m_b: float, ci: tuple[float, float], rule: str, images: int) -> StudentChoice:
-    """The choice from the two students' mIoU (%) and the 95 % interval of their difference."""
+def decide(m_s: float, m_b: float, ci: tuple[float, float] | None, rule: str, images: int) -> StudentChoice:
+    """The choice from the two students' mIoU (%) and the 95 % interval of their difference (None: one image,
+    no estimate of the noise)."""
     gap = round(m_s - m_b, 3)
     deployed = ("student" if gap >= 0 else "baseline") if rule == "better" else rule
-    noise = "larger than" if ci[0] > 0 or ci[1] < 0 else "within"
+    if ci is None:
+        noise = "no interval: one val image gives no estimate of the noise"
+    else:
+        where = "larger than" if ci[0] > 0 or ci[1] < 0 else "within"
+        noise = f"95 % interval over val images [{ci[0]:+.2f}, {ci[1]:+.2f}], {where} that noise"
     head = (f"distilled student {m_s:.2f} % vs baseline {m_b:.2f} % mIoU on {images} val images: gap {gap:+.2f} "
-            f"points (95 % interval over val images [{ci[0]:+.2f}, {ci[1]:+.2f}], {noise} that noise; one training "
-            "seed each)")
+            f"points ({noise}; one training seed each)")
     if gap < 0:
         head = "THE BASELINE BEAT THE DISTILLED STUDENT: " + head
     if deployed == "baseline" and rule == "better":
@@ -112,4 +117,5 @@ def decide(m_s: float, m_b: float, ci: tuple[float, float], rule: str, images: i
     else:
         tail = f"deployed: the {'distilled' if deployed == 'student' else 'baseline'} student" + \
                (" (pinned with --deploy)" if rule != "better" else " (the better one)")
-    return StudentChoice(deployed, rule, round(m_s, 3), round(m_b, 3), gap, tuple(ci), images, f"{head}; {tail}")
+    return StudentChoice(deployed, rule, round(m_s, 3), round(m_b, 3), gap, None if ci is None else tuple(ci), images,
+                         f"{head}; {tail}")

@@ -92,9 +92,20 @@ class Pipeline:
         return self.out / ("baseline" if self.choice is not None and self.choice.deployed == "baseline" else "student")
 
     def _choose(self) -> None:
-        from .choose import choose_student
+        """Pick the student to export (app/choose.py); the comparison is kept in choice.json, keyed on both
+        checkpoints and the rule, so a rerun with nothing changed does not score them again."""
+        from .choose import StudentChoice, choose_student
 
-        self.choice = choose_student(self.out / "student", self.out / "baseline" if self.baseline else None, self.deploy)
+        baseline = self.out / "baseline" if self.baseline else None
+        key = sha256_json({"student": sha256_file(self.out / "student/best.pt"), "rule": self.deploy,
+                           "baseline": sha256_file(baseline / "best.pt") if baseline else None})
+        saved = self.out / "choice.json"
+        if saved.is_file() and json.loads(saved.read_text()).get("key") == key:
+            data = json.loads(saved.read_text())["choice"]
+            self.choice = StudentChoice(**{**data, "gap_ci95": tuple(data["gap_ci95"]) if data["gap_ci95"] else None})
+        else:
+            self.choice = choose_student(self.out / "student", baseline, self.deploy)
+            write_json_atomic(saved, {"key": key, "choice": self.choice.to_json()})
         print(f"          {self.choice.message}", flush=True)
 
     def _export(self, i: int):
@@ -178,7 +189,7 @@ class Pipeline:
             self._line(3, "baseline", "off", "--no-baseline", 0.0)
         self._choose()
         export = self._export(4)
-        record_choice(self.out / "export", self.choice)
+        record_choice([self.out / "export", *sorted((self.out / "triton").glob("*/1"))], self.choice)
         bench = self._bench(5)
         t0 = time.perf_counter()
         deploy = write_deploy(self.out)
@@ -189,13 +200,14 @@ class Pipeline:
         return report
 
 
-def record_choice(export_dir: Path, choice) -> None:
-    """Write which student was exported, and why, into the manifest of every exported ONNX model and engine."""
+def record_choice(folders: list[Path], choice) -> None:
+    """Write which student was exported, and why, into the manifest of every exported ONNX model and engine in
+    `folders` (the export folder and the Triton repository's version folders)."""
     import dataclasses
 
     from nfdseg.manifest import read_manifest, write_manifest
 
-    for path in sorted(export_dir.glob("*.json")):
+    for path in sorted(p for folder in folders for p in folder.glob("*.json")):
         try:
             m = read_manifest(path, verify_sha=False)
         except ArtifactError:  # parity.json, export_summary.json: not manifests

@@ -79,9 +79,12 @@ def _plots(out: Path, runs: dict[str, Path], per_class: dict[str, dict], bench_r
     return files
 
 
-def zero_classes(per_class: dict[str, dict[str, float | None]]) -> dict[str, list[str]]:
-    """For each model, the classes present in the validation masks that it never gets right (IoU 0)."""
-    return {model: [name for name, iou in ious.items() if iou is not None and iou == 0.0]
+def zero_classes(per_class: dict[str, dict[str, float | None]],
+                 gt_pixels: dict[str, int] | None = None) -> dict[str, list[str]]:
+    """For each model, the classes present in the validation masks (gt_pixels > 0, where known) that it never gets
+    right (IoU 0). A class absent from the masks but predicted somewhere also has IoU 0: it is not listed."""
+    present = (lambda name: gt_pixels.get(name, 0) > 0) if gt_pixels else (lambda name: True)
+    return {model: [name for name, iou in ious.items() if iou is not None and iou == 0.0 and present(name)]
             for model, ious in per_class.items()}
 
 
@@ -115,7 +118,7 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
         "versions": runtime_versions("torch", "onnx", "onnxruntime", "numpy"),
         "wall_time_s": round(wall_s, 1), "stages": status, "miou": miou,
         "nfd_gain_over_baseline": round(miou["student_nfd"] - miou["baseline"], 3) if baseline else None,
-        "per_class_iou": per_class, "zero_iou_classes": zero_classes(per_class),
+        "per_class_iou": per_class, "zero_iou_classes": zero_classes(per_class, teacher.metrics.get("gt_pixels")),
         "student_choice": choice.to_json() if choice is not None else None, "cost": cost, "bench": bench["rows"], "plots": plots,
         "bench_budget": {**bench.get("budget", {}), "seconds": bench.get("seconds")},
         "engine": engine or {"path": None, "reason": "engine off"},

@@ -120,6 +120,8 @@ def identity_dict(cfg: RunConfig) -> dict[str, Any]:
     for section, key in NOT_IDENTITY:
         d[section].pop(key, None)
     for stage in ("teacher", "student"):
+        if not 0 < d[stage]["train"].get("ohem_thresh", 0.0) < 1:  # OHEM off: its min_kept changes nothing
+            d[stage]["train"]["ohem_min_kept"] = LATER_FIELDS[("train", "ohem_min_kept")]
         for (section, key), default in LATER_FIELDS.items():
             if d[stage][section].get(key) == default:
                 d[stage][section].pop(key)

@@ -35,6 +35,7 @@ class SegDataset(torch.utils.data.Dataset):
         self.length = len(source)
         self.ignore = source.classes.ignore_index
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache_limit, self._cached_bytes = cache_mb * 2**20, 0
         self.cache_decision = self._decide_cache(cache_mb)
         self._cacheable = self.cache_decision["cached"]
 
@@ -53,7 +54,7 @@ class SegDataset(torch.utils.data.Dataset):
                      "data.cache_mb=%d (raise it, or use train.workers to decode in parallel)", need_mb, cache_mb)
             return {"cached": False, "reason": f"needs ~{need_mb:.0f} MiB > data.cache_mb {cache_mb}",
                     "need_mb": round(need_mb, 1)}
-        self._cache[0] = (img, mask)
+        self._keep(0, img, mask)
         log.info("keeping the %d decoded training images in memory (~%.0f MiB, data.cache_mb=%d)", self.length,
                  need_mb, cache_mb)
         return {"cached": True, "reason": f"~{need_mb:.0f} MiB <= data.cache_mb {cache_mb}", "need_mb": round(need_mb, 1)}
@@ -72,15 +73,30 @@ class SegDataset(torch.utils.data.Dataset):
         """The decoded (image, mask) of `index`, from the cache when it is kept."""
         return self._load(index)
 
+    def mask(self, index: int) -> np.ndarray:
+        """The mask of `index` (class ids), without decoding its image when it is not cached."""
+        if index in self._cache or self._cacheable or not hasattr(self.source, "load_mask"):
+            return self._load(index)[1]
+        return self.source.load_mask(index)
+
+    def _keep(self, index: int, img: np.ndarray, mask: np.ndarray) -> None:
+        """Cache a pair while the cache stays within data.cache_mb (the first pair's estimate can be off where sizes
+        vary); generated scenes are always kept."""
+        size = img.nbytes + mask.nbytes
+        if isinstance(self.source, SyntheticScenes) or self._cached_bytes + size <= self._cache_limit:
+            self._cache[index] = (img, mask)
+            self._cached_bytes += size
+
     def __len__(self) -> int:
         return self.length
 
     def _load(self, index: int):
-        if self._cacheable:
-            if index not in self._cache:
-                self._cache[index] = self.source.load(index)
+        if index in self._cache:
             return self._cache[index]
-        return self.source.load(index)
+        pair = self.source.load(index)
+        if self._cacheable:
+            self._keep(index, *pair)
+        return pair
 
     def __getitem__(self, index: int):
         img, mask = self._augment(*self._load(index))

@@ -33,7 +33,7 @@ from .dataset import SegDataset
 from .losses import KDLoss, build_loss
 from .losses.ce import SegCrossEntropy
 from .losses.guard import RunawayGuard
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, resolved_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def evaluate(model: torch.nn.Module, source, manifest: Manifest, device: torch.d
         m = evaluate_segmenter(Segmenter.from_backend(backend), source, batch=16, limit=limit, progress=progress)
     finally:
         model.train(was_training)
-    return {k: m[k] for k in ("miou", "pixel_accuracy", "per_class_iou", "images")}
+    return {k: m[k] for k in ("miou", "pixel_accuracy", "per_class_iou", "gt_pixels", "images")}
 
 
 # The DistillConfig fields each loss reads (losses.build_loss). The runaway guard's thresholds (max_ratio,
@@ -214,6 +214,9 @@ def stage_inputs(cfg: RunConfig, stage: str, teacher_sha: str = "") -> dict[str,
     for sc in (d["teacher"], d["student"]):  # how often to log and save changes nothing the stage produces
         for key in ("log_every", "ckpt_every"):
             sc["train"].pop(key, None)
+        if sc["model"]["pretrained"] == "torchvision_cached":  # what it loads here: the weights may appear later
+            loads = resolved_pretrained(sc["model"]["arch"], "torchvision_cached") or "random"
+            sc["model"]["pretrained"] = f"torchvision_cached -> {loads}"
     if stage == "teacher":
         return {"stage": "teacher", "data": d["data"], "teacher": d["teacher"]}
     return {"stage": stage, "data": d["data"], "student": d["student"], "distill": distill_identity(cfg.distill),
@@ -252,7 +255,7 @@ def build_ce(sc: StageConfig, train_ds: SegDataset, classes) -> SegCrossEntropy:
     """The stage's cross-entropy: class weights from the training masks (train.class_weights) and OHEM."""
     weights = None
     if sc.train.class_weights != "none":
-        masks = (train_ds.pair(i)[1] for i in range(len(train_ds)))
+        masks = (train_ds.mask(i) for i in range(len(train_ds)))
         weights = class_weights(sc.train.class_weights, masks, classes.num_classes, classes.ignore_index)
         log.info("class weights (%s): %s", sc.train.class_weights,
                  ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, weights)))

@@ -48,4 +48,6 @@ class ConfusionMatrix:
             "miou": round(self.miou(), 4),
             "pixel_accuracy": round(self.pixel_accuracy(), 4),
             "per_class_iou": {n: (None if np.isnan(v) else round(float(v) * 100.0, 4)) for n, v in zip(names, iou)},
+            # ground-truth pixels per class: an IoU of 0 means "never found" only where this is above 0
+            "gt_pixels": {n: int(v) for n, v in zip(names, self.matrix.sum(1))},
         }

@@ -225,3 +225,49 @@ def test_pipeline_on_a_camvid_tree(camvid, tmp_path):
     assert rep["student_choice"]["deployed"] in ("student", "baseline")
     md = (out / "report.md").read_text()
     assert "| pedestrian |" in md and ("Classes at 0 % IoU" in md or "Every class present" in md)
+
+
+class _GrowingSource(_BigSource):
+    """The first pair is small, the rest 4 MiB each: the first-pair estimate says everything fits."""
+
+    def load(self, i):
+        side = 16 if i == 0 else 1024
+        return np.zeros((side, side, 3), np.uint8), np.zeros((side, side), np.uint8)
+
+
+def test_cache_never_grows_past_its_budget():
+    spec = preprocess_spec(DataConfig(input_size=(24, 32)))
+    ds = SegDataset(_GrowingSource(), spec, (24, 32), (0.5, 1.0), cache_mb=9)
+    assert ds.cache_decision["cached"]
+    ds.fill_cache()
+    assert sorted(ds._cache) == [0, 1, 2], "pairs 0-2 fit in 9 MiB, pair 3 does not"
+    assert ds._cached_bytes <= 9 * 2**20
+
+
+def test_an_all_ignored_crop_gives_zero_not_nan():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    target = torch.full((1, 2, 2), 255)
+    for ce in (SegCrossEntropy(255), SegCrossEntropy(255, torch.ones(3)), SegCrossEntropy(255, ohem_thresh=0.7)):
+        loss = ce(logits, target)
+        assert loss.item() == 0.0
+        loss.backward()
+
+
+def test_ohem_settings_enter_the_run_key_only_when_ohem_is_on():
+    from nfdseg.distill.config import load_run_config
+    from nfdseg.distill.trainer import stage_run_key
+
+    def key(**train):
+        return stage_run_key(load_run_config("quick", {"teacher": {"train": train}}), "teacher")
+
+    assert key() == key(ohem_min_kept=5000), "min_kept without OHEM changes nothing"
+    assert key(ohem_thresh=0.7) != key(ohem_thresh=0.7, ohem_min_kept=5000)
+    assert key() != key(class_weights="median_frequency")
+
+
+def test_zero_iou_classes_need_ground_truth_pixels():
+    from nfdseg.app.report import zero_classes
+
+    ious = {"m": {"a": 0.0, "b": 0.0, "c": 50.0, "d": None}}
+    assert zero_classes(ious, {"a": 10, "b": 0, "c": 5, "d": 0}) == {"m": ["a"]}, "b is only predicted, not missed"
+    assert zero_classes(ious) == {"m": ["a", "b"]}, "without counts every 0 is listed"

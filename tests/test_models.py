@@ -80,19 +80,21 @@ def test_torchvision_cached_loads_only_what_is_in_the_torch_cache(tmp_path, monk
     import torch
     import torchvision
 
-    from nfdseg.distill.models import build_model, torchvision_weights
+    from nfdseg.distill.models import build_model, resolved_pretrained, torchvision_weights
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     m = build_model("deeplabv3_resnet18", 5, "torchvision_cached")
     assert m.init.startswith("random (torchvision_cached: no weights")
+    assert resolved_pretrained("deeplabv3_resnet18", "torchvision_cached") == ""
     assert build_model("deeplabv3_resnet_tiny", 5, "torchvision_cached").init.startswith("random")
     # put a (randomly initialised) torchvision ResNet-18 state dict where the download would have gone
     tv = torchvision.models.resnet18()
-    path = tmp_path / "hub" / "checkpoints" / torchvision_weights(m).url.rsplit("/", 1)[1]
+    path = tmp_path / "hub" / "checkpoints" / torchvision_weights(m.arch).url.rsplit("/", 1)[1]
     path.parent.mkdir(parents=True)
     torch.save(tv.state_dict(), path)
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict",
                         lambda self, *a, **k: torch.load(path, weights_only=True), raising=True)
+    assert resolved_pretrained("deeplabv3_resnet18", "torchvision_cached") == "torchvision"
     loaded = build_model("deeplabv3_resnet18", 5, "torchvision_cached")
     assert loaded.init == "pretrained: torchvision"
     assert torch.equal(loaded.backbone.state_dict()["layer1.0.conv1.weight"], tv.state_dict()["layer1.0.conv1.weight"])

@@ -112,6 +112,15 @@ class FileSource:
         check_mask_ids(mask, self.classes, mask_path)
         return img, mask
 
+    def load_mask(self, index: int) -> np.ndarray:
+        """The mask of pair `index` as class ids (after the lookup table), checked; the image is not decoded."""
+        mask_path = self.pairs[index][1]
+        mask = read_mask(mask_path)
+        if self.lut is not None:
+            mask = self.lut[mask]
+        check_mask_ids(mask, self.classes, mask_path)
+        return mask
+
 
 def turned_hint(image_wh, mask_wh) -> str:
     """A hint when the mask has the image's size turned by 90 degrees (EXIF orientation not applied to it)."""

@@ -44,9 +44,11 @@ class SegCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        if not bool((target != self.ignore_index).any()):
+            return logits.sum() * 0.0  # a crop of ignored pixels only: no gradient, not a NaN
         if self.ohem:
             keep = self.hard_pixels(logits, target)
             if not bool(keep.any()):
-                return logits.sum() * 0.0  # nothing hard left in this batch: no gradient, not a NaN
+                return logits.sum() * 0.0  # nothing hard left in this batch
             target = target.masked_fill(~keep, self.ignore_index)
         return F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index)

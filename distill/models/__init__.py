@@ -123,11 +123,11 @@ def build_model(arch: str, num_classes: int, pretrained: str = "") -> SegModel:
     model = SegModel(arch, num_classes)
     model.init = "random"  # what the weights started from; the trainer records it in the checkpoint manifest
     if pretrained == "torchvision_cached":
-        if torchvision_weights(model) is None:
+        if torchvision_weights(arch) is None:
             log.warning("%s has custom widths and no torchvision ImageNet weights: it starts from random weights", arch)
             model.init = "random (torchvision_cached: no torchvision weights for this architecture)"
             return model
-        cached = cached_torchvision_weights(model)
+        cached = cached_torchvision_weights(arch)
         if cached is None:
             log.warning("PRETRAINED WEIGHTS NOT FOUND: %s starts from random weights. pretrained: torchvision_cached "
                         "loads ImageNet weights only from the torch cache (%s/checkpoints), and none are there; put "
@@ -142,24 +142,32 @@ def build_model(arch: str, num_classes: int, pretrained: str = "") -> SegModel:
     return model
 
 
-def torchvision_weights(model: "SegModel"):
-    """The torchvision ImageNet weights enum entry for `model`'s backbone, or None for custom widths."""
+def torchvision_weights(arch: str):
+    """The torchvision ImageNet weights enum entry for `arch`'s backbone, or None for custom widths."""
     import torchvision
 
-    spec = ARCHS[model.arch]
+    spec = ARCHS[arch]
     name = "mobilenet_v3_large" if spec.family.endswith("_mobilenetv3") else spec.torchvision_backbone
     if not name:
         return None
     return torchvision.models.get_model_weights(name).IMAGENET1K_V1
 
 
-def cached_torchvision_weights(model: "SegModel") -> Path | None:
-    """The file of `model`'s torchvision ImageNet weights in the torch cache, if it is there (nothing downloads)."""
-    weights = torchvision_weights(model)
+def cached_torchvision_weights(arch: str) -> Path | None:
+    """The file of `arch`'s torchvision ImageNet weights in the torch cache, if it is there (nothing downloads)."""
+    weights = torchvision_weights(arch)
     if weights is None:
         return None
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     return path if path.is_file() else None
+
+
+def resolved_pretrained(arch: str, pretrained: str) -> str:
+    """What `pretrained` will load on this machine: torchvision_cached becomes 'torchvision' when the weights are in
+    the torch cache and '' (random) when not, so a run's identity changes when the weights appear."""
+    if pretrained != "torchvision_cached":
+        return pretrained
+    return "torchvision" if cached_torchvision_weights(arch) is not None else ""
 
 
 def load_pretrained(model: SegModel, source: str) -> None:
