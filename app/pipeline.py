@@ -1,4 +1,5 @@
-"""`nfdseg pipeline`: teacher -> NFD student (+ baseline) -> export + parity -> eval -> bench -> report -> deploy/.
+"""`nfdseg pipeline`: teacher -> NFD student (+ baseline) -> the better student -> export + parity -> bench -> report
+-> deploy/.
 
 A stage whose outputs already match its inputs and config (content hashes in the manifests) is
 skipped, so an interrupted run resumes where it stopped; `--force STAGE` reruns one stage (and,
@@ -217,10 +218,12 @@ def record_choice(folders: list[Path], choice) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("pipeline", help="the whole pipeline: teacher, NFD student, baseline, export, eval, bench, report",
+    p = sub.add_parser("pipeline", help="the whole pipeline: teacher, NFD student, baseline, export, bench, report",
                        description="Run every stage in order on the built-in synthetic data (or the config's dataset). "
                                    "Finished stages whose inputs and config are unchanged are skipped, so an interrupted "
-                                   "run resumes where it stopped. Writes report.md, report.json and deploy/.")
+                                   "run resumes where it stopped. The NFD student and the undistilled baseline are "
+                                   "scored on the validation split and the better one is exported (--deploy pins one). "
+                                   "Writes report.md, report.json and deploy/.")
     p.add_argument("--config", default="quick", help="YAML run config or built-in name (default quick)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set teacher.train.iters=300 (repeatable)")
