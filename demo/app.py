@@ -19,7 +19,7 @@ from nfdseg.preprocess import load_image
 
 from .examples import example_images
 from .files import ResultFiles
-from .render import LEGEND_CSS, class_shares, legend_html, side_by_side, status_markdown
+from .render import LEGEND_CSS, class_shares, legend_html, model_origin, side_by_side, status_markdown
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_f
     age = int(max_age_s)
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(max(age // 4, 60), age)) as demo:
         gr.HTML(f"<style>{LEGEND_CSS}</style>")
-        gr.Markdown(f"# {title}\nSemantic segmentation by a student distilled with **Normalized Feature Distillation**. "
+        gr.Markdown(f"# {title}\nSemantic segmentation by {model_origin(segmenter.manifest)}. "
                     f"Runtime: `{info['backend']}` on `{info['device']}` ({info['precision']}), "
                     f"{len(names)} classes, model input {info['input_size'][0]}×{info['input_size'][1]}.")
         state = gr.State([])

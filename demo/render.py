@@ -51,6 +51,25 @@ LEGEND_CSS = """
 """
 
 
+LOSS_NAMES = {"nfd": "**Normalized Feature Distillation**", "kd": "logits distillation (KD)",
+              "cwd": "channel-wise distillation (CWD)"}
+
+
+def model_origin(manifest) -> str:
+    """How the served model was trained, from its manifest: which distillation, or none (the pipeline exports the
+    undistilled baseline when it beat the distilled student, and says so in metrics.student_choice)."""
+    loss = (manifest.config.get("distill") or {}).get("loss")
+    if loss in LOSS_NAMES:
+        return f"a student distilled with {LOSS_NAMES[loss]}"
+    if loss == "none":
+        choice = manifest.metrics.get("student_choice") or {}
+        why = (f" (it beat the distilled student on validation, {choice['baseline_miou']:.2f} vs "
+               f"{choice['student_miou']:.2f} % mIoU)") if choice.get("deployed") == "baseline" and choice.get(
+               "student_miou") is not None else ""
+        return "a student trained without distillation" + why
+    return "a segmentation model"
+
+
 def status_markdown(info: dict, n_ok: int, latencies_ms: list[float], batch_sizes: list[int], errors: list[str]) -> str:
     lines = []
     if n_ok:

@@ -1,6 +1,7 @@
 """Make docs/demo.png: start the demo on an artifact, upload a built-in example in headless Chromium, screenshot.
 
     python docs/make_screenshot.py runs/quick/export
+    python docs/make_screenshot.py runs/camvid/deploy docs/demo_camvid.png
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    out = Path(__file__).resolve().parent / "demo.png"
+    out = Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else Path(__file__).resolve().parent / "demo.png"
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,

@@ -240,3 +240,18 @@ def test_browser_upload_shows_overlay_and_legend(server, tmp_path):
     # gallery, no blank band above or beside it (Gradio's default square cell left 60 % of the box empty here)
     assert rendered[0] >= 0.95 * img_box["width"] and rendered[1] >= 0.95 * img_box["height"]
     assert img_box["width"] >= 0.95 * box["width"] - 24 and img_box["height"] >= box["height"] - 60, (box, img_box)
+
+
+def test_the_page_says_how_the_served_model_was_trained():
+    """The pipeline may ship the undistilled baseline: the demo must not call it an NFD student."""
+    from types import SimpleNamespace
+
+    from nfdseg.demo.render import model_origin
+
+    def m(loss, choice=None):
+        return SimpleNamespace(config={"distill": {"loss": loss}}, metrics={"student_choice": choice} if choice else {})
+
+    assert "Normalized Feature Distillation" in model_origin(m("nfd"))
+    base = model_origin(m("none", {"deployed": "baseline", "student_miou": 44.71, "baseline_miou": 46.97}))
+    assert "without distillation" in base and "46.97 vs 44.71" in base and "Normalized" not in base
+    assert "KD" in model_origin(m("kd")) and model_origin(SimpleNamespace(config={}, metrics={})) == "a segmentation model"
