@@ -278,11 +278,6 @@ def list_cityscapes(root: str | Path, split: str, class_file=None) -> Listing:
     return _finish(Listing(pairs, problems, classes, lut), root, split)
 
 
-def cityscapes_source(root: str | Path, split: str) -> FileSource:
-    listing = list_cityscapes(root, split)
-    raise_problems(listing.problems, root, split, "cityscapes")
-    return FileSource(listing.pairs, listing.classes, split, listing.lut)
-
 
 def list_voc(root: str | Path, split: str, class_file=None) -> Listing:
     """Pascal VOC 2012 (VOCdevkit/VOC2012): ImageSets/Segmentation/<split>.txt, JPEGImages, SegmentationClass;
@@ -306,11 +301,6 @@ def list_voc(root: str | Path, split: str, class_file=None) -> Listing:
             pairs.append((img, mask))
     return _finish(Listing(pairs, problems, classes), root, split)
 
-
-def voc_source(root: str | Path, split: str) -> FileSource:
-    listing = list_voc(root, split)
-    raise_problems(listing.problems, root, split, "voc")
-    return FileSource(listing.pairs, listing.classes, split)
 
 
 def list_ade20k(root: str | Path, split: str, class_file=None) -> Listing:
@@ -345,11 +335,6 @@ def list_ade20k(root: str | Path, split: str, class_file=None) -> Listing:
     return _finish(Listing(pairs, problems, classes, lut), root, split)
 
 
-def ade20k_source(root: str | Path, split: str) -> FileSource:
-    listing = list_ade20k(root, split)
-    raise_problems(listing.problems, root, split, "ade20k")
-    return FileSource(listing.pairs, listing.classes, split, listing.lut)
-
 
 def list_camvid(root: str | Path, split: str, class_file=None) -> Listing:
     """CamVid in the SegNet layout: <split>/*.png with <split>annot/*.png of the same name (splits train, val, test).
@@ -377,12 +362,22 @@ def list_camvid(root: str | Path, split: str, class_file=None) -> Listing:
     return _finish(Listing(pairs, problems, classes, lut), root, split)
 
 
-def camvid_source(root: str | Path, split: str) -> FileSource:
-    listing = list_camvid(root, split)
-    raise_problems(listing.problems, root, split, "camvid")
-    return FileSource(listing.pairs, listing.classes, split, listing.lut)
+
+def _source_of(lister, fmt: str):
+    """The source function of an on-disk format: its listing, with any pairing problem an error listing all."""
+    def source(root: str | Path, split: str) -> FileSource:
+        listing = lister(root, split)
+        raise_problems(listing.problems, root, split, fmt)
+        return FileSource(listing.pairs, listing.classes, split, listing.lut)
+
+    source.__name__ = source.__qualname__ = f"{fmt}_source"
+    return source
 
 
+cityscapes_source = _source_of(list_cityscapes, "cityscapes")
+voc_source = _source_of(list_voc, "voc")
+ade20k_source = _source_of(list_ade20k, "ade20k")
+camvid_source = _source_of(list_camvid, "camvid")
 FORMATS = {"folder": folder_source, "cityscapes": cityscapes_source, "voc": voc_source, "ade20k": ade20k_source,
            "camvid": camvid_source}
 LISTERS = {"folder": list_folder, "cityscapes": list_cityscapes, "voc": list_voc, "ade20k": list_ade20k,
