@@ -101,8 +101,9 @@ class Pipeline:
         key = sha256_json({"student": sha256_file(self.out / "student/best.pt"), "rule": self.deploy,
                            "baseline": sha256_file(baseline / "best.pt") if baseline else None})
         saved = self.out / "choice.json"
-        if saved.is_file() and json.loads(saved.read_text()).get("key") == key:
-            data = json.loads(saved.read_text())["choice"]
+        record = json.loads(saved.read_text()) if saved.is_file() else {}
+        if record.get("key") == key:
+            data = record["choice"]
             self.choice = StudentChoice(**{**data, "gap_ci95": tuple(data["gap_ci95"]) if data["gap_ci95"] else None})
         else:
             self.choice = choose_student(self.out / "student", baseline, self.deploy)

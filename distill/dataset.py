@@ -60,18 +60,15 @@ class SegDataset(torch.utils.data.Dataset):
         return {"cached": True, "reason": f"~{need_mb:.0f} MiB <= data.cache_mb {cache_mb}", "need_mb": round(need_mb, 1)}
 
     def fill_cache(self, progress: bool = False) -> None:
-        """Decode every pair now (before DataLoader workers fork, so they share the decoded arrays)."""
-        if not self._cacheable:
+        """Decode every pair of an on-disk split now (before DataLoader workers fork, so they share the decoded
+        arrays). Generated scenes stay lazy: they are made as training first reaches them, as before."""
+        if not self._cacheable or isinstance(self.source, SyntheticScenes):
             return
         from tqdm.auto import tqdm
 
         for i in tqdm(range(self.length), desc="decode training images", unit="img", disable=not progress,
                       mininterval=1.0):
             self._load(i)
-
-    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The decoded (image, mask) of `index`, from the cache when it is kept."""
-        return self._load(index)
 
     def mask(self, index: int) -> np.ndarray:
         """The mask of `index` (class ids), without decoding its image when it is not cached."""
