@@ -13,13 +13,9 @@ ARG TORCH_SPEC="torch torchvision"
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_BREAK_SYSTEM_PACKAGES=1 GRADIO_ANALYTICS_ENABLED=False MPLBACKEND=Agg
 
 WORKDIR /opt/nfdseg
-COPY pyproject.toml README.md ./
-COPY nfdseg ./nfdseg
-COPY distill ./distill
-COPY export ./export
-COPY serve ./serve
-COPY demo ./demo
-COPY app ./app
+# One COPY: the package's folders are whatever pyproject.toml's package-dir names (.dockerignore leaves out
+# tests, docs, benchmarks and run outputs), so a new layer folder needs no Dockerfile change.
+COPY . ./
 COPY docker/healthcheck.py /usr/local/bin/nfdseg-healthcheck.py
 # TensorRT's Python package comes with the base image; torch is needed for distill/export only.
 # pip is not upgraded: over the distro's pip (installed by apt, no RECORD file) `pip install --upgrade pip`

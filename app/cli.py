@@ -92,17 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    """Commands of later stages register themselves here (each module owns its flags)."""
-    regs = []
-    for mod in ("nfdseg.distill.data.cli", "nfdseg.export.cli", "nfdseg.serve.cli", "nfdseg.demo.cli", "nfdseg.app.pipeline"):
-        try:
-            module = __import__(mod, fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("nfdseg"):
-                continue  # stage not present in this build
-            raise
-        regs.append(module.register)
-    return regs
+    """Commands of the other stages register themselves here (each module owns its flags). Their CLI modules
+    import only light modules at import time, so this works on a runtime-only install."""
+    from nfdseg.app import pipeline
+    from nfdseg.data import cli as data_cli
+    from nfdseg.demo import cli as demo_cli
+    from nfdseg.export import cli as export_cli
+    from nfdseg.serve import cli as serve_cli
+
+    return [data_cli.register, export_cli.register, serve_cli.register, demo_cli.register, pipeline.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def _train(self, i: int, name: str, stage: str, cfg, teacher_dir: Path | None):
-        from nfdseg.distill.checkpoint import manifest_of
+        from nfdseg.models.checkpoint import manifest_of
         from nfdseg.distill.trainer import stage_complete, stage_run_key, train_stage
 
         out = self.out / name

@@ -17,7 +17,7 @@ def model_cost(ckpt_dir: Path) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nfdseg.distill.checkpoint import load_model_from_dir
+    from nfdseg.models.checkpoint import load_model_from_dir
 
     model, m = load_model_from_dir(ckpt_dir)
     h, w = m.preprocess.input_size

@@ -24,7 +24,6 @@ import json
 import logging
 import multiprocessing
 import os
-import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -45,13 +44,15 @@ DRY = dict(train_n=8, val_n=4, train_hw=(64, 128), val_hw=(64, 128), crop=(64, 6
 
 
 def use_checkout() -> None:
-    """Import nfdseg from this checkout, installed or not: map the packages as pyproject's package-dir does."""
+    """Import nfdseg from this checkout, installed or not: map the packages as nfdseg/layout.py (the one table of
+    folders, which setup.py gives setuptools) says."""
     import importlib.abc
     import importlib.util
 
-    text = (ROOT / "pyproject.toml").read_text()
-    line = next(ln for ln in text.splitlines() if ln.startswith("package-dir"))
-    mapping = dict(re.findall(r'"([\w.]+)"\s*=\s*"([\w/]+)"', line))
+    spec = importlib.util.spec_from_file_location("nfdseg_layout", ROOT / "nfdseg" / "layout.py")
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    mapping = layout.PACKAGE_DIRS
 
     class CheckoutFinder(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -68,7 +69,7 @@ def _scene(args):
     i, hw, root, split = args
     from PIL import Image
 
-    from nfdseg.distill.data.synthetic import generate_scene
+    from nfdseg.data.synthetic import generate_scene
 
     img, mask = generate_scene(10_000 * (split == "val") + i, hw)
     Image.fromarray(img).save(root / "images" / split / f"{i:04d}.png", compress_level=1)
@@ -79,7 +80,7 @@ def make_dataset(root: Path, p: dict) -> Path:
     """Synthetic scenes written once as a folder dataset, so training reads PNGs instead of drawing scenes."""
     import yaml
 
-    from nfdseg.distill.data.synthetic import SYNTHETIC_CLASSES
+    from nfdseg.data.synthetic import SYNTHETIC_CLASSES
 
     if (root / "done").is_file():
         return root

@@ -42,7 +42,7 @@ def logit_range(ckpt_dir: Path, n: int = 8) -> dict:
     import numpy as np
     import torch
 
-    from nfdseg.distill.checkpoint import load_model_from_dir
+    from nfdseg.models.checkpoint import load_model_from_dir
     from nfdseg.preprocess import prepare_batch
     from nfdseg.export.parity import validation_images  # the same val images as parity
 

@@ -25,7 +25,7 @@ def example_images(manifest, out_dir: Path, n: int = 4) -> tuple[list[str], str]
 
     Synthetic scenes are written as PNGs into out_dir (the caller removes it); dataset images are used in place."""
     from nfdseg.config import from_dict
-    from nfdseg.distill.data import DataConfig, build_source
+    from nfdseg.data import DataConfig, build_source
 
     data = (manifest.config or {}).get("data") if isinstance(manifest.config, dict) else None
     if not data:

@@ -9,8 +9,8 @@ from typing import Any, Literal
 from nfdseg.config import check_choices, deep_update, from_dict, to_dict
 from nfdseg.errors import ConfigError
 
-from .data.balance import CLASS_WEIGHTINGS
-from .data.config import DataConfig, run_config_layers
+from nfdseg.data.balance import CLASS_WEIGHTINGS
+from nfdseg.data.config import DataConfig, run_config_layers
 
 # The fixed value sets of the run config, defined once: the loader checks them (Literal fields) and the CLI
 # offers them as choices.
@@ -43,7 +43,7 @@ class OptimConfig:
 class TrainConfig:
     """amp: auto (bf16 on GPUs that support it, off on CPU) | bf16 | fp16 | off.
     The cross-entropy (distill/losses/ce.py): class_weights none | median_frequency (weights from the training
-    masks, distill/data/balance.py); OHEM when 0 < ohem_thresh < 1: only labelled pixels whose probability for
+    masks, data/balance.py); OHEM when 0 < ohem_thresh < 1: only labelled pixels whose probability for
     their true class is <= ohem_thresh count, and at least ohem_min_kept of the hardest per batch."""
 
     iters: int = 600
@@ -171,7 +171,7 @@ def load_run_config(source: str | Path | None = None, overrides: dict[str, Any] 
 
 def validate(cfg: RunConfig) -> None:
     """What the loader's types cannot say: known architectures, positive counts, a dataset root."""
-    from .models import ARCHS
+    from nfdseg.models import ARCHS
 
     check_choices(cfg)  # Literal fields of a config built in code, not through the loader
     validate_distill(cfg.distill)

@@ -14,8 +14,8 @@ from PIL import Image
 from nfdseg.manifest import PreprocessSpec
 from nfdseg.preprocess import normalize
 
-from .data.config import DataConfig
-from .data.synthetic import SyntheticScenes
+from nfdseg.data.config import DataConfig
+from nfdseg.data.synthetic import SyntheticScenes
 
 log = logging.getLogger(__name__)
 

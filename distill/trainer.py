@@ -25,15 +25,15 @@ from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import sha256_json, write_json_atomic, write_text_atomic
 from nfdseg.manifest import Manifest, TensorSpec, runtime_versions, write_manifest
 
-from .checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
+from nfdseg.models.checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
 from .config import RunConfig, StageConfig, identity_dict
-from .data import build_source, preprocess_spec, require_clean_data
-from .data.balance import class_weights
+from nfdseg.data import build_source, preprocess_spec, require_clean_data
+from nfdseg.data.balance import class_weights
 from .dataset import SegDataset
 from .losses import KDLoss, build_loss
 from .losses.ce import SegCrossEntropy
 from .losses.guard import RunawayGuard
-from .models import build_model, count_parameters, resolved_pretrained
+from nfdseg.models import build_model, count_parameters, resolved_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def stage_run_key(cfg: RunConfig, stage: str, teacher_sha: str = "") -> str:
 
 def up_to_date(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: str | Path | None = None) -> Manifest | None:
     """The manifest of out_dir's finished run when its inputs equal this config's (the stage can be skipped)."""
-    from .checkpoint import manifest_of
+    from nfdseg.models.checkpoint import manifest_of
 
     if stage != "teacher" and (teacher_dir is None or not (Path(teacher_dir) / "checkpoint.json").is_file()):
         return None

@@ -17,7 +17,7 @@ from pathlib import Path
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import sha256_file, write_bytes_atomic, write_text_atomic
 from nfdseg.manifest import EngineInfo, Manifest, write_manifest
-from nfdseg.trt_compat import current_gpu, fp16_build_path, import_tensorrt
+from nfdseg.serve.backends.trt_compat import current_gpu, fp16_build_path, import_tensorrt
 
 log = logging.getLogger(__name__)
 MAX_LOG_LINES = 20_000

@@ -33,8 +33,8 @@ class ParityBudget:
 
 def validation_source(ckpt: Manifest):
     """The checkpoint's validation split, from its recorded data config."""
-    from nfdseg.distill.data import build_source
-    from nfdseg.distill.data.config import DataConfig
+    from nfdseg.data import build_source
+    from nfdseg.data.config import DataConfig
 
     return build_source(from_dict(DataConfig, ckpt.config.get("data", {})), "val")
 

@@ -85,7 +85,7 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
                expect_classes: int | None = None) -> dict[str, Any]:
     """Export the student in ckpt_dir to out_dir; returns a summary (paths, sizes, parity verdict)."""
     from nfdseg.config import check_choices
-    from nfdseg.distill.checkpoint import load_model_from_dir
+    from nfdseg.models.checkpoint import load_model_from_dir
 
     from .onnx2engine import onnx2engine
     from .parity import format_report, run_parity

@@ -7,8 +7,10 @@ This module imports numpy-free stdlib only, so the embedded runtime can use it.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import platform
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -130,20 +132,41 @@ def now_iso() -> str:
 
 
 def runtime_versions(*modules: str) -> dict[str, str]:
-    """Versions of python and of the named modules that are importable (without importing heavy ones twice)."""
-    import importlib
-    import sys
-
-    out = {"python": platform.python_version(), "nfdseg": __import__("nfdseg").__version__}
+    """Versions of python, nfdseg and the named importable modules (e.g. "torch", "onnxruntime", "tensorrt"), read
+    from the module itself where it is already loaded, otherwise from the installed distributions' metadata:
+    nothing is imported, so recording torch's version costs nothing
+    on a torch-free robot. A module whose distribution is not installed is left out; where several
+    distributions provide one module (onnxruntime / onnxruntime-gpu), the installed ones are joined."""
+    out = {"python": platform.python_version(), "nfdseg": _dist_version("nfdseg") or "unknown"}
     for name in modules:
-        mod = sys.modules.get(name)
-        if mod is None:
-            try:
-                mod = importlib.import_module(name)
-            except Exception:  # an optional module that is absent is simply not recorded
-                continue
-        out[name] = str(getattr(mod, "__version__", "unknown"))
+        loaded = sys.modules.get(name)  # already imported: its own version string keeps a build tag (+cu130)
+        if loaded is not None and isinstance(getattr(loaded, "__version__", None), str):
+            out[name] = loaded.__version__
+            continue
+        versions = [v for d in _distributions_of(name) if (v := _dist_version(d))]
+        if versions:
+            out[name] = ", ".join(sorted(set(versions)))
     return out
+
+
+def _distributions_of(module: str) -> list[str]:
+    return sorted(set(_packages_distributions().get(module, []))) or [module]
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    import importlib.metadata
+
+    return dict(importlib.metadata.packages_distributions())
+
+
+def _dist_version(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def write_manifest(manifest: Manifest, path: str | Path, hash_artifact: bool = True) -> Manifest:

@@ -92,7 +92,7 @@ def sample_images(seg: Segmenter, n: int, size: tuple[int, int] | None = None, s
     """Deterministic test images: synthetic scenes at the model's input size (or `size`)."""
 
     try:
-        from nfdseg.distill.data.synthetic import generate_scene
+        from nfdseg.data.synthetic import generate_scene
     except ImportError:  # serve-only install: random images are as good for timing
         generate_scene = None
     h, w = size or tuple(seg.manifest.preprocess.input_size)

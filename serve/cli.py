@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nfdseg.distill.data.sources import FORMATS
+from nfdseg.data.sources import FORMATS
 
 from .backends import BACKENDS, PRECISIONS
 

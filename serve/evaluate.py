@@ -20,8 +20,8 @@ def load_eval_source(seg: Segmenter, data: str, fmt: str, split: str):
     """`data='default'`: the validation split recorded in the artifact's manifest (synthetic by default).
     Otherwise a dataset root in format `fmt` (folder | cityscapes | voc | ade20k | camvid)."""
     from nfdseg.config import from_dict
-    from nfdseg.distill.data.config import DataConfig
-    from nfdseg.distill.data import build_source
+    from nfdseg.data.config import DataConfig
+    from nfdseg.data import build_source
 
     if data == "default":
         cfg = from_dict(DataConfig, seg.manifest.config.get("data", {}))

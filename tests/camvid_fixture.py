@@ -12,7 +12,7 @@ from PIL import Image
 def camvid_scene(seed: int, h: int = 36, w: int = 48) -> tuple[np.ndarray, np.ndarray]:
     """An RGB street-like picture and its mask (values 0-10 and void 11): sky above, road below, a building
     block, a pole and a pedestrian, each drawn in its CamVid palette colour plus noise."""
-    from nfdseg.distill.data.sources import CAMVID_PALETTE
+    from nfdseg.data.sources import CAMVID_PALETTE
 
     rng = np.random.default_rng(seed)
     mask = np.full((h, w), 3, np.uint8)  # road

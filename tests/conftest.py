@@ -51,7 +51,7 @@ def exported(trained_run) -> Path:
 def tensorrt_like():
     """An importable TensorRT (or TensorRT-RTX) module, or None."""
     from nfdseg.errors import MissingDependencyError
-    from nfdseg.trt_compat import import_tensorrt
+    from nfdseg.serve.backends.trt_compat import import_tensorrt
 
     try:
         return import_tensorrt(allow_rtx=True)

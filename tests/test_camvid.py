@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from camvid_fixture import write_camvid
-from nfdseg.distill.data import build_source, check_dataset, preprocess_spec
-from nfdseg.distill.data.balance import class_pixel_stats, class_weights, median_frequency_weights
-from nfdseg.distill.data.config import DataConfig
-from nfdseg.distill.data.sources import CAMVID_NAMES, CAMVID_PALETTE, camvid_source
+from nfdseg.data import build_source, check_dataset, preprocess_spec
+from nfdseg.data.balance import class_pixel_stats, class_weights, median_frequency_weights
+from nfdseg.data.config import DataConfig
+from nfdseg.data.sources import CAMVID_NAMES, CAMVID_PALETTE, camvid_source
 from nfdseg.distill.dataset import SegDataset
 from nfdseg.distill.losses.ce import SegCrossEntropy
 from nfdseg.errors import DataError
@@ -193,7 +193,7 @@ def test_training_records_class_weights_and_cache(camvid, tmp_path):
 def test_camvid_presets_describe_their_protocols():
     from nfdseg.distill.config import load_run_config
     from nfdseg.distill.losses import NFDLoss, build_loss
-    from nfdseg.distill.models import build_model
+    from nfdseg.models import build_model
 
     cpu = load_run_config("camvid_cpu")
     assert cpu.data.format == "camvid" and tuple(cpu.data.input_size) == (120, 160)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nfdseg.distill.data import build_source, preprocess_spec
+from nfdseg.data import build_source, preprocess_spec
 from nfdseg.distill.dataset import SegDataset
-from nfdseg.distill.data.sources import ade20k_source, cityscapes_source, folder_source, voc_source
-from nfdseg.distill.data.synthetic import SyntheticScenes, generate_scene
+from nfdseg.data.sources import ade20k_source, cityscapes_source, folder_source, voc_source
+from nfdseg.data.synthetic import SyntheticScenes, generate_scene
 from nfdseg.distill.config import load_run_config
 from nfdseg.errors import DataError
 from nfdseg.manifest import default_palette

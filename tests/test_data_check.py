@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from imagefiles import quadrants, rotated_jpeg
-from nfdseg.distill.data import DataConfig, build_source, check_dataset, require_clean_data
-from nfdseg.distill.data.classes import parse_class_list
-from nfdseg.distill.data.sources import folder_source
+from nfdseg.data import DataConfig, build_source, check_dataset, require_clean_data
+from nfdseg.data.classes import parse_class_list
+from nfdseg.data.sources import folder_source
 from nfdseg.errors import DataError
 
 
@@ -220,8 +220,8 @@ def test_config_data_section_resolves_through_the_training_resolver(tmp_path, mo
     pytest.importorskip("torch", reason="the training loader validates architectures with torch")
     from nfdseg.config import from_dict
     from nfdseg.distill.config import load_run_config
-    from nfdseg.distill.data import config as data_config
-    from nfdseg.distill.data.cli import run_config_data
+    from nfdseg.data import config as data_config
+    from nfdseg.data.cli import run_config_data
     from nfdseg.errors import ConfigError
 
     (tmp_path / "cs.yaml").write_text(f"base: cityscapes_r101_r18\ndata: {{root: {tmp_path / 'cityscapes'}}}\n")

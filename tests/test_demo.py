@@ -52,7 +52,7 @@ def server(exported, tmp_path_factory):
 
 
 def _scene(tmp_path, name="scene.png", size=(96, 128)):
-    from nfdseg.distill.data.synthetic import generate_scene
+    from nfdseg.data.synthetic import generate_scene
 
     p = tmp_path / name
     Image.fromarray(generate_scene(5, size)[0]).save(p)
@@ -150,7 +150,7 @@ def test_examples_come_from_the_models_own_data(exported, tmp_path):
     import dataclasses
 
     from nfdseg.demo.examples import example_images
-    from nfdseg.distill.data.synthetic import SyntheticScenes
+    from nfdseg.data.synthetic import SyntheticScenes
     from nfdseg.serve import Segmenter
 
     manifest = Segmenter(exported, backend="onnxruntime").manifest

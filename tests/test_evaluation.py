@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nfdseg.distill.data.synthetic import CLASS_NAMES, generate_scene
+from nfdseg.data.synthetic import CLASS_NAMES, generate_scene
 
 SIZES = [(40, 56), (64, 48), (48, 48), (36, 72), (56, 40), (44, 60)]
 
@@ -60,8 +60,8 @@ def test_checkpoint_miou_equals_eval_of_its_onnx_on_mixed_sizes(mixed_run, tmp_p
 
 def test_scores_are_taken_at_the_labels_own_size(mixed_run):
     """Independent reference: predictions at input size, upsampled by nearest to each mask, one confusion matrix."""
-    from nfdseg.distill.data import build_source
-    from nfdseg.distill.data.config import DataConfig
+    from nfdseg.data import build_source
+    from nfdseg.data.config import DataConfig
     from nfdseg.config import from_dict
     from nfdseg.serve import Segmenter
     from nfdseg.serve.evaluate import evaluate

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from nfdseg.distill.checkpoint import load_model_from_dir
+from nfdseg.models.checkpoint import load_model_from_dir
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.export.parity import ParityBudget, run_parity
 from nfdseg.export.run import ExportConfig, run_export
@@ -145,7 +145,7 @@ def test_engine_compatibility_refusals(exported):
 
     from nfdseg.manifest import EngineInfo
     from nfdseg.serve.backends.tensorrt_backend import check_engine_compatible
-    from nfdseg.trt_compat import GpuInfo, TrtModule
+    from nfdseg.serve.backends.trt_compat import GpuInfo, TrtModule
 
     m = read_manifest(exported / "model.json")
     eng = replace(m, kind="engine", engine=EngineInfo("10.13.0", "tensorrt", "NVIDIA H100", "9.0", "fp16", "fp16", False))
@@ -181,7 +181,7 @@ def test_engine_build_path(trained_run, tmp_path):
     report = json.loads((tmp_path / "exp/parity.json").read_text())
     not_run = {n["artifact"]: n["reason"] for n in report["not_run"]}
     ran = {r["artifact"]: r for r in report["results"]}
-    from nfdseg.trt_compat import current_gpu
+    from nfdseg.serve.backends.trt_compat import current_gpu
 
     if current_gpu() is None:  # built without a GPU (TensorRT-RTX can): parity must say it did not run, and why
         assert m.artifact in not_run and m.artifact not in ran, report
@@ -207,7 +207,7 @@ def test_triton_config_parses_with_tritons_protobuf(exported, trained_run):
 
 
 def _gpu_and_tensorrt_reason():
-    from nfdseg.trt_compat import current_gpu
+    from nfdseg.serve.backends.trt_compat import current_gpu
 
     tm = tensorrt_like()
     if tm is None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nfdseg.distill.models import ARCHS, build_model, count_parameters
+from nfdseg.models import ARCHS, build_model, count_parameters
 from nfdseg.errors import ConfigError
 
 
@@ -44,7 +44,7 @@ def test_deeplabv3_mobilenetv3_matches_torchvision_and_takes_its_weights(tmp_pat
 
 
 def test_default_pairs_per_family():
-    from nfdseg.distill.models import default_pairs
+    from nfdseg.models import default_pairs
 
     assert default_pairs("deeplabv3_resnet", "deeplabv3_resnet") == (
         ("layer2", "layer2"), ("layer3", "layer3"), ("layer4", "layer4"), ("head", "head"))
@@ -80,7 +80,7 @@ def test_torchvision_cached_loads_only_what_is_in_the_torch_cache(tmp_path, monk
     import torch
     import torchvision
 
-    from nfdseg.distill.models import build_model, resolved_pretrained, torchvision_weights
+    from nfdseg.models import build_model, resolved_pretrained, torchvision_weights
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     m = build_model("deeplabv3_resnet18", 5, "torchvision_cached")

@@ -34,7 +34,7 @@ def _distill_export_and_check(teacher_dir, tmp_path, student_arch: str):
     """Train `student_arch` from the R50 teacher with the default NFD settings, export it, check parity."""
     import torch
 
-    from nfdseg.distill.checkpoint import load_model_from_dir
+    from nfdseg.models.checkpoint import load_model_from_dir
     from nfdseg.distill.config import load_run_config
     from nfdseg.distill.losses import DEFAULT_WEIGHTS
     from nfdseg.distill.trainer import train_stage
@@ -84,7 +84,7 @@ def test_paper_protocol_configs_load_and_build_their_models_and_loss(name, class
 
     from nfdseg.distill.config import load_run_config
     from nfdseg.distill.losses import NFDLoss, build_loss
-    from nfdseg.distill.models import build_model
+    from nfdseg.models import build_model
 
     cfg = load_run_config(name)
     assert (cfg.teacher.model.arch, cfg.student.model.arch) == ("deeplabv3_resnet101", "deeplabv3_resnet18")

@@ -14,7 +14,7 @@ import pytest
 
 from nfdseg.errors import ArtifactError, ConfigError, EngineNotRunnableHere
 from nfdseg.manifest import EngineInfo, read_manifest
-from nfdseg.trt_compat import (CudaSetupError, GpuInfo, TrtModule, binding_mismatch, cuda_device_index, current_gpu,
+from nfdseg.serve.backends.trt_compat import (CudaSetupError, GpuInfo, TrtModule, binding_mismatch, cuda_device_index, current_gpu,
                                engine_version_problem, fp16_build_path, version_tuple)
 
 from conftest import tensorrt_like
@@ -133,7 +133,7 @@ def test_broken_tensorrt_is_not_read_as_absent(monkeypatch, error):
     import sys
 
     from nfdseg.errors import BrokenDependencyError, MissingDependencyError
-    from nfdseg.trt_compat import import_tensorrt
+    from nfdseg.serve.backends.trt_compat import import_tensorrt
 
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", types.SimpleNamespace(__version__="1.7.1.116"))
@@ -150,7 +150,7 @@ def test_absent_tensorrt_lets_rtx_stand_in(monkeypatch):
     import sys
 
     from nfdseg.errors import BrokenDependencyError, MissingDependencyError
-    from nfdseg.trt_compat import import_tensorrt
+    from nfdseg.serve.backends.trt_compat import import_tensorrt
 
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_FailingImport("tensorrt", ModuleNotFoundError("No module named "
@@ -212,7 +212,7 @@ class _FakeCudart:
 
 
 def test_current_gpu_never_swallows_a_binding_mismatch(monkeypatch):
-    import nfdseg.trt_compat as tc
+    import nfdseg.serve.backends.trt_compat as tc
 
     assert "CUDA 13.4" in binding_mismatch(12060, 13040) and binding_mismatch(13000, 12080) == ""
     assert binding_mismatch(12020, 12080) == ""  # minor-version compatibility within a major

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from nfdseg.distill.checkpoint import load_model_from_dir
+from nfdseg.models.checkpoint import load_model_from_dir
 from nfdseg.distill.config import load_run_config
 from nfdseg.distill.trainer import BatchPlan, poly_lr, train_stage
 from nfdseg.errors import ArtifactError, ConfigError
@@ -109,7 +109,7 @@ def test_loader_workers_are_reproducible(tmp_path, trained_run):
 
 def test_identical_weights_give_identical_checkpoint_files(tmp_path):
     """The pipeline keys stages by sha256 of best.pt: equal weights must mean equal bytes."""
-    from nfdseg.distill.checkpoint import save_torch_atomic
+    from nfdseg.models.checkpoint import save_torch_atomic
 
     state = {"w": torch.arange(6.0)}
     save_torch_atomic(state, tmp_path / "a.pt")
@@ -136,8 +136,8 @@ def test_training_learns_beyond_the_untrained_model_and_the_majority_class(tmp_p
     predicting the most frequent class (measured here: about 13 % vs 0.1 % and 5.4 %)."""
     import numpy as np
 
-    from nfdseg.distill.data import build_source, preprocess_spec
-    from nfdseg.distill.models import build_model
+    from nfdseg.data import build_source, preprocess_spec
+    from nfdseg.models import build_model
     from nfdseg.distill.trainer import evaluate
     from nfdseg.manifest import Manifest
     from nfdseg.metrics import ConfusionMatrix

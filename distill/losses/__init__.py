@@ -36,7 +36,7 @@ def build_loss(cfg, s_channels: dict[str, int], t_channels: dict[str, int], stud
         if cfg.layers:
             pairs = parse_pairs(cfg.layers)
         else:
-            from ..models import default_pairs
+            from nfdseg.models import default_pairs
 
             pairs = default_pairs(teacher_family, student_family)
         return NFDLoss(pairs, s_channels, t_channels, weight=weight, norm=cfg.norm, reduction=cfg.reduction)

@@ -19,7 +19,7 @@ import numpy as np
 
 from nfdseg.errors import ArtifactError, EngineNotRunnableHere, InputError
 from nfdseg.manifest import Manifest
-from nfdseg.trt_compat import (GpuInfo, TrtModule, cuda_check, cuda_device_index, cuda_runtime, current_gpu,
+from nfdseg.serve.backends.trt_compat import (GpuInfo, TrtModule, cuda_check, cuda_device_index, cuda_runtime, current_gpu,
                                engine_version_problem, import_tensorrt)
 
 from .base import Backend

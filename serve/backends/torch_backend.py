@@ -36,7 +36,7 @@ class TorchBackend(Backend):
             import torch
         except ImportError:
             raise MissingDependencyError("the torch backend needs torch", fix="pip install torch, or use onnxruntime") from None
-        from nfdseg.distill.checkpoint import load_model_from_dir
+        from nfdseg.models.checkpoint import load_model_from_dir
 
         self.torch = torch
         if device == "auto":

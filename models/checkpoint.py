@@ -43,7 +43,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def load_model_from_dir(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
     """Load best.pt described by checkpoint.json in `ckpt_dir`. Returns (model in eval mode, manifest)."""
-    from .models import build_model
+    from nfdseg.models import build_model
 
     ckpt_dir = Path(ckpt_dir)
     if ckpt_dir.is_file():

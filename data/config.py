@@ -15,7 +15,7 @@ from .sources import FORMATS
 DATA_FORMATS = ("synthetic", *FORMATS)
 # The built-in run configs (quick, cityscapes_r101_r18, ...): the one home of the preset folder, here below the
 # training layer so that `nfdseg data check --config` resolves a run config without torch.
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "distill" / "configs"  # nfdseg/distill/configs when installed
 USER_BASE = "quick"  # a user's run config builds on the quick preset unless it names another `base:`
 # The quick default's image size, (height, width) in pixels: scenes, crops and the network input.
 DEFAULT_SIZE = (96, 96)
@@ -29,7 +29,7 @@ class DataConfig:
 
     format: Literal[DATA_FORMATS] = "synthetic"
     root: str = ""
-    classes: str = ""  # folder format: the class list file; "" is ROOT/classes.yaml (see distill/data/classes.py)
+    classes: str = ""  # folder format: the class list file; "" is ROOT/classes.yaml (see data/classes.py)
     train_split: str = "train"
     val_split: str = "val"
     synthetic_train: int = 2000

@@ -12,7 +12,7 @@ import importlib
 import logging
 from dataclasses import dataclass
 
-from .errors import ArtifactError, BrokenDependencyError, MissingDependencyError
+from nfdseg.errors import ArtifactError, BrokenDependencyError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def cuda_check(cudart, result, what: str):
 
 def cuda_device_index(device: str) -> int:
     """'auto' | 'cuda' -> 0, 'cuda:N' -> N; anything else is a ConfigError (TensorRT runs on a GPU only)."""
-    from .errors import ConfigError
+    from nfdseg.errors import ConfigError
 
     if device in ("auto", "cuda", "gpu"):
         return 0
