@@ -139,3 +139,15 @@ def test_gpu_probe_asks_nvidia_smi_and_imported_torch(tmp_path):
     cuda = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 2)
     got = probe_gpu(env={"PATH": ""}, root=tmp_path, smi=None, modules={"torch": types.SimpleNamespace(cuda=cuda)})
     assert got.found and "torch sees 2" in got.evidence
+
+
+def test_without_any_runtime_extra_the_error_names_one_command_per_target(monkeypatch):
+    from nfdseg.errors import MissingDependencyError, missing_extra
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError, as on the bare core
+    with pytest.raises(MissingDependencyError) as e:
+        OnnxRuntimeBackend(Path("model.onnx"), types.SimpleNamespace(precision="fp32"), device="cpu")
+    for extra in ("nfdseg[cpu]", "nfdseg[gpu-cu13]", "nfdseg[gpu-cu12]", "nfdseg[jetson]"):
+        assert extra in e.value.fix
+    hint = missing_extra(ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime"), "predict")
+    assert "nfdseg[cpu]" in hint.fix and "needs onnxruntime" in hint.what
