@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -105,8 +106,11 @@ def _stub_wheel(folder: Path, name: str, version: str, tag: str) -> Path:
 @pytest.fixture(scope="module")
 def nfdseg_wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    src = out / "src"  # built from a copy: an in-tree build would leave build/ in the checkout
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "tests", "benchmarks", "runs", "build", "dist",
+                                                             "*.egg-info", "__pycache__", "docs", "examples"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check",
-                        "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+                        "-w", str(out), str(src)], capture_output=True, text=True, timeout=300)
     if r.returncode != 0 and any(s in r.stderr for s in OFFLINE):
         pytest.skip(f"pip could not reach the package index to build the wheel: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stderr[-2000:]
