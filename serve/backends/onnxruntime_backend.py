@@ -92,7 +92,7 @@ class OnnxRuntimeBackend(Backend):
         self.provider = used[0]
         self.device_id = device_id
         self.device = f"cuda:{device_id}" if used[0] == "CUDAExecutionProvider" else "cpu"
-        relog(f"{preload_said}\n{said}", logging.INFO if self.device != "cpu" else logging.DEBUG)
+        relog(f"{preload_said}\n{said}")  # at INFO: other threads' output of that moment is in it too
         if want_cuda and device != "auto" and self.device == "cpu":
             self.fallback = _why_no_cuda(available, used[0], self.onnxruntime_said)
             log.warning("FALLBACK: %s", self.fallback)
