@@ -170,8 +170,17 @@ def train_section(p: dict, data: Path, work: Path, device: str, out: dict, budge
             if not warm:
                 res[name] = {"images_per_s": m.metrics["images_per_s"], "train_time_s": m.metrics["train_time_s"],
                              "amp_used": m.metrics["amp"], "device": m.metrics["device"], "requested": train}
+                # the trainer's own record must match the label (the CPU of the dry run trains fp32 only)
+                expect = {"amp": "off", "device": "cpu"} if device == "cpu" else {"amp": train["amp"], "device": "cuda"}
+                wrong = backend_mismatch({"amp": m.metrics["amp"], "device": m.metrics["device"]}, expect)
+                if wrong:
+                    res[name] = {"skipped": wrong.replace("Segmenter", "trainer"), "record": res[name]}
+                    continue
                 log.info("train %s: %.1f images/s", name, m.metrics["images_per_s"])
     set_tf32(True)
+    if not all("images_per_s" in res[name] for name in modes):
+        raise SkipSection("a training mode did not run as labelled: " + "; ".join(
+            res[n].get("skipped", "") for n in modes if "skipped" in res[n]))
     res["speedup"] = round(res["amp_bf16_channels_last"]["images_per_s"] / res["fp32_tf32_off"]["images_per_s"], 3)
     # the served student trains as long as this section's budget allows (up to serve_iters; 10 s for its evaluation)
     budget.check("the served student")

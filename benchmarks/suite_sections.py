@@ -78,7 +78,7 @@ class Recorder:
         """Run `fn(budget)` as section `name`; returns its result, or None when it did not finish."""
         left_total = self.total_s - (time.perf_counter() - self.t0)
         budget = Budget(name, min(budget_s, left_total))
-        rec = {"budget_s": round(budget.seconds, 1)}
+        rec = {"budget_s": round(budget.seconds, 2)}
         result = None
         try:
             if budget.seconds <= 0:
@@ -97,7 +97,7 @@ class Recorder:
             rec.update(status="failed", reason=f"{type(e).__name__}: {str(e)[:500]}")
             self.out.setdefault(name, {})["error"] = {"type": type(e).__name__, "message": str(e)[:2000],
                                                       "traceback": traceback.format_exc()[-4000:]}
-        rec["wall_s"] = round(budget.seconds - budget.left(), 1) if budget.seconds > 0 else 0.0
+        rec["wall_s"] = round(budget.seconds - budget.left(), 2) if budget.seconds > 0 else 0.0
         self.out["sections"][name] = rec
         log.info("section %s: %s%s (%.1f of %.0f s)", name, rec["status"],
                  f" ({rec['reason']})" if "reason" in rec else "", rec["wall_s"], rec["budget_s"])

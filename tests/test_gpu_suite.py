@@ -112,12 +112,12 @@ def test_suite_refuses_to_time_a_backend_its_report_contradicts():
 
 def test_section_budgets_stop_a_section_and_the_rest_say_why(tmp_path):
     out = tmp_path / "dry.json"
-    r = _run(["--dry-run", "--out", str(out), "--work", str(tmp_path / "work"), "--budget", "train=0.3"], tmp_path,
+    r = _run(["--dry-run", "--out", str(out), "--work", str(tmp_path / "work"), "--budget", "train=0.05"], tmp_path,
              timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads(out.read_text())
     s = d["sections"]
-    assert s["data"]["status"] == "done" and s["train"]["status"] == "over_budget" and s["train"]["budget_s"] == 0.3
+    assert s["data"]["status"] == "done" and s["train"]["status"] == "over_budget" and s["train"]["budget_s"] == 0.05
     assert "spent its 0 s budget" in d["train"]["stopped"] and d["train"]["teacher_s"] > 0  # what finished is kept
     assert s["torch"]["status"] == "skipped" and "trained student" in s["torch"]["reason"]
     assert d["complete"] is True and "variants" not in d["torch"] and "trained student" in d["torch"]["skipped"]
