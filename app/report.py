@@ -204,7 +204,8 @@ def _markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-USAGE = '''"""Minimal use of the deployed model: pip install "nfdseg" onnxruntime (or TensorRT + cuda-python)."""
+USAGE = '''"""Minimal use of the deployed model: pip install "nfdseg[cpu]" (a GPU: "nfdseg[gpu-cu13]" or [gpu-cu12];
+a Jetson: "nfdseg[jetson]"; a TensorRT engine: add [trt] and TensorRT), see docs/deploying.md."""
 import sys
 
 from nfdseg.serve import Segmenter

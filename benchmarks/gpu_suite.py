@@ -14,7 +14,13 @@
    TensorRT and the [export] tools are installed; otherwise skipped with the reason.
 
 Writes benchmarks/results/gpu_<gpu>.json (--dry-run writes only --out). Without a GPU it refuses (exit 2).
-Sections that would not fit the time budget (--budget-s, default 450) are skipped and say so.
+Every section has its own time budget (SECTION_BUDGETS_S; `--budget SECTION=SECONDS`), all of them capped by
+--budget-s (default 450); the export (ONNX, FP16 scan, TensorRT build, parity) runs in a child process with its
+budget as time-out. The JSON is written atomically after every section (`sections` says done / skipped /
+over_budget / failed with the reason; `complete` turns true at the end), so a kill keeps what finished. Before
+timing anything a section checks that the Segmenter's own report (`describe()`) shows the backend, provider,
+device and precision of its label, and skips with what it saw otherwise; the TensorRT section first checks
+TensorRT, cuda-python's bindings and the GPU (suite_sections.py).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import logging
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, git_rev, machine  # noqa: E402
+from suite_sections import (Budget, OverBudget, Recorder, SkipSection, backend_mismatch,  # noqa: E402
+                            missing_for_tensorrt, parse_budgets, runtime_plan, torch_expectation)
 
 log = logging.getLogger("gpu_suite")
 
@@ -41,6 +50,8 @@ GPU = dict(train_n=128, val_n=16, train_hw=(512, 1024), val_hw=(1024, 2048), cro
 DRY = dict(train_n=8, val_n=4, train_hw=(64, 128), val_hw=(64, 128), crop=(64, 64), input=(64, 128),
            scale=(0.75, 1.25), teacher="deeplabv3_resnet_tiny", student="deeplabv3_resnet10_w8", batch=2,
            teacher_iters=2, speed_iters=2, warm_iters=0, serve_iters=2, lat_iters=2, warmup=1, max_val=2)
+# Seconds per section (GPU sizes; the dry run's tiny sections take a fraction). Their sum is the default --budget-s.
+SECTION_BUDGETS_S = {"data": 40, "train": 170, "torch": 110, "export": 80, "onnxruntime_cuda": 25, "tensorrt": 25}
 
 
 def use_checkout() -> None:
@@ -132,23 +143,27 @@ def set_tf32(on: bool) -> None:
     mm.allow_tf32 = _TF32_DEFAULTS["matmul"] if on else False
 
 
-def train_section(p: dict, data: Path, work: Path, device: str, out: dict, t_suite: float, budget_s: float) -> Path:
+def train_section(p: dict, data: Path, work: Path, device: str, out: dict, budget: Budget) -> Path:
     """Teacher once, then the student stage in fp32 (TF32 off) and AMP bf16 + channels_last, same iterations;
-    then a longer bf16 student for the serving section. Returns that student's directory."""
+    then a longer bf16 student for the serving section, as long as the section's budget allows. Returns that
+    student's directory."""
     from nfdseg.distill.trainer import train_stage
 
     t0 = time.perf_counter()
     cfg = run_config(p, data, device, {"iters": p["speed_iters"]})
     train_stage(cfg, "teacher", work / "teacher", progress=False)
-    res: dict = {"teacher_s": round(time.perf_counter() - t0, 1), "crop": list(p["crop"]), "batch": p["batch"],
-                 "iters": p["speed_iters"], "teacher": p["teacher"], "student": p["student"],
-                 "images_per_s_is": "images / wall time of the whole train_stage loop (data, steps, one evaluation)"}
+    res = out["train"] = {"teacher_s": round(time.perf_counter() - t0, 1), "crop": list(p["crop"]),
+                          "batch": p["batch"], "iters": p["speed_iters"], "teacher": p["teacher"],
+                          "student": p["student"],
+                          "images_per_s_is": "images / wall time of the whole train_stage loop (data, steps, one "
+                                             "evaluation)"}
     modes = {"fp32_tf32_off": {"amp": "off", "channels_last": False},
              "amp_bf16_channels_last": {"amp": "bf16", "channels_last": True}}
     for warm in (True, False):  # a short unmeasured run of each mode first: CUDA/cuDNN start-up is nobody's speed
         for name, train in modes.items():
             if warm and not p["warm_iters"]:
                 continue
+            budget.check(f"the {'warm-up' if warm else 'timed'} {name} student")
             set_tf32(name != "fp32_tf32_off")
             iters = p["warm_iters"] if warm else p["speed_iters"]
             cfg = run_config(p, data, device, {"iters": iters, "eval_every": iters, "ckpt_every": iters, **train})
@@ -156,38 +171,55 @@ def train_section(p: dict, data: Path, work: Path, device: str, out: dict, t_sui
             if not warm:
                 res[name] = {"images_per_s": m.metrics["images_per_s"], "train_time_s": m.metrics["train_time_s"],
                              "amp_used": m.metrics["amp"], "device": m.metrics["device"], "requested": train}
+                # the trainer's own record must match the label (the CPU of the dry run trains fp32 only)
+                expect = {"amp": "off", "device": "cpu"} if device == "cpu" else {"amp": train["amp"], "device": "cuda"}
+                wrong = backend_mismatch({"amp": m.metrics["amp"], "device": m.metrics["device"]}, expect)
+                if wrong:
+                    res[name] = {"skipped": wrong.replace("Segmenter", "trainer"), "record": res[name]}
+                    continue
                 log.info("train %s: %.1f images/s", name, m.metrics["images_per_s"])
     set_tf32(True)
+    if not all("images_per_s" in res[name] for name in modes):
+        raise SkipSection("a training mode did not run as labelled: " + "; ".join(
+            res[n].get("skipped", "") for n in modes if "skipped" in res[n]))
     res["speedup"] = round(res["amp_bf16_channels_last"]["images_per_s"] / res["fp32_tf32_off"]["images_per_s"], 3)
-    # the served student trains as long as the budget allows (up to serve_iters), keeping ~150 s for serving
-    left = budget_s - (time.perf_counter() - t_suite)
-    fits = int((left - 150) * res["amp_bf16_channels_last"]["images_per_s"] / p["batch"])
-    n = max(min(p["serve_iters"], fits), min(p["serve_iters"], 50))
+    # the served student trains as long as this section's budget allows (up to serve_iters; 10 s for its evaluation)
+    budget.check("the served student")
+    fits = int((budget.left() - 10) * res["amp_bf16_channels_last"]["images_per_s"] / p["batch"])
+    n = max(min(p["serve_iters"], fits), min(p["serve_iters"], 20))
     cfg = run_config(p, data, device, {"iters": n, "eval_every": n, "ckpt_every": n, "amp": "bf16",
                                        "channels_last": True})
     m = train_stage(cfg, "student", work / "served", teacher_dir=work / "teacher", resume=False, progress=False)
     res["served_student"] = {"iters": n, "val_miou": m.metrics["miou"], "dir": str(work / "served")}
-    out["train"] = res
     return work / "served"
 
 
-def measure(seg, images: list, source, p: dict, ref_labels: list | None) -> tuple[dict, list]:
+def measure(seg, images: list, source, p: dict, ref_labels: list | None, budget: Budget | None = None,
+            expect: dict | None = None) -> tuple[dict, list | None]:
     """Label maps + mIoU on the validation images (nfdseg.serve.evaluate), agreement with `ref_labels`, and
-    end-to-end predict latency at batch 1 and 4."""
+    end-to-end predict latency at batch 1 and 4. First, when `expect` is given, the Segmenter's own report must
+    agree with it (backend_mismatch): otherwise nothing is run and the row says what was seen."""
     import numpy as np
 
     from nfdseg.serve.bench import percentiles
     from nfdseg.serve.evaluate import evaluate
 
+    report = seg.describe()
+    wrong = backend_mismatch(report, expect or {})
+    if wrong:
+        log.warning("not timed: %s", wrong)
+        return {"skipped": wrong, "expected": expect, "backend": report}, None
     labels: list = []
     ev = evaluate(seg, source, batch=1, limit=len(images), progress=False,
                   on_batch=lambda start, out, preds: labels.extend(pr.labels for pr in preds))
-    res = {"miou": ev["miou"], "backend": seg.describe()}
+    res = {"miou": ev["miou"], "backend": report, "expected": expect}
     if ref_labels is not None:
         agree = [float((a == b).mean() * 100) for a, b in zip(labels, ref_labels)]
         res["label_agreement_pct"] = round(float(np.mean(agree)), 4)
         res["label_agreement_min_image_pct"] = round(min(agree), 4)
     for batch in (1, 4):
+        if budget:
+            budget.check(f"latency at batch {batch}")
         xs = [images[i % len(images)] for i in range(batch)]
         for _ in range(p["warmup"]):
             seg.predict(xs)
@@ -200,73 +232,97 @@ def measure(seg, images: list, source, p: dict, ref_labels: list | None) -> tupl
     return res, labels
 
 
-def torch_section(student: Path, p: dict, device: str, out: dict) -> tuple[list, list]:
+def torch_section(student: Path, p: dict, device: str, out: dict, budget: Budget, dry_run: bool,
+                  state: dict) -> None:
     from nfdseg.serve import Segmenter
     from nfdseg.serve.evaluate import load_eval_source
 
     variants = [("fp32_tf32_off", "fp32", False, False), ("fp32", "fp32", True, False), ("fp16", "fp16", True, False),
                 ("bf16", "bf16", True, False), ("fp16_cuda_graphs", "fp16", True, True)]
-    rows, ref, images = {}, None, None
-    for name, precision, tf32, graphs in variants:
-        set_tf32(tf32)
-        seg = Segmenter(student, backend="torch", device=device, precision=precision, cuda_graphs=graphs)
-        source = load_eval_source(seg, "default", "folder", "val")
-        images = images or [source.load(i)[0] for i in range(len(source))]
-        rows[name], labels = measure(seg, images, source, p, ref)
-        ref = ref or labels
-        seg.close()
-        log.info("torch %s: p50 %.2f ms (batch 1)", name, rows[name]["batch1"]["p50_ms"])
-    set_tf32(True)
-    out["torch"] = {"input_hw": list(p["input"]), "reference": "fp32_tf32_off", "tf32_defaults": dict(_TF32_DEFAULTS),
+    rows: dict = {}
+    out["torch"] = {"input_hw": list(p["input"]), "reference": "fp32_tf32_off", "tf32_defaults": _TF32_DEFAULTS,
                     "variants": rows}
-    return ref, images
+    ref, images = None, None
+    try:
+        for name, precision, tf32, graphs in variants:
+            budget.check(f"variant {name}")
+            set_tf32(tf32)
+            seg = Segmenter(student, backend="torch", device=device, precision=precision, cuda_graphs=graphs)
+            try:
+                source = load_eval_source(seg, "default", "folder", "val")
+                images = images or [source.load(i)[0] for i in range(len(source))]
+                rows[name], labels = measure(seg, images, source, p, ref, budget,
+                                             torch_expectation(precision, graphs, dry_run))
+            finally:
+                seg.close()
+            if name == "fp32_tf32_off" and labels is not None:
+                ref = labels
+            if "batch1" in rows[name]:
+                log.info("torch %s: p50 %.2f ms (batch 1)", name, rows[name]["batch1"]["p50_ms"])
+    finally:
+        set_tf32(True)
+        state.update(ref=ref, images=images)
 
 
-def runtime_sections(student: Path, work: Path, p: dict, ref: list, images: list, out: dict, left_s: float) -> None:
-    """onnxruntime CUDA and TensorRT through run_export + Segmenter, each skipped with its reason."""
-    missing = [m for m in ("onnx", "onnxslim", "onnxconverter_common", "onnxruntime") if not _importable(m)]
-    if missing:
-        reason = f"not installed here: {', '.join(missing)} (pip install 'nfdseg[export]' onnxruntime-gpu)"
-        out["onnxruntime_cuda"] = out["tensorrt"] = {"skipped": reason}
-        return
-    import onnxruntime as ort
-
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    has_trt = _importable("tensorrt")
-    if not has_cuda and not has_trt:
-        out["onnxruntime_cuda"] = {"skipped": f"onnxruntime {ort.__version__} has no CUDA provider (CPU build; "
-                                              "pip install onnxruntime-gpu, not both)"}
-        out["tensorrt"] = {"skipped": "TensorRT is not installed (NVIDIA's container, JetPack or pip install tensorrt)"}
-        return
-    if left_s < 150:
-        out["onnxruntime_cuda"] = out["tensorrt"] = {"skipped": f"time budget: {left_s:.0f} s left, export needs ~150"}
-        return
+def export_job(student: str, export: str, engine: str, summary_path: str) -> int:
+    """The child process of the export section (`--export-job`): run_export, its summary to `summary_path`."""
+    use_checkout()
     from nfdseg.export.onnx2engine import EngineProfile
     from nfdseg.export.parity import ParityBudget
     from nfdseg.export.run import ExportConfig, run_export
+
+    cfg = ExportConfig(engine=engine, profile=EngineProfile(1, 1, 4), parity=ParityBudget(max_images=2))
+    summary = run_export(Path(student), Path(export), cfg)
+    Path(summary_path).write_text(json.dumps(summary, default=str))
+    return 0
+
+
+def export_section(student: Path, work: Path, out: dict, budget: Budget, plan: dict) -> dict:
+    """run_export in a child process whose time-out is this section's budget (trace, onnxslim, FP16 scan,
+    TensorRT build, parity cannot be interrupted from inside)."""
+    if plan["skip_export"]:
+        raise SkipSection(plan["skip_export"])
+    export, summary_path = work / "export", work / "export_summary.json"
+    summary_path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--export-job", str(student), str(export),
+           "on" if plan["tensorrt_ok"] else "off", str(summary_path)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, budget.left()))
+    except subprocess.TimeoutExpired:
+        raise OverBudget(f"export spent its {budget.seconds:.0f} s budget (child process stopped)") from None
+    if r.returncode != 0 or not summary_path.is_file():
+        raise RuntimeError(f"the export failed (exit {r.returncode}): {r.stderr.strip()[-1500:]}")
+    summary = json.loads(summary_path.read_text())
+    out["export"] = {"parity_passed": summary["parity"]["passed"], "engine": summary.get("engine"),
+                     "engine_requested": plan["tensorrt_ok"]}
+    return summary
+
+
+def served_section(name: str, backend: str, expect: dict, why_not: str, work: Path, p: dict, out: dict,
+                   budget: Budget, state: dict) -> None:
+    """onnxruntime CUDA or TensorRT on the export, measured only when the Segmenter reports `expect`."""
     from nfdseg.serve import Segmenter
     from nfdseg.serve.evaluate import load_eval_source
 
-    export = work / "export"
-    cfg = ExportConfig(engine="auto" if has_trt else "off", profile=EngineProfile(1, 1, 4),
-                       parity=ParityBudget(max_images=2))
-    summary = run_export(student, export, cfg)
-    out["export"] = {"parity_passed": summary["parity"]["passed"], "engine": summary.get("engine")}
-    for name, backend, ok, why in (("onnxruntime_cuda", "onnxruntime", has_cuda, "onnxruntime has no CUDA provider"),
-                                   ("tensorrt", "tensorrt", has_trt and bool((summary.get("engine") or {}).get("path")),
-                                    "TensorRT is not installed or built no engine")):
-        if not ok:
-            out[name] = {"skipped": why}
-            continue
-        seg = Segmenter(export, backend=backend, device="cuda")
-        out[name], _ = measure(seg, images, load_eval_source(seg, "default", "folder", "val"), p, ref)
+    if why_not:
+        raise SkipSection(why_not)
+    if state.get("images") is None:
+        raise SkipSection("no validation images: the torch section did not load them")
+    seg = Segmenter(work / "export", backend=backend, device="cuda")
+    try:
+        out[name], _ = measure(seg, state["images"], load_eval_source(seg, "default", "folder", "val"), p,
+                               state.get("ref"), budget, expect)
+    finally:
         seg.close()
 
 
 def _importable(name: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(name) is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent package is absent
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,10 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: checks the plumbing, no figures")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/gpu_<gpu>.json; required with --dry-run)")
     ap.add_argument("--work", help="scratch directory (default benchmarks/work/gpu_suite[_dry])")
-    ap.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget in seconds (default 450)")
+    ap.add_argument("--budget-s", type=float, default=float(sum(SECTION_BUDGETS_S.values())),
+                    help="wall-clock budget of the whole suite in seconds (default: the sections' sum, 450)")
+    ap.add_argument("--budget", action="append", default=[], metavar="SECTION=SECONDS",
+                    help=f"one section's budget (defaults: {', '.join(f'{k}={v:g}' for k, v in SECTION_BUDGETS_S.items())})")
+    ap.add_argument("--export-job", nargs=4, help=argparse.SUPPRESS)  # the export section's child process
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    t_start = time.perf_counter()
+    if args.export_job:
+        return export_job(*args.export_job)
+    budgets = parse_budgets(args.budget, SECTION_BUDGETS_S)
     missing = [m for m in ("torch", "numpy", "PIL", "yaml", "tqdm") if not _importable(m)]
     if missing:
         print(f"gpu_suite needs {', '.join(missing)}; install them (pip install torch numpy pillow pyyaml tqdm)",
@@ -299,28 +361,43 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     mach = machine()
     out: dict = {"benchmark": "gpu_suite", "dry_run": args.dry_run, "machine": mach, "git": git_rev(),
+                 "load_avg_1m": round(os.getloadavg()[0], 2),
                  "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
                               "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None},
-                 "params": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}}
-    failed = False
-    try:  # a section that fails is recorded with its error; the ones that do not depend on it still run
-        data = make_dataset(work / "data", p)
-        student = train_section(p, data, work, device, out, t_start, args.budget_s)
-        ref, images = torch_section(student, p, device, out)
-        runtime_sections(student, work, p, ref, images, out, args.budget_s - (time.perf_counter() - t_start))
-    except Exception as e:  # noqa: BLE001 - the JSON says what failed and where
-        import traceback
-
-        failed = True
-        out["error"] = {"type": type(e).__name__, "message": str(e)[:2000],
-                        "traceback": traceback.format_exc()[-4000:]}
-        log.error("gpu_suite failed: %s: %s", type(e).__name__, e)
-    out["wall_s"] = round(time.perf_counter() - t_start, 1)
+                 "params": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+                 "budgets_s": {**budgets, "total": args.budget_s}}
     path = Path(args.out) if args.out else RESULTS / f"gpu_{mach['tag']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    rec = Recorder(path, out, args.budget_s)
+    state: dict = {}
+    plan = runtime_plan(args.dry_run, _importable)  # decided up front, so a section that cannot run never starts
+    data = rec.run("data", budgets["data"], lambda b: make_dataset(work / "data", p))
+
+    def need(what, value, section):
+        if value is None:
+            raise SkipSection(f"{section} needs {what}, and the section that makes it did not finish")
+        return value
+
+    student = rec.run("train", budgets["train"],
+                      lambda b: train_section(p, need("the dataset", data, "train"), work, device, out, b))
+    rec.run("torch", budgets["torch"], lambda b: torch_section(need("the trained student", student, "torch"), p,
+                                                              device, out, b, args.dry_run, state))
+    summary = rec.run("export", budgets["export"],
+                      lambda b: export_section(need("the trained student", student, "export"), work, out, b, plan))
+    done = summary is not None
+    ort_why = plan["ort_why_not"] or ("" if done else "the export section did not finish")
+    rec.run("onnxruntime_cuda", budgets["onnxruntime_cuda"], lambda b: served_section(
+        "onnxruntime_cuda", "onnxruntime", {"backend": "onnxruntime", "provider": "CUDAExecutionProvider",
+                                            "device": "cuda", "precision": "fp16", "fallback": ""},
+        ort_why, work, p, out, b, state))
+    engine_built = done and bool((summary.get("engine") or {}).get("path"))
+    trt_why = plan["trt_why_not"] or ("" if engine_built else "the export built no engine" if done
+                                      else "the export section did not finish")
+    rec.run("tensorrt", budgets["tensorrt"], lambda b: served_section(
+        "tensorrt", "tensorrt", {"backend": "tensorrt", "device": "cuda", "precision": "fp16", "fallback": ""},
+        trt_why, work, p, out, b, state))
+    rec.finish()
     log.info("wrote %s in %.0f s", path, out["wall_s"])
-    return 1 if failed else 0
+    return 1 if rec.failed else 0
 
 
 if __name__ == "__main__":

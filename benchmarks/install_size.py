@@ -1,6 +1,6 @@
 """Installed size of the runtime-only nfdseg against the full one ([all]).
 
-Runtime only: a fresh virtual environment, `pip install <checkout>` with no extras, and the size of its
+Runtime only: a fresh virtual environment, `pip install '<checkout>[cpu]'` (the CPU runtime, no other extra), and the size of its
 site-packages on disk (pip and setuptools, which every virtual environment has, are counted apart).
 Full: the dependency closure of `nfdseg[all]` as installed in the current environment (the README's
 install), summed over each distribution's recorded files. Writes benchmarks/results/install_size_<machine>.json.
@@ -72,7 +72,7 @@ def runtime_only_venv() -> tuple[dict[str, int], int]:
     with tempfile.TemporaryDirectory() as tmp:
         venv.EnvBuilder(with_pip=True).create(tmp)
         py = Path(tmp) / "bin" / "python"
-        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{ROOT}[cpu]"],
                        check=True)
         code = ("import json, importlib.metadata as m, pathlib\n"
                 "out = {}\n"
@@ -95,7 +95,7 @@ def main() -> int:
     mb = lambda d: round(sum(d.values()) / 2**20, 1)  # noqa: E731
     result = {
         "benchmark": "install_size", "machine": machine(), "git": git_rev(),
-        "runtime_only": {"install": "pip install nfdseg", "size_mb": mb(runtime), "torch_installed": has_torch,
+        "runtime_only": {"install": "pip install 'nfdseg[cpu]'", "size_mb": mb(runtime), "torch_installed": has_torch,
                          "distributions": {k: round(v / 2**20, 2) for k, v in sorted(runtime.items())}},
         "full": {"install": "pip install 'nfdseg[all]' (closure measured in the development environment)",
                  "size_mb": mb(full),

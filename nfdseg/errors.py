@@ -66,9 +66,19 @@ EXTRA_OF_MODULE = {
 }
 
 
+# onnxruntime comes from one runtime extra per target (exactly one build: they share the import name).
+RUNTIME_INSTALL_HINT = ("pip install 'nfdseg[cpu]' (CPU), 'nfdseg[gpu-cu13]' (NVIDIA GPU, CUDA 13), "
+                        "'nfdseg[gpu-cu12]' (CUDA 12) or, on a Jetson, 'nfdseg[jetson]' with NVIDIA's Jetson AI Lab "
+                        "index (docs/deploying.md, Install)")
+
+
 def missing_extra(error: ModuleNotFoundError, command: str = "this command") -> MissingDependencyError | None:
     """The install hint for an optional module that is not installed, or None when it is not one of ours."""
     module = (error.name or "").split(".")[0]
+    if module == "onnxruntime":
+        return MissingDependencyError(f"`nfdseg {command}` needs onnxruntime, which is not installed",
+                                      seen="nfdseg without a runtime extra has no inference engine",
+                                      fix=RUNTIME_INSTALL_HINT)
     extra = EXTRA_OF_MODULE.get(module)
     if extra is None:
         return None

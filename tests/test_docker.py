@@ -41,3 +41,45 @@ def test_dockerfile_uses_the_checked_health_script_and_keeps_distro_pip():
     text = (ROOT / "Dockerfile").read_text()
     assert "COPY docker/healthcheck.py" in text and "CMD python3 /usr/local/bin/nfdseg-healthcheck.py" in text
     assert "-m pip install --upgrade pip" not in text
+
+
+ENTRY = ROOT / "docker" / "entrypoint.sh"
+
+
+def _entry(tmp_path, env: dict, *args) -> subprocess.CompletedProcess:
+    fake = tmp_path / "fake-nfdseg"  # stands in for the nfdseg command: prints what it was given
+    fake.write_text('#!/bin/sh\necho "HOME=$HOME"\necho "MPL=$MPLCONFIGDIR"\necho "ARGS=$*"\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "NFDSEG_COMMAND": str(fake), **env}
+    return subprocess.run(["sh", str(ENTRY), *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_entrypoint_gives_a_homeless_user_a_writable_home_and_runs_the_command(tmp_path):
+    # `docker run --user 1000:1000` with no passwd entry: HOME is / or unset, not writable by that uid
+    r = _entry(tmp_path, {"HOME": "/nonexistent", "NFDSEG_RUNS_DIR": str(tmp_path)}, "demo", "runs/x/export")
+    assert r.returncode == 0, r.stderr
+    home = r.stdout.split("HOME=")[1].split()[0]
+    assert home.startswith("/tmp/nfdseg-home.") and Path(home).is_dir()
+    assert f"MPL={home}/.config/matplotlib" in r.stdout and "ARGS=demo runs/x/export" in r.stdout
+    assert r.stderr == "", "a writable runs folder gives no warning"
+    Path(home).rmdir()
+    r = _entry(tmp_path, {"HOME": str(tmp_path), "NFDSEG_RUNS_DIR": str(tmp_path)}, "--help")
+    assert f"HOME={tmp_path}" in r.stdout, "a writable HOME is kept"
+
+
+def test_entrypoint_says_how_to_fix_a_runs_mount_it_cannot_write(tmp_path):
+    # /proc/self: a folder no uid can create files in (root included), standing in for a host-owned mount
+    r = _entry(tmp_path, {"HOME": str(tmp_path), "NFDSEG_RUNS_DIR": "/proc/self"}, "bench", "runs/x/export")
+    assert r.returncode == 0 and "ARGS=bench runs/x/export" in r.stdout
+    assert "/proc/self" in r.stderr and "not writable by uid" in r.stderr and "--user $(id -u):$(id -g)" in r.stderr
+
+
+def test_dockerfile_installs_one_gpu_runtime_and_documents_the_user_and_cuda12_extras():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "ARG NFDSEG_EXTRAS=all-cu13" in text, "the image gets the GPU onnxruntime (tests/test_install_targets.py)"
+    assert "nfdseg-check-install.py" in text and 'ENTRYPOINT ["/usr/local/bin/nfdseg-entrypoint"]' in text
+    example = text[text.index("tensorrt:24.08-py3"):text.index("-t nfdseg:trt10")]
+    assert "NFDSEG_EXTRAS=all-cu12" in example and "cu126" in example, "the CUDA 12.6 base needs the CUDA 12 extras"
+    assert "--user $(id -u):$(id -g)" in text and "-v $PWD/runs:/work/runs" in text
+    docs = (ROOT / "docs" / "deploying.md").read_text()
+    assert "--user $(id -u):$(id -g)" in docs and "NFDSEG_EXTRAS=all-cu12" in docs

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extras", ["dev", "all"])
+@pytest.mark.parametrize("extras", ["dev", "all", "all-cu13"])  # all-cu13: the Docker image
 def test_extras_keep_the_installed_torch(tmp_path, extras):
     import torch
 

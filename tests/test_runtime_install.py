@@ -1,4 +1,5 @@
-"""`pip install nfdseg` (no extras) in a clean virtual environment is a working runtime without torch.
+"""`pip install 'nfdseg[cpu]'` (the CPU runtime, no other extra) in a clean virtual environment is a working
+runtime without torch.
 
 Slow (a virtual environment and a pip install from PyPI, ~1 minute); it needs the package index, and skips
 with that reason when pip cannot reach it.
@@ -27,19 +28,19 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def runtime_env(tmp_path_factory) -> Path:
-    """A virtual environment with nfdseg installed from this checkout, no extras: its bin/ folder."""
+    """A virtual environment with nfdseg[cpu] installed from this checkout, no other extra: its bin/ folder."""
     env_dir = tmp_path_factory.mktemp("runtime-venv")
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     bin_dir = env_dir / "bin"
     # A non-editable install from a copy-free build of the checkout, as a user would from a wheel.
-    r = _run([bin_dir / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+    r = _run([bin_dir / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{ROOT}[cpu]"],
              cwd=env_dir)
     if r.returncode != 0:
         text = r.stdout + r.stderr
         if any(s in text for s in ("Could not find a version", "Failed to establish", "Temporary failure",
                                    "No matching distribution", "Network is unreachable")):
             pytest.skip(f"pip could not reach the package index: {text.strip().splitlines()[-1]}")
-        raise AssertionError(f"pip install nfdseg failed:\n{text[-3000:]}")
+        raise AssertionError(f"pip install nfdseg[cpu] failed:\n{text[-3000:]}")
     return bin_dir
 
 

@@ -266,7 +266,7 @@ def _ort_cuda_reason():
     except ImportError:
         return "onnxruntime is not installed"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return f"onnxruntime {ort.__version__} has no CUDA provider (install onnxruntime-gpu alone)"
+        return f"onnxruntime {ort.__version__} has no CUDA provider (pip install 'nfdseg[gpu-cu13]' or [gpu-cu12], alone)"
     return None
 
 

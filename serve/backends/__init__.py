@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nfdseg.errors import ArtifactError, ConfigError, NfdsegError
+from nfdseg.errors import RUNTIME_INSTALL_HINT, ArtifactError, ConfigError, NfdsegError
 from nfdseg.manifest import Manifest, read_manifest
 
 from .base import Backend
@@ -109,7 +109,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
             log.warning("FALLBACK: %s", note)
         return b
     raise ArtifactError(f"no backend can serve {path}", seen="; ".join(reasons),
-                        fix="install onnxruntime, or pass an artifact the chosen backend can load")
+                        fix=f"{RUNTIME_INSTALL_HINT}; or pass an artifact the chosen backend can load")
 
 
 def _pick_onnx(files: list[Path], precision: str, on_gpu: bool) -> Path:

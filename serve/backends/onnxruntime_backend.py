@@ -2,22 +2,26 @@
 
 Which provider actually runs is read back from the session (`get_available_providers()` lists CUDA
 whenever onnxruntime-gpu is installed, even where its libraries cannot load) and reported; asking
-for CUDA and getting CPU is logged as a warning and recorded in `fallback`, never silent.
+for CUDA and getting CPU is logged as a warning and recorded in `fallback` with what onnxruntime said
+about it (ort_providers.py captures it), never silent. Before a CUDA session, NVIDIA's pip CUDA/cuDNN
+libraries are preloaded (`onnxruntime.preload_dlls()`, where it exists).
 `InferenceSession.run` is safe to call from several threads; the IO binding is made per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
-from nfdseg.errors import ArtifactError, ConfigError, MissingDependencyError
+from nfdseg.errors import RUNTIME_INSTALL_HINT, ArtifactError, ConfigError, MissingDependencyError
+from nfdseg.serve.backends.gpu_probe import gpu_present
 from nfdseg.manifest import Manifest
 
 from .base import Backend
+from .ort_providers import GPU_PROVIDERS, captured_output, preload_gpu_libraries, relog, telling_lines
 
 log = logging.getLogger(__name__)
 
@@ -52,34 +56,48 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError:
             raise MissingDependencyError("the onnxruntime backend needs onnxruntime",
-                                         fix="pip install onnxruntime (CPU) or onnxruntime-gpu (not both)") from None
+                                         seen="nfdseg is installed without a runtime extra",
+                                         fix=RUNTIME_INSTALL_HINT) from None
         want_cuda, device_id = parse_device(device)
         available = ort.get_available_providers()
         providers: list = ["CPUExecutionProvider"]
         if want_cuda and "CUDAExecutionProvider" in available:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+        gpu_requested = any((p[0] if isinstance(p, tuple) else p) in GPU_PROVIDERS for p in providers)
+        preload_said = preload_gpu_libraries(ort) if gpu_requested else ""
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        # CPU: errors only (run-time chatter). A GPU session: warnings too, since the provider's failure to load
+        # is one; they are captured below and logged, and put in `fallback` when CUDA did not load.
+        opts.log_severity_level = 2 if gpu_requested else 3
         if threads:
             opts.intra_op_num_threads = threads
         if not spin:
             # Idle intra-op threads otherwise spin-wait after each run, taking the cores that callers'
             # decoding and preprocessing need; measured on 2 cores, batching only pays with spinning off.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as e:
-            raise ArtifactError(f"onnxruntime cannot load {path}", seen=f"{type(e).__name__}: {str(e)[:300]}",
+        with (captured_output() if gpu_requested else contextlib.nullcontext()) as cap:
+            try:
+                self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            except Exception as e:
+                error = e
+            else:
+                error = None
+        said = cap.text if cap is not None else ""  # read once the capture ended
+        if error is not None:
+            raise ArtifactError(f"onnxruntime cannot load {path}", seen=f"{type(error).__name__}: {str(error)[:300]}"
+                                + (f"; onnxruntime said: {telling_lines(said)}" if said.strip() else ""),
                                 fix="re-export the model with `nfdseg export`") from None
         used = self.session.get_providers()
+        self.onnxruntime_said = telling_lines(f"{preload_said}\n{said}")  # '' when it reported nothing
         self.provider = used[0]
         self.device_id = device_id
         self.device = f"cuda:{device_id}" if used[0] == "CUDAExecutionProvider" else "cpu"
+        relog(f"{preload_said}\n{said}")  # at INFO: other threads' output of that moment is in it too
         if want_cuda and device != "auto" and self.device == "cpu":
-            self.fallback = _why_no_cuda(available, used[0])
+            self.fallback = _why_no_cuda(available, used[0], self.onnxruntime_said)
             log.warning("FALLBACK: %s", self.fallback)
-        elif device == "auto" and self.device == "cpu" and _gpu_visible():
-            self.fallback = _why_no_cuda(available, used[0])
+        elif device == "auto" and self.device == "cpu" and (gpu_requested or gpu_present().found):
+            self.fallback = _why_no_cuda(available, used[0], self.onnxruntime_said)
             log.warning("FALLBACK: %s", self.fallback)
         log.info("onnxruntime %s on %s (%s)", ort.__version__, used[0], path.name)
         self.input_name = self.session.get_inputs()[0].name
@@ -97,19 +115,20 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict:
         import onnxruntime as ort
 
-        return {**super().describe(), "provider": self.provider, "onnxruntime": ort.__version__}
+        return {**super().describe(), "provider": self.provider, "onnxruntime": ort.__version__,
+                "onnxruntime_said": self.onnxruntime_said}
 
 
-def _why_no_cuda(available: list[str], used: str) -> str:
+def _why_no_cuda(available: list[str], used: str, said: str = "") -> str:
     if "CUDAExecutionProvider" not in available:
         dists = conflicting_installs()
         if len(dists) > 1:
             return (f"onnxruntime has no CUDA provider: {' and '.join(dists)} are both installed and the CPU build "
-                    "won; pip uninstall them all, then pip install onnxruntime-gpu alone")
-        return "a GPU is visible but onnxruntime has no CUDA provider: running on CPU (pip install onnxruntime-gpu)"
-    return (f"onnxruntime lists CUDAExecutionProvider but could not create it (ran on {used}): its CUDA/cuDNN "
-            "libraries do not match this machine; see docs/deploying.md")
-
-
-def _gpu_visible() -> bool:
-    return bool(os.environ.get("CUDA_VISIBLE_DEVICES", "x") != "" and Path("/dev/nvidia0").exists())
+                    "won; pip uninstall them all, then pip install 'nfdseg[gpu-cu13]' (or [gpu-cu12]) alone")
+        return (f"a GPU is visible ({gpu_present().evidence}) but onnxruntime has no CUDA provider: running on CPU "
+                "(the CPU build is installed: pip uninstall onnxruntime, then pip install 'nfdseg[gpu-cu13]', or "
+                "[gpu-cu12] on CUDA 12)")
+    why = f"; onnxruntime said: {said}" if said else "; onnxruntime gave no reason"
+    return (f"onnxruntime lists CUDAExecutionProvider but could not create it (ran on {used}){why}. Usually its "
+            "CUDA/cuDNN major does not match this machine (onnxruntime-gpu 1.27+ needs CUDA 13, older needs CUDA "
+            "12: docs/deploying.md)")

@@ -4,7 +4,11 @@ graphs) or CPU (fp32). Needs torch, so it is for development and GPU servers, no
 Reduced precision converts the weights once (`.half()` / `.to(torch.bfloat16)`) rather than
 autocasting every call; the label map's argmax runs on the GPU, so only N*H*W bytes come back when
 probabilities are not asked for. CUDA graphs are captured once per input shape, all in one shared
-memory pool, and replayed under a lock (their static buffers are shared by every caller).
+memory pool, and replayed under a lock (their static buffers are shared by every caller). With graphs on,
+every device operation of a call (the host-to-device copy, capture, replay, the copy back) runs under that
+one lock, so no thread touches the GPU while another captures; capture also uses
+`capture_error_mode="thread_local"`, so work that other code in the process (another backend, a trainer)
+issues from its own threads does not invalidate a capture.
 """
 
 from __future__ import annotations
@@ -90,11 +94,13 @@ class TorchBackend(Backend):
     def _run(self, batch: np.ndarray, labels_only: bool) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            x = self._to_device(batch)
             if not self.cuda_graphs:
-                logits, labels = self._forward(x)
+                logits, labels = self._forward(self._to_device(batch))
                 return (labels if labels_only else logits).cpu().numpy()
-            with self._lock:  # the graph's static input/output tensors are shared by all callers
+            # The graph's static tensors are shared by all callers, and a capture (first call of a shape) must not
+            # overlap another thread's device work: the copy in, capture, replay and copy out all hold the lock.
+            with self._lock:
+                x = self._to_device(batch)
                 graph, static_in, static_out = self._graph_for(x)
                 static_in.copy_(x)
                 graph.replay()
@@ -114,7 +120,7 @@ class TorchBackend(Backend):
                     self._forward(static_in)
             torch.cuda.current_stream(self.dev).wait_stream(s)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 static_out = self._forward(static_in)
             self._graphs[key] = (graph, static_in, static_out)
             log.info("captured a CUDA graph for input %s (%d shapes share one pool)", key, len(self._graphs))

@@ -16,8 +16,11 @@ from nfdseg.errors import ArtifactError, BrokenDependencyError, MissingDependenc
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = ("install TensorRT: use NVIDIA's TensorRT container or JetPack, or `pip install tensorrt` "
-                "(needs NVIDIA's package host); tests may use `pip install tensorrt-rtx`")
+# A bare `pip install tensorrt` now brings TensorRT 11; where TensorRT 10 is meant (JetPack 6, engines built by
+# TensorRT 10, the 24.08 container) the pin says so. TensorRT 11 is supported too (strongly typed builds only).
+INSTALL_HINT = ("install TensorRT: use NVIDIA's TensorRT container or JetPack, or `pip install 'tensorrt>=10,<11'` "
+                "for TensorRT 10 (`'tensorrt>=11,<12'` for TensorRT 11; needs NVIDIA's package host); tests may use "
+                "`pip install tensorrt-rtx`")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -1,0 +1,136 @@
+"""One pip command per deployment target ends with exactly one onnxruntime build, of the right kind.
+
+onnxruntime (CPU) and onnxruntime-gpu share one import name: with both installed the last one wins, often the
+CPU build, and a GPU server runs on its CPU. Each target's command (docs/deploying.md, "Install") is put to
+pip's resolver as a dry run from this checkout (`--ignore-installed`: as on a fresh machine) and the report must
+hold one onnxruntime distribution: the CPU build for `cpu` (and `all`, the development set), onnxruntime-gpu
+built for CUDA 12 / CUDA 13 for `gpu-cu12` / `gpu-cu13` (the CUDA major read from the wheel's own
+`[cuda]` requirements, not from a version rule), nothing for the bare core. The Jetson target resolves for
+aarch64 / Python 3.10 (JetPack 6) against a stand-in for NVIDIA's Jetson AI Lab index (not reachable here),
+and without that index must fail rather than fall back to a CPU build.
+
+Slow (pip asks the package index for metadata); skips with the reason when the index cannot be reached.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+OFFLINE = ("Failed to establish", "Temporary failure", "Network is unreachable", "Max retries exceeded",
+           "Could not fetch URL", "connection timed out", "Read timed out")
+
+
+def _pip(args: list[str], timeout: int = 420) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+           "--disable-pip-version-check", *args]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"pip's resolver did not answer within {timeout} s (package index slow or unreachable)")
+    if r.returncode != 0 and any(s in r.stderr for s in OFFLINE):
+        pytest.skip(f"pip could not reach the package index: {r.stderr.strip().splitlines()[-1]}")
+    return r
+
+
+def _resolve(args: list[str], tmp_path: Path) -> dict[str, dict]:
+    report = tmp_path / "report.json"
+    r = _pip([*args, "--report", str(report)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]
+            for i in json.loads(report.read_text())["install"]}
+
+
+def onnxruntime_builds(dists: dict[str, dict]) -> list[str]:
+    return sorted(n for n in dists if n.startswith("onnxruntime") and not n.startswith("onnxruntime-genai")
+                  and n != "onnxruntime-extensions")
+
+
+def cuda_major(metadata: dict) -> int:
+    """The CUDA major an onnxruntime-gpu wheel is built for, from its `[cuda]` extra's runtime requirement
+    (nvidia-cuda-runtime-cu12~=12.0 up to 1.26; nvidia-cuda-runtime-cu13 / nvidia-cuda-runtime ~=13.0 after)."""
+    for req in metadata.get("requires_dist") or []:
+        m = re.match(r"nvidia-cuda-runtime(?:-cu(\d+))?\s*~=\s*(\d+)", req)
+        if m and 'extra == "cuda"' in req:
+            return int(m.group(1) or m.group(2))
+    raise AssertionError(f"no CUDA runtime requirement in onnxruntime-gpu {metadata['version']}'s metadata")
+
+
+@pytest.mark.parametrize("extra, build, cuda", [
+    ("cpu", "onnxruntime", None),
+    ("gpu-cu12", "onnxruntime-gpu", 12),
+    ("gpu-cu13", "onnxruntime-gpu", 13),
+    ("all", "onnxruntime", None),  # the README's pipeline install (and, through [dev], the test install)
+    ("all-cu13", "onnxruntime-gpu", 13),  # the Docker image
+])
+def test_each_target_resolves_to_exactly_one_onnxruntime(tmp_path, extra, build, cuda):
+    dists = _resolve([f"{ROOT}[{extra}]"], tmp_path)
+    assert onnxruntime_builds(dists) == [build], f"nfdseg[{extra}] would install {onnxruntime_builds(dists)}"
+    if cuda is not None:
+        assert cuda_major(dists[build]) == cuda, f"nfdseg[{extra}] resolved onnxruntime-gpu {dists[build]['version']}"
+        libs = {n for n in dists if n.startswith("nvidia-cudnn")}
+        assert libs == {f"nvidia-cudnn-cu{cuda}"}, f"cuDNN from pip for CUDA {cuda}: {libs}"
+
+
+def test_the_bare_core_brings_no_onnxruntime(tmp_path):
+    dists = _resolve([str(ROOT)], tmp_path)
+    assert onnxruntime_builds(dists) == [] and "torch" not in dists
+    assert {"numpy", "pillow", "pyyaml", "tqdm"} <= set(dists)
+
+
+def _stub_wheel(folder: Path, name: str, version: str, tag: str) -> Path:
+    """A minimal valid wheel (metadata only) standing in for the Jetson AI Lab index's onnxruntime-gpu."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    files = {f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}.dist-info/WHEEL": f"Wheel-Version: 1.0\nGenerator: stub\nRoot-Is-Purelib: false\nTag: {tag}\n"}
+    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
+                     f"{len(t)}\n" for p, t in files.items()) + f"{dist}.dist-info/RECORD,,\n"
+    path = folder / f"{dist}-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for p, t in {**files, f"{dist}.dist-info/RECORD": record}.items():
+            z.writestr(p, t)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nfdseg_wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    src = out / "src"  # built from a copy: an in-tree build would leave build/ in the checkout
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "tests", "benchmarks", "runs", "build", "dist",
+                                                             "*.egg-info", "__pycache__", "docs", "examples"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check",
+                        "-w", str(out), str(src)], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and any(s in r.stderr for s in OFFLINE):
+        pytest.skip(f"pip could not reach the package index to build the wheel: {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return next(out.glob("nfdseg-*.whl"))
+
+
+JETSON = ["--only-binary=:all:", "--platform", "linux_aarch64", "--platform", "manylinux2014_aarch64",
+          "--python-version", "3.10", "--implementation", "cp"]
+
+
+def test_jetson_resolves_to_the_jetson_build_only(tmp_path, nfdseg_wheel):
+    index = tmp_path / "jetson-ai-lab"
+    index.mkdir()
+    _stub_wheel(index, "onnxruntime-gpu", "1.23.0", "cp310-cp310-linux_aarch64")
+    dists = _resolve([*JETSON, "--target", str(tmp_path / "t"), "--find-links", str(index),
+                      f"nfdseg[jetson] @ {nfdseg_wheel.as_uri()}"], tmp_path)
+    assert onnxruntime_builds(dists) == ["onnxruntime-gpu"] and dists["onnxruntime-gpu"]["version"] == "1.23.0"
+    assert dists["cuda-python"]["version"].startswith("12."), "JetPack 6 has a CUDA 12 driver: cuda-python 12"
+
+
+def test_jetson_without_its_index_fails_instead_of_taking_a_cpu_build(tmp_path, nfdseg_wheel):
+    r = _pip([*JETSON, "--target", str(tmp_path / "t"), f"nfdseg[jetson] @ {nfdseg_wheel.as_uri()}"])
+    assert r.returncode != 0 and "onnxruntime-gpu" in r.stderr and "No matching distribution" in r.stderr, r.stderr
