@@ -11,53 +11,48 @@ import logging
 import sys
 from pathlib import Path
 
+from nfdseg.cliargs import add_config_args, add_out_arg, add_quiet_arg
 from nfdseg.distill.config import LOSSES
 from nfdseg.errors import NfdsegError, missing_extra
 
 log = logging.getLogger("nfdseg")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="quick",
-                   help="YAML run config, or a built-in name: quick (default), cityscapes_r101_r18")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set student.train.iters=200 (repeatable)")
-
-
 def _load_cfg(args):
-    from nfdseg.config import parse_overrides
+    from nfdseg.cliargs import overrides_of
     from nfdseg.distill.config import load_run_config
 
-    over = parse_overrides(args.overrides)
+    over = overrides_of(args)
     if getattr(args, "loss", None):
         over.setdefault("distill", {})["loss"] = args.loss
     return load_run_config(args.config, over)
 
 
 def cmd_distill(args) -> int:
-    from nfdseg.distill.trainer import train_stage, up_to_date
+    from nfdseg.distill.stage import run_stage
 
     cfg = _load_cfg(args)
     out = Path(args.out)
     teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
-    # A finished stage whose inputs are unchanged is kept as it is (with or without --restart); --restart starts
-    # over only the stages whose inputs changed.
+    # The stage's own policy (distill/stage.py), as the pipeline runs it: a finished stage whose inputs are
+    # unchanged is kept (with or without --restart); a run of other inputs is refused unless --restart.
+    on_stale = "restart" if args.restart else "refuse"
     if args.stage in ("teacher", "both"):
-        m = up_to_date(cfg, "teacher", out / "teacher")
-        state = "up to date, kept" if m is not None else "trained"
-        m = m or train_stage(cfg, "teacher", out / "teacher", resume=not args.restart, progress=not args.quiet)
-        if m is not None:  # None on non-main ranks under torchrun
-            print(f"teacher {m.architecture} ({state}): val mIoU {m.metrics['miou']:.2f}% -> {out / 'teacher'}")
+        r = run_stage(cfg, "teacher", out / "teacher", on_stale=on_stale, progress=not args.quiet)
+        if r.manifest is not None:  # None on non-main ranks under torchrun
+            print(f"teacher {r.manifest.architecture} ({_said(r.state)}): val mIoU {r.manifest.metrics['miou']:.2f}% "
+                  f"-> {out / 'teacher'}")
     if args.stage in ("student", "both"):
         student_dir = out / (args.student_name or "student")
-        m = up_to_date(cfg, "student", student_dir, teacher_dir)
-        state = "up to date, kept" if m is not None else "trained"
-        m = m or train_stage(cfg, "student", student_dir, teacher_dir=teacher_dir, resume=not args.restart,
-                             progress=not args.quiet)
-        if m is not None:
-            print(f"student {m.architecture} ({cfg.distill.loss}, {state}): val mIoU {m.metrics['miou']:.2f}% "
-                  f"-> {student_dir}")
+        r = run_stage(cfg, "student", student_dir, teacher_dir, on_stale=on_stale, progress=not args.quiet)
+        if r.manifest is not None:
+            print(f"student {r.manifest.architecture} ({cfg.distill.loss}, {_said(r.state)}): val mIoU "
+                  f"{r.manifest.metrics['miou']:.2f}% -> {student_dir}")
     return 0
+
+
+def _said(state: str) -> str:
+    return "up to date, kept" if state == "up to date" else state
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the teacher (cross-entropy), then the student (cross-entropy + the "
                                    "distillation loss). Each stage writes best.pt + checkpoint.json; rerunning the "
                                    "same command resumes from last.pt.")
-    _add_config_args(p)
-    p.add_argument("--out", default="runs/quick", help="output directory (default: runs/quick)")
+    add_config_args(p)
+    add_out_arg(p, "runs/quick")
     p.add_argument("--stage", choices=("teacher", "student", "both"), default="both",
                    help="which stage to run (default: both)")
     p.add_argument("--teacher", help="teacher run directory for the student stage (default: OUT/teacher)")
@@ -83,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true",
                    help="start over the stages whose inputs changed (discarding their last.pt); finished stages "
                         "with unchanged inputs are kept")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_arg(p)
     p.set_defaults(func=cmd_distill)
 
     for register in _extra_commands():

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nfdseg.cliargs import add_config_args, add_out_arg, add_quiet_arg, overrides_of
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.export.onnx2engine import ENGINE_MODES
 from nfdseg.fsutil import sha256_file, sha256_json, write_json_atomic
@@ -27,9 +28,11 @@ STAGES = ("teacher", "student", "baseline", "export", "bench", "report")
 
 class Pipeline:
     def __init__(self, cfg, out: Path, baseline: bool = True, force: tuple[str, ...] = (), overwrite: bool = False,
-                 progress: bool = True, bench_seconds: float = 45.0, engine: str = "auto", deploy: str = "better"):
+                 progress: bool = True, bench_seconds: float = 45.0, engine: str | None = None,
+                 deploy: str = "better"):
         self.cfg, self.out, self.baseline, self.force = cfg, Path(out), baseline, set(force)
-        self.progress, self.bench_seconds, self.engine, self.deploy = progress, bench_seconds, engine, deploy
+        self.progress, self.bench_seconds, self.deploy = progress, bench_seconds, deploy
+        self.export_cfg = pipeline_export_config(cfg, self.out, engine)  # checked before any training
         if deploy == "baseline" and not baseline:
             raise ConfigError("--deploy baseline needs the baseline student", seen="--no-baseline",
                               fix="drop --no-baseline, or deploy the distilled student (--deploy student)")
@@ -64,27 +67,18 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def _train(self, i: int, name: str, stage: str, cfg, teacher_dir: Path | None):
-        from nfdseg.models.checkpoint import manifest_of
-        from nfdseg.distill.trainer import stage_complete, stage_run_key, train_stage
+        """The stage's own policy (distill/stage.py), as `nfdseg distill --restart` runs it: kept when up to date,
+        resumed from last.pt, started over when its inputs changed (e.g. a retrained teacher) or it is forced."""
+        from nfdseg.distill.stage import run_stage
 
-        out = self.out / name
-        teacher_sha = manifest_of(teacher_dir).sha256 if teacher_dir else ""
-        key = stage_run_key(cfg, stage, teacher_sha)
-        if name in self.force and out.exists():
-            shutil.rmtree(out)
         t0 = time.perf_counter()
-        if stage_complete(out, key):
-            m = manifest_of(out)
+        r = run_stage(cfg, stage, self.out / name, teacher_dir, on_stale="restart", force=name in self.force,
+                      progress=self.progress)
+        m = r.manifest
+        if r.state == "up to date":
             self._line(i, name, "skipped", f"up to date, mIoU {m.metrics['miou']:.2f}%", time.perf_counter() - t0)
-            return m
-        if out.exists() and (out / "last.pt").is_file():
-            import torch
-
-            state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-            if state.get("run_key") != key:  # inputs changed (e.g. a retrained teacher): start the stage over
-                shutil.rmtree(out)
-        m = train_stage(cfg, stage, out, teacher_dir=teacher_dir, progress=self.progress)
-        self._line(i, name, "done", f"{m.architecture} mIoU {m.metrics['miou']:.2f}%", time.perf_counter() - t0)
+        else:
+            self._line(i, name, "done", f"{m.architecture} mIoU {m.metrics['miou']:.2f}%", time.perf_counter() - t0)
         return m
 
     @property
@@ -111,31 +105,23 @@ class Pipeline:
         print(f"          {self.choice.message}", flush=True)
 
     def _export(self, i: int):
-        from nfdseg.export.parity import ParityBudget
-        from nfdseg.export.run import ExportConfig, run_export
+        """The export stage's own policy (export/stage.py), as `nfdseg export` runs it."""
+        from nfdseg.export.stage import export_stage
 
-        out = self.out / "export"
-        cfg = ExportConfig(engine=self.engine, parity=ParityBudget(max_images=0), triton_dir=str(self.out / "triton"))
-        key = sha256_json({"student": sha256_file(self.deployed_dir / "best.pt"), "export": repr(cfg)})
-        done = out / "export_summary.json"
         t0 = time.perf_counter()
-        if "export" not in self.force and done.is_file() and json.loads(done.read_text()).get("key") == key:
+        r = export_stage(self.deployed_dir, self.out / "export", self.export_cfg, force="export" in self.force)
+        if r.state == "up to date":
             self._line(i, "export", "skipped", "up to date", time.perf_counter() - t0)
-            return json.loads(done.read_text())
-        if out.exists():
-            shutil.rmtree(out)
-        summary = run_export(self.deployed_dir, out, cfg)
-        parity = json.loads((out / "parity.json").read_text())
-        record = {k: v for k, v in summary.items() if k != "parity"} | {"key": key, "parity_passed": parity["passed"]}
-        write_json_atomic(done, record)
+            return r.summary
+        summary, passed = r.summary, r.summary["parity_passed"]
         eng = summary.get("engine", {})
         detail = ("engine " + Path(eng["path"]).name) if eng.get("path") else "NO TensorRT engine (ONNX for onnxruntime)"
-        self._line(i, "export", "done" if parity["passed"] else "FAILED",
-                   f"{', '.join(summary['files'])}; {detail}; parity {'ok' if parity['passed'] else 'BROKEN'}",
+        self._line(i, "export", "done" if passed else "FAILED",
+                   f"{', '.join(summary['files'])}; {detail}; parity {'ok' if passed else 'BROKEN'}",
                    time.perf_counter() - t0)
-        if not parity["passed"]:
-            print(summary["parity"]["text"])
-        return record
+        if not passed:
+            print(r.parity_text)
+        return summary
 
     def bench_budget(self, rows: int):
         """The bench stage's budget: `bench_seconds` in all, 70 % of it spread over the timed loops (infer-only and
@@ -202,6 +188,21 @@ class Pipeline:
         return report
 
 
+def pipeline_export_config(cfg, out: Path, engine: str | None = None):
+    """The export stage's ExportConfig: the pipeline's defaults (parity on every validation image, a Triton
+    repository beside the run), then the run config's `export:` section (`--set export.fp16=false`), then the
+    --engine flag when given. Unknown keys and bad values are ConfigErrors naming the `export.` key."""
+    from nfdseg.config import check_choices, deep_update, from_dict
+    from nfdseg.export.run import ExportConfig
+
+    data = deep_update({"parity": {"max_images": 0}, "triton_dir": str(out / "triton")}, dict(cfg.export))
+    if engine is not None:
+        data["engine"] = engine
+    export_cfg = from_dict(ExportConfig, data, "export")
+    check_choices(export_cfg, "export")
+    return export_cfg
+
+
 def record_choice(folders: list[Path], choice) -> None:
     """Write which student was exported, and why, into the manifest of every exported ONNX model and engine in
     `folders` (the export folder and the Triton repository's version folders)."""
@@ -225,16 +226,15 @@ def register(sub) -> None:
                                    "run resumes where it stopped. The NFD student and the undistilled baseline are "
                                    "scored on the validation split and the better one is exported (--deploy pins one). "
                                    "Writes report.md, report.json and deploy/.")
-    p.add_argument("--config", default="quick", help="YAML run config or built-in name (default quick)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set teacher.train.iters=300 (repeatable)")
-    p.add_argument("--out", default="runs/quick", help="output directory (default runs/quick)")
+    add_config_args(p, what="its export: section holds the export settings", set_example="export.fp16=false")
+    add_out_arg(p, "runs/quick")
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline student (no NFD comparison)")
     p.add_argument("--force", action="append", default=[], choices=STAGES, metavar="STAGE",
                    help=f"rerun this stage even if it is up to date ({', '.join(STAGES)}); repeatable")
     p.add_argument("--overwrite", action="store_true", help="reuse an output directory made with another config")
-    p.add_argument("--engine", choices=ENGINE_MODES, default="auto",
-                   help="TensorRT engine: auto = when TensorRT is installed (default)")
+    p.add_argument("--engine", choices=ENGINE_MODES, default=None,
+                   help="TensorRT engine: auto = when TensorRT is installed (the default, or the config's "
+                        "export.engine)")
     p.add_argument("--bench-seconds", type=float, default=45.0,
                    help="time budget of the bench stage in seconds (default 45): each row runs for its share, "
                         "large batches that cannot fit are skipped and listed in bench.json")
@@ -242,15 +242,14 @@ def register(sub) -> None:
                    help="which student to export: better = the distilled student unless the baseline beats it on the "
                         "validation split (default; the report's first line says when it does), or pin student "
                         "(distilled) / baseline")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_arg(p)
     p.set_defaults(func=cmd_pipeline)
 
 
 def cmd_pipeline(args) -> int:
-    from nfdseg.config import parse_overrides
     from nfdseg.distill.config import load_run_config
 
-    cfg = load_run_config(args.config, parse_overrides(args.overrides))
+    cfg = load_run_config(args.config, overrides_of(args))
     pipe = Pipeline(cfg, Path(args.out), baseline=not args.no_baseline, force=tuple(args.force),
                     overwrite=args.overwrite, progress=not args.quiet, engine=args.engine,
                     bench_seconds=args.bench_seconds, deploy=args.deploy)

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from nfdseg.cliargs import add_config_args, add_quiet_arg
+
 from .sources import FORMATS
 
 
@@ -84,10 +86,9 @@ def register(sub) -> None:
                     "Training runs the same check before it starts.")
     p.add_argument("action", choices=("check",), help="what to do (check)")
     p.add_argument("root", nargs="?", help="dataset folder (folder format unless --format or --config says otherwise)")
-    p.add_argument("--config", help="run config (YAML path or built-in name) whose `data:` section, resolved over its "
-                                    "`base:` as training resolves it, names the dataset (format, root, classes)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="override one data config value, e.g. --set data.val_split=test (repeatable)")
+    add_config_args(p, default=None, set_example="data.val_split=test",
+                    what="its `data:` section, resolved over its `base:` as training resolves it, names the dataset "
+                         "(format, root, classes)")
     p.add_argument("--format", choices=tuple(FORMATS), help="dataset format (default folder)")
     p.add_argument("--classes", help="class list file for the folder format (default ROOT/classes.yaml)")
     p.add_argument("--split", action="append", metavar="NAME",
@@ -95,5 +96,5 @@ def register(sub) -> None:
     p.add_argument("--full", action="store_true", help="decode every image too, not only its header (slower)")
     p.add_argument("--workers", type=int, default=0, help="reader threads (default: CPU count, at most 8)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON here ('-': print JSON instead of text)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_arg(p)
     p.set_defaults(func=cmd_data)

@@ -101,6 +101,10 @@ class RunConfig:
     teacher: StageConfig = field(default_factory=lambda: StageConfig(model=ModelConfig("deeplabv3_resnet18_w32")))
     student: StageConfig = field(default_factory=StageConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # The export stage's settings, as `nfdseg export` takes them (export/run.py ExportConfig: onnx, fp16, engine,
+    # profile, parity, ...). Kept as a mapping here, below the export layer, and checked key by key when the
+    # pipeline starts; no training stage reads it, so it is in no training run's identity.
+    export: dict[str, Any] = field(default_factory=dict)
     base: str = "none"  # what this config was built on (set by load_run_config; informational, not an input)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,6 +121,7 @@ LATER_FIELDS = {("train", "class_weights"): "none", ("train", "ohem_thresh"): 0.
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:
     """cfg.to_dict() less NOT_IDENTITY and the LATER_FIELDS at their default: what run keys hash."""
     d = cfg.to_dict()
+    d.pop("export", None)  # the export stage keys its own settings (export/stage.py)
     for section, key in NOT_IDENTITY:
         d[section].pop(key, None)
     for stage in ("teacher", "student"):

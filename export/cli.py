@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nfdseg.cliargs import add_out_arg
+
 from .onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,13 @@ def _profile_hw(text: str) -> tuple:
 
 
 def cmd_export(args) -> int:
-    from .run import run_export
+    from .stage import export_stage, recorded_parity_text
 
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "export"
-    summary = run_export(args.checkpoint, out, _export_config(args), expect_classes=args.num_classes)
+    r = export_stage(args.checkpoint, out, _export_config(args), force=args.force, expect_classes=args.num_classes)
+    summary = r.summary
+    if r.state == "up to date":
+        print(f"{out} is up to date with {args.checkpoint} and these settings: kept (--force rebuilds it)")
     for name, mb in summary["files"].items():
         print(f"{mb:8.2f} MB  {out / name}")
     eng = summary.get("engine", {})
@@ -60,8 +65,8 @@ def cmd_export(args) -> int:
         print(f"NO TensorRT ENGINE: {eng.get('reason')} - serve model.onnx with onnxruntime, or rebuild where TensorRT is installed")
     if summary.get("triton"):
         print(f"Triton repository: {summary['triton']}")
-    print(summary["parity"]["text"])
-    if not summary["parity"]["passed"]:
+    print(r.parity_text or recorded_parity_text(out))
+    if not summary["parity_passed"]:
         print("export FAILED its parity budget (see parity.json)")
         return 1
     return 0
@@ -119,7 +124,8 @@ def register(sub) -> None:
                                    "each with a manifest, and prove they match torch (parity.json). Exits 1 when a "
                                    "parity budget is broken.")
     p.add_argument("checkpoint", help="student checkpoint directory (holds best.pt + checkpoint.json)")
-    p.add_argument("--out", help="export directory (default: CHECKPOINT/../export)")
+    add_out_arg(p, None, "export directory (default: CHECKPOINT/../export); emptied first when it holds an "
+                         "earlier export, refused when it holds anything else")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17-20 (default 17)")
     p.add_argument("--output", choices=("logits", "probs", "labels"), default="logits",
                    help="graph output: logits (default), softmax probs, or an argmax label map")
@@ -137,6 +143,8 @@ def register(sub) -> None:
                                         "(default: exactly that size)")
     p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository to DIR")
     p.add_argument("--num-classes", type=int, help="refuse the checkpoint unless it has this many classes")
+    p.add_argument("--force", action="store_true",
+                   help="export again even when OUT already holds this checkpoint's export with these settings")
     _parity_args(p)
     p.set_defaults(func=cmd_export)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nfdseg.artifacts import CHECKPOINT, CHECKPOINT_MANIFEST, ENGINE_SUFFIX, ONNX_FILES, ONNX_FP16, ONNX_FP32, manifest_path
 from nfdseg.errors import RUNTIME_INSTALL_HINT, ArtifactError, ConfigError, NfdsegError
 from nfdseg.manifest import Manifest, read_manifest
 
@@ -21,18 +22,18 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on a GPU, fp32 on a 
 
 
 def _manifest_for(file: Path) -> Manifest:
-    return read_manifest(file.with_suffix(".json"))
+    return read_manifest(manifest_path(file), expect_kind="checkpoint" if file.suffix == ".pt" else None)
 
 
 def _candidates(path: Path) -> dict[str, list[Path]]:
     """Files in an artifact path by backend kind, best first."""
     if path.is_file():
-        if path.suffix == ".engine":
+        if path.suffix == ENGINE_SUFFIX:
             return {"tensorrt": [path]}
         if path.suffix == ".onnx":
             return {"onnxruntime": [path]}
-        if path.name == "checkpoint.json" or path.suffix == ".pt":
-            return {"torch": [path.parent / "best.pt"]}
+        if path.name == CHECKPOINT_MANIFEST or path.suffix == ".pt":
+            return {"torch": [path.parent / CHECKPOINT]}
         if path.suffix == ".json":
             m = read_manifest(path, verify_sha=False)
             return _candidates(path.parent / m.artifact)
@@ -40,12 +41,12 @@ def _candidates(path: Path) -> dict[str, list[Path]]:
                             fix="pass an export directory, a .onnx, a .engine or a checkpoint directory")
     if not path.is_dir():
         raise ArtifactError(f"artifact not found: {path}", fix="pass the output directory of `nfdseg export`")
-    out = {"tensorrt": sorted(path.glob("*.engine")), "onnxruntime": [], "torch": []}
-    for name in ("model.onnx", "model.fp16.onnx"):
+    out = {"tensorrt": sorted(path.glob("*" + ENGINE_SUFFIX)), "onnxruntime": [], "torch": []}
+    for name in ONNX_FILES.values():
         if (path / name).is_file():
             out["onnxruntime"].append(path / name)
-    if (path / "checkpoint.json").is_file():
-        out["torch"].append(path / "best.pt")
+    if (path / CHECKPOINT_MANIFEST).is_file():
+        out["torch"].append(path / CHECKPOINT)
     if not any(out.values()):
         raise ArtifactError(f"{path} holds no servable artifact",
                             seen=", ".join(sorted(p.name for p in path.iterdir())[:10]) or "empty directory",
@@ -55,12 +56,13 @@ def _candidates(path: Path) -> dict[str, list[Path]]:
 
 def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
                  **kwargs) -> Backend:
-    """Open the artifact at `path` with `backend` (auto | tensorrt | onnxruntime | torch)."""
+    """Open the artifact at `path` with `backend` (auto | tensorrt | onnxruntime | torch): the named one, or with
+    auto the first of tensorrt, onnxruntime, torch that has an artifact there and loads (why the others did not is
+    logged). kwargs: allow_rtx, threads, cuda_graphs."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'", fix=f"choose one of {', '.join(BACKENDS)}")
     path = Path(path)
     cands = _candidates(path)
-    gpu = _has_gpu()
     order = [backend] if backend != "auto" else ["tensorrt", "onnxruntime", "torch"]
     reasons = []
     for name in order:
@@ -69,32 +71,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
             reasons.append(f"{name}: no artifact")
             continue
         try:
-            if name == "tensorrt":
-                from .tensorrt_backend import TensorRTBackend
-
-                b = TensorRTBackend(files[0], _manifest_for(files[0]), allow_rtx=kwargs.get("allow_rtx", False),
-                                    device=device)
-            elif name == "onnxruntime":
-                from .onnxruntime_backend import OnnxRuntimeBackend
-
-                f = _pick_onnx(files, precision, gpu and device != "cpu")
-                b = OnnxRuntimeBackend(f, _manifest_for(f), device=device, threads=kwargs.get("threads", 0))
-                fp32_there = any(x.name == "model.onnx" for x in files)
-                if (f.name == "model.fp16.onnx" and precision == "auto" and b.device == "cpu" and gpu
-                        and device != "cpu" and fp32_there):
-                    # FP16 was picked for a GPU, but the CUDA provider was listed and did not load: FP16 is slower
-                    # than fp32 on the CPU. (An FP16 file given by itself is served as given: no fallback.)
-                    f = _pick_onnx(files, "fp32", False)
-                    note = b.fallback
-                    b = OnnxRuntimeBackend(f, _manifest_for(f), device="cpu", threads=kwargs.get("threads", 0))
-                    b.fallback = f"{note}; serving {f.name} on CPU instead of model.fp16.onnx"
-                    log.warning("FALLBACK: %s", b.fallback)
-            else:
-                from .torch_backend import TorchBackend
-
-                f = files[0]
-                b = TorchBackend(f, read_manifest(f.parent / "checkpoint.json", expect_kind="checkpoint"),
-                                 device=device, precision=precision, cuda_graphs=kwargs.get("cuda_graphs", False))
+            b = _OPENERS[name](files, device, precision, kwargs)
         except NfdsegError as e:
             if backend != "auto":
                 raise
@@ -103,24 +80,64 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
         if backend == "auto":
             log.info("backend auto -> %s on %s (%s)%s", b.name, b.device, b.precision,
                      f"; skipped {'; '.join(reasons)}" if reasons else "")
-        if kwargs.get("cuda_graphs") and b.name != "torch":
-            note = f"CUDA graphs apply to the torch backend only; {b.name} runs without them"
-            b.fallback = f"{b.fallback}; {note}" if b.fallback else note
-            log.warning("FALLBACK: %s", note)
+        _note_cuda_graphs(b, kwargs)
         return b
     raise ArtifactError(f"no backend can serve {path}", seen="; ".join(reasons),
                         fix=f"{RUNTIME_INSTALL_HINT}; or pass an artifact the chosen backend can load")
+
+
+def _open_tensorrt(files: list[Path], device: str, precision: str, kwargs) -> Backend:
+    from .tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(files[0], _manifest_for(files[0]), allow_rtx=kwargs.get("allow_rtx", False), device=device)
+
+
+def _open_onnxruntime(files: list[Path], device: str, precision: str, kwargs) -> Backend:
+    """The ONNX file for this precision and device; FP16 picked for a GPU whose CUDA provider then did not load
+    falls back (loudly) to the fp32 model on the CPU, where FP16 is slower. A file given by itself is served as
+    given: no fallback."""
+    from .onnxruntime_backend import OnnxRuntimeBackend
+
+    gpu = _has_gpu()
+    f = _pick_onnx(files, precision, gpu and device != "cpu")
+    b = OnnxRuntimeBackend(f, _manifest_for(f), device=device, threads=kwargs.get("threads", 0))
+    fp32_there = any(x.name == ONNX_FP32 for x in files)
+    if f.name == ONNX_FP16 and precision == "auto" and b.device == "cpu" and gpu and device != "cpu" and fp32_there:
+        f = _pick_onnx(files, "fp32", False)
+        note = b.fallback
+        b = OnnxRuntimeBackend(f, _manifest_for(f), device="cpu", threads=kwargs.get("threads", 0))
+        b.fallback = f"{note}; serving {f.name} on CPU instead of {ONNX_FP16}"
+        log.warning("FALLBACK: %s", b.fallback)
+    return b
+
+
+def _open_torch(files: list[Path], device: str, precision: str, kwargs) -> Backend:
+    from .torch_backend import TorchBackend
+
+    f = files[0]
+    return TorchBackend(f, _manifest_for(f), device=device, precision=precision,
+                        cuda_graphs=kwargs.get("cuda_graphs", False))
+
+
+_OPENERS = {"tensorrt": _open_tensorrt, "onnxruntime": _open_onnxruntime, "torch": _open_torch}
+
+
+def _note_cuda_graphs(b: Backend, kwargs) -> None:
+    if kwargs.get("cuda_graphs") and b.name != "torch":
+        note = f"CUDA graphs apply to the torch backend only; {b.name} runs without them"
+        b.fallback = f"{b.fallback}; {note}" if b.fallback else note
+        log.warning("FALLBACK: %s", note)
 
 
 def _pick_onnx(files: list[Path], precision: str, on_gpu: bool) -> Path:
     """fp32 ONNX on CPU (FP16 is slower there), the FP16 ONNX on GPU, unless precision says otherwise."""
     by_name = {f.name: f for f in files}
     want_fp16 = precision == "fp16" or (precision == "auto" and on_gpu)
-    if want_fp16 and "model.fp16.onnx" in by_name:
-        return by_name["model.fp16.onnx"]
-    if precision == "fp16" and "model.fp16.onnx" not in by_name:
-        raise ArtifactError("FP16 was requested but there is no model.fp16.onnx", fix="export with FP16 enabled")
-    return by_name.get("model.onnx", files[0])
+    if want_fp16 and ONNX_FP16 in by_name:
+        return by_name[ONNX_FP16]
+    if precision == "fp16" and ONNX_FP16 not in by_name:
+        raise ArtifactError(f"FP16 was requested but there is no {ONNX_FP16}", fix="export with FP16 enabled")
+    return by_name.get(ONNX_FP32, files[0])
 
 
 def _has_gpu() -> bool:

@@ -1,0 +1,59 @@
+"""The name of every file a stage writes, and of the manifest beside each artifact: the one place they are spelled.
+
+A run folder, as the stages write it (docs/architecture.md):
+
+    teacher/, student/, baseline/   best.pt + checkpoint.json (the artifact and its manifest), last.pt (resume
+                                    state), config.yaml, history.json, best_metrics.json
+    export/                         model.onnx + model.json, model.fp16.onnx + model.fp16.json,
+                                    <engine>.engine + <engine>.json, parity.json, export_summary.json
+    triton/                         <name>_onnx/ and <name>_trt/ (config.pbtxt, 1/model.onnx|model.plan, 1/manifest.json)
+    pipeline.json, choice.json, bench.json, report.md, report.json, deploy/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# --- a training stage's folder
+CHECKPOINT = "best.pt"  # the artifact: the best weights on the validation split
+CHECKPOINT_MANIFEST = "checkpoint.json"
+RESUME_STATE = "last.pt"  # weights, optimizer, RNG and iteration: what resuming needs
+STAGE_CONFIG = "config.yaml"  # the resolved config the stage ran with
+HISTORY = "history.json"
+BEST_METRICS = "best_metrics.json"
+
+# --- the export folder
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}  # precision -> ONNX model file
+ONNX_FP32, ONNX_FP16 = ONNX_FILES["fp32"], ONNX_FILES["fp16"]
+ENGINE_SUFFIX = ".engine"
+PARITY_REPORT = "parity.json"
+EXPORT_SUMMARY = "export_summary.json"
+TRITON_MANIFEST = "manifest.json"  # the manifest copied into a Triton model's version folder
+
+# --- the pipeline's run folder
+PIPELINE_MARKER = "pipeline.json"
+STUDENT_CHOICE = "choice.json"
+BENCH_REPORT = "bench.json"
+REPORT_MD, REPORT_JSON = "report.md", "report.json"
+DEPLOY_DIR = "deploy"
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    """The manifest beside an artifact: best.pt -> checkpoint.json, model.onnx -> model.json,
+    model.fp16.onnx -> model.fp16.json, x.engine -> x.json. A manifest path is returned as it is."""
+    artifact = Path(artifact)
+    if artifact.suffix == ".json":
+        return artifact
+    if artifact.suffix == ".pt":
+        return artifact.parent / CHECKPOINT_MANIFEST
+    return artifact.with_suffix(".json")
+
+
+def onnx_precision(path: str | Path) -> str | None:
+    """The precision an export folder's ONNX file holds by its name ('fp32', 'fp16'), or None for another file."""
+    name = Path(path).name
+    return next((p for p, f in ONNX_FILES.items() if f == name), None)
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    return (Path(path) / CHECKPOINT_MANIFEST).is_file()

@@ -1,0 +1,35 @@
+"""The flags every stage's command shares (--config, --set, --out, --quiet), defined once so they read the same
+in `nfdseg distill`, `nfdseg pipeline`, `nfdseg data check`, `nfdseg eval` and the rest."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+PRESETS_HELP = "a built-in name (quick, camvid_cpu, cityscapes_r101_r18, ...)"
+
+
+def add_config_args(p: argparse.ArgumentParser, default: str | None = "quick", what: str = "",
+                    set_example: str = "student.train.iters=200") -> None:
+    """--config (a YAML run config or a built-in preset name) and --set KEY=VALUE (repeatable)."""
+    shown = f" (default {default})" if default else ""
+    p.add_argument("--config", default=default,
+                   help=f"YAML run config or {PRESETS_HELP}{shown}{'; ' + what if what else ''}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override one config value, e.g. --set {set_example} (repeatable)")
+
+
+def add_out_arg(p: argparse.ArgumentParser, default: str | None, what: str = "output directory") -> None:
+    shown = f" (default {default})" if default else ""
+    p.add_argument("--out", default=default, help=f"{what}{shown}")
+
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The nested dict of the command's --set KEY=VALUE flags (ConfigError on a malformed one)."""
+    from .config import parse_overrides
+
+    return parse_overrides(getattr(args, "overrides", []) or [])
