@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from nfdseg.artifacts import BENCH_REPORT, CHECKPOINT, EXPORT_SUMMARY, PIPELINE_MARKER, REPORT_MD, STUDENT_CHOICE
 from nfdseg.cliargs import add_config_args, add_out_arg, add_quiet_arg, overrides_of
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.export.onnx2engine import ENGINE_MODES
@@ -42,7 +42,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ output directory ownership
     def _claim(self, overwrite: bool) -> None:
-        marker = self.out / "pipeline.json"
+        marker = self.out / PIPELINE_MARKER
         # the run's identity is its resolved values: `base` names the config file it was built on (an absolute
         # path for a user's file), which changes when the project moves and changes nothing the run makes
         from nfdseg.distill.config import identity_dict
@@ -92,9 +92,9 @@ class Pipeline:
         from .choose import StudentChoice, choose_student
 
         baseline = self.out / "baseline" if self.baseline else None
-        key = sha256_json({"student": sha256_file(self.out / "student/best.pt"), "rule": self.deploy,
-                           "baseline": sha256_file(baseline / "best.pt") if baseline else None})
-        saved = self.out / "choice.json"
+        key = sha256_json({"student": sha256_file(self.out / "student" / CHECKPOINT), "rule": self.deploy,
+                           "baseline": sha256_file(baseline / CHECKPOINT) if baseline else None})
+        saved = self.out / STUDENT_CHOICE
         record = json.loads(saved.read_text()) if saved.is_file() else {}
         if record.get("key") == key:
             data = record["choice"]
@@ -133,18 +133,18 @@ class Pipeline:
 
     def _bench(self, i: int):
         from nfdseg.serve import Segmenter
-        from nfdseg.serve.bench import BenchTarget, bench_targets
+        from nfdseg.serve.bench import DEFAULT_BATCHES, BenchTarget, bench_targets
 
-        out = self.out / "bench.json"
+        out = self.out / BENCH_REPORT
         targets = [("onnxruntime", self.out / "export" / "model.onnx", "fp32"),
                    ("onnxruntime", self.out / "export" / "model.fp16.onnx", "fp16"),
                    ("torch", self.deployed_dir, "auto")]
         engines = sorted((self.out / "export").glob("*.engine"))
         if engines:
             targets.insert(0, ("tensorrt", engines[0], "auto"))
-        batches = (1, 4, 8)
+        batches = DEFAULT_BATCHES
         budget = self.bench_budget(len(targets) * len(batches))
-        key = sha256_json({"export": json.loads((self.out / "export/export_summary.json").read_text())["key"],
+        key = sha256_json({"export": json.loads((self.out / "export" / EXPORT_SUMMARY).read_text())["key"],
                            "budget": repr(budget)})
         t0 = time.perf_counter()
         if "bench" not in self.force and out.is_file() and json.loads(out.read_text()).get("key") == key:
@@ -183,7 +183,7 @@ class Pipeline:
         deploy = write_deploy(self.out)
         report = write_report(self.out, teacher, student, baseline, export, bench, self.status,
                               wall_s=time.perf_counter() - t_start, choice=self.choice, deployed_dir=self.deployed_dir)
-        self._line(6, "report", "done", f"{self.out / 'report.md'}; deployable: {deploy}", time.perf_counter() - t0)
+        self._line(6, "report", "done", f"{self.out / REPORT_MD}; deployable: {deploy}", time.perf_counter() - t0)
         print(f"\n{self.choice.message}", flush=True)
         return report
 
@@ -254,5 +254,5 @@ def cmd_pipeline(args) -> int:
                     overwrite=args.overwrite, progress=not args.quiet, engine=args.engine,
                     bench_seconds=args.bench_seconds, deploy=args.deploy)
     report = pipe.run()
-    print(f"\nreport: {Path(args.out) / 'report.md'}")
+    print(f"\nreport: {Path(args.out) / REPORT_MD}")
     return 0 if report["checks"]["parity_passed"] else 1

@@ -19,11 +19,12 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from nfdseg.artifacts import manifest_path
 from nfdseg.errors import MissingDependencyError
 from nfdseg.fsutil import atomic_path, sha256_file
 from nfdseg.manifest import Manifest, OnnxInfo, runtime_versions, write_manifest
 
-from .torch2onnx import IR_VERSION
+from .torch2onnx import DEFAULT_OPSET, IR_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def convert_to_fp16(fp32_path: str | Path, fp32_manifest: Manifest, out_path: st
     onnx.checker.check_model(half)
     with atomic_path(out_path) as tmp:
         onnx.save(half, str(tmp))
-    info = replace(fp32_manifest.onnx or OnnxInfo(opset=17, ir_version=IR_VERSION),
+    info = replace(fp32_manifest.onnx or OnnxInfo(opset=DEFAULT_OPSET, ir_version=IR_VERSION),
                    fp16_converter=f"onnxconverter-common {onnxconverter_common.__version__} keep_io_types"
                                   + (f"; output cast appended for {fixed}" if fixed else "")
                                   + (f"; outputs kept float32 {kept_outputs}" if kept_outputs else ""),
@@ -157,4 +158,4 @@ def convert_to_fp16(fp32_path: str | Path, fp32_manifest: Manifest, out_path: st
     manifest = replace(fp32_manifest, artifact=out_path.name, precision="fp16", sha256="", created="",
                        parent_sha256=sha256_file(fp32_path), parent=fp32_path.name, onnx=info,
                        versions={**fp32_manifest.versions, **runtime_versions("onnxconverter_common")})
-    return write_manifest(manifest, out_path.with_suffix(".json"))
+    return write_manifest(manifest, manifest_path(out_path))

@@ -1,4 +1,4 @@
-"""torch2onnx: a trained student checkpoint -> model.onnx + onnx.json.
+"""torch2onnx: a trained student checkpoint -> model.onnx + model.json.
 
 Only the student's inference graph is traced: the distillation connectors live in the loss module
 and the teacher in another file, so neither can appear in the export. Options put normalisation
@@ -17,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from nfdseg.artifacts import CHECKPOINT, manifest_path
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import atomic_path
 from nfdseg.manifest import Manifest, OnnxInfo, TensorSpec, runtime_versions, write_manifest
@@ -24,6 +25,7 @@ from nfdseg.manifest import Manifest, OnnxInfo, TensorSpec, runtime_versions, wr
 log = logging.getLogger(__name__)
 
 MIN_OPSET, MAX_OPSET = 17, 20
+DEFAULT_OPSET = 17  # the opset every export writes unless told otherwise (`nfdseg export --opset`)
 # IR version written into every model: 8 is what opset 17-20 graphs need and every onnxruntime
 # since 1.14 and TensorRT 10 read; newer onnx helpers would otherwise stamp a newer IR.
 IR_VERSION = 8
@@ -35,7 +37,7 @@ class OnnxExportOptions:
     normalize_in_graph: input is uint8 NHWC RGB, the graph scales and normalises it.
     dynamic_hw: height and width are dynamic axes (the model is fully convolutional)."""
 
-    opset: int = 17
+    opset: int = DEFAULT_OPSET
     output: str = "logits"
     label_dtype: str = "uint8"
     normalize_in_graph: bool = False
@@ -121,14 +123,14 @@ def torch2onnx(model: nn.Module, ckpt: Manifest, ckpt_sha: str, out_path: str | 
     manifest = replace(
         ckpt, kind="onnx", artifact=out_path.name, precision="fp32",
         output_kind="labels" if opts.output == "labels" else opts.output, inputs=(inp,), outputs=(out,),
-        sha256="", created="", parent_sha256=ckpt_sha, parent="best.pt",
+        sha256="", created="", parent_sha256=ckpt_sha, parent=CHECKPOINT,
         onnx=OnnxInfo(opset=opts.opset, ir_version=IR_VERSION, normalize_in_graph=opts.normalize_in_graph,
                       argmax_in_graph=opts.output == "labels", simplified_with=simplified_with),
         metrics={"checkpoint_miou": ckpt.metrics.get("miou"), "export_time_s": round(seconds, 3)},
         versions={**ckpt.versions, **runtime_versions("torch", "onnx", "onnxruntime", "onnxslim")},
     )
     log.info("exported %s in %.1fs (opset %d, IR %d)", out_path, seconds, opts.opset, IR_VERSION)
-    return write_manifest(manifest, out_path.with_suffix(".json"))
+    return write_manifest(manifest, manifest_path(out_path))
 
 
 def _simplify(proto: onnx.ModelProto, example: np.ndarray, input_name: str) -> tuple[onnx.ModelProto, str]:

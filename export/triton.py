@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from nfdseg.artifacts import ONNX_FP32, TRITON_MANIFEST, manifest_path
 from nfdseg.fsutil import write_text_atomic
 from nfdseg.manifest import Manifest, TensorSpec
 
@@ -60,7 +61,7 @@ def write_triton_repository(repo: Path, onnx_path: Path, onnx_manifest: Manifest
     """Write <repo>/<name>_onnx/{config.pbtxt,1/model.onnx} and, with an engine, <name>_trt/{...,1/model.plan}.
     Also copies the manifests (as 1/manifest.json) so a client can find classes and preprocessing."""
     written = []
-    models = [(f"{name}_onnx", "onnxruntime_onnx", onnx_path, onnx_manifest, "model.onnx", "KIND_AUTO")]
+    models = [(f"{name}_onnx", "onnxruntime_onnx", onnx_path, onnx_manifest, ONNX_FP32, "KIND_AUTO")]
     if engine_path is not None and engine_manifest is not None:
         models.append((f"{name}_trt", "tensorrt_plan", engine_path, engine_manifest, "model.plan", "KIND_GPU"))
     max_trt = max_batch
@@ -72,7 +73,7 @@ def write_triton_repository(repo: Path, onnx_path: Path, onnx_manifest: Manifest
         d = repo / model_name
         (d / "1").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, d / "1" / fname)
-        shutil.copyfile(src.with_suffix(".json"), d / "1" / "manifest.json")
+        shutil.copyfile(manifest_path(src), d / "1" / TRITON_MANIFEST)
         write_text_atomic(d / "config.pbtxt", config_pbtxt(model_name, platform, m, mb, [mb // 2 or 1, mb], kind=kind))
         written.append(d / "config.pbtxt")
     return written

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nfdseg.artifacts import CHECKPOINT_MANIFEST
 from nfdseg.errors import ArtifactError
 from nfdseg.fsutil import write_bytes_atomic
 from nfdseg.manifest import Manifest, read_manifest
@@ -48,7 +49,7 @@ def load_model_from_dir(ckpt_dir: str | Path, device: str | torch.device = "cpu"
     ckpt_dir = Path(ckpt_dir)
     if ckpt_dir.is_file():
         ckpt_dir = ckpt_dir.parent
-    manifest = read_manifest(ckpt_dir / "checkpoint.json", expect_kind="checkpoint")
+    manifest = read_manifest(ckpt_dir / CHECKPOINT_MANIFEST, expect_kind="checkpoint")
     try:
         blob = torch.load(ckpt_dir / manifest.artifact, map_location="cpu", weights_only=False)
     except Exception as e:
@@ -67,4 +68,4 @@ def load_model_from_dir(ckpt_dir: str | Path, device: str | torch.device = "cpu"
 
 
 def manifest_of(ckpt_dir: str | Path) -> Manifest:
-    return read_manifest(Path(ckpt_dir) / "checkpoint.json", expect_kind="checkpoint")
+    return read_manifest(Path(ckpt_dir) / CHECKPOINT_MANIFEST, expect_kind="checkpoint")

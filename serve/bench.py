@@ -26,6 +26,7 @@ from .batcher import MicroBatcher
 from .segmenter import Segmenter
 
 Clock = Callable[[], float]
+DEFAULT_BATCHES = (1, 4, 8)  # the batch sizes `nfdseg bench` and the pipeline's bench stage time
 
 
 @dataclass(frozen=True)
