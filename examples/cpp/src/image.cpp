@@ -1,0 +1,339 @@
+#include "image.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "error.hpp"
+
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_NO_HDR
+#define STBI_NO_LINEAR
+#include <stb_image.h>
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb_image_write.h>
+
+namespace {
+
+// ---- EXIF orientation (tag 0x0112 of IFD0), from a JPEG APP1 "Exif" segment or a PNG eXIf chunk -------------
+
+uint32_t read_u(const std::vector<uint8_t>& b, size_t at, int bytes, bool big_endian) {
+  uint32_t v = 0;
+  for (int i = 0; i < bytes; ++i) {
+    const uint32_t byte = b[at + (big_endian ? i : bytes - 1 - i)];
+    v = (v << 8) | byte;
+  }
+  return v;
+}
+
+int orientation_from_tiff(const std::vector<uint8_t>& b, size_t start, size_t end) {
+  if (end - start < 8) return 1;
+  const bool be = b[start] == 'M' && b[start + 1] == 'M';
+  if (!be && !(b[start] == 'I' && b[start + 1] == 'I')) return 1;
+  const size_t ifd = start + read_u(b, start + 4, 4, be);
+  if (ifd + 2 > end) return 1;
+  const uint32_t count = read_u(b, ifd, 2, be);
+  for (uint32_t i = 0; i < count; ++i) {
+    const size_t entry = ifd + 2 + 12 * static_cast<size_t>(i);
+    if (entry + 12 > end) return 1;
+    if (read_u(b, entry, 2, be) == 0x0112) {
+      const uint32_t type = read_u(b, entry + 2, 2, be);
+      const uint32_t v = type == 3 ? read_u(b, entry + 8, 2, be) : type == 4 ? read_u(b, entry + 8, 4, be) : 1;
+      return v >= 1 && v <= 8 ? static_cast<int>(v) : 1;  // as nfdseg: anything else counts as upright
+    }
+  }
+  return 1;
+}
+
+int exif_orientation(const std::vector<uint8_t>& b) {
+  static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (b.size() > 8 && std::equal(png_sig, png_sig + 8, b.begin())) {
+    for (size_t at = 8; at + 12 <= b.size();) {
+      const size_t len = read_u(b, at, 4, true);
+      if (at + 12 + len > b.size()) break;
+      if (std::equal(b.begin() + at + 4, b.begin() + at + 8, "eXIf")) return orientation_from_tiff(b, at + 8, at + 8 + len);
+      at += 12 + len;
+    }
+    return 1;
+  }
+  if (b.size() > 4 && b[0] == 0xFF && b[1] == 0xD8) {
+    for (size_t at = 2; at + 4 <= b.size();) {
+      if (b[at] != 0xFF) break;
+      const uint8_t marker = b[at + 1];
+      if (marker == 0xD9 || marker == 0xDA) break;  // end of image, start of scan: no more headers
+      const size_t len = read_u(b, at + 2, 2, true);
+      if (len < 2 || at + 2 + len > b.size()) break;
+      const size_t data = at + 4;
+      if (marker == 0xE1 && len >= 8 && std::equal(b.begin() + data, b.begin() + data + 6, "Exif\0\0"))
+        return orientation_from_tiff(b, data + 6, at + 2 + len);
+      at += 2 + len;
+    }
+  }
+  return 1;
+}
+
+// Pillow's ImageOps.exif_transpose: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
+// 7 transverse, 8 rotate 90 counter-clockwise. out(x, y) = in(sx, sy).
+Image apply_orientation(const Image& in, int orientation) {
+  if (orientation == 1) return in;
+  const bool swap = orientation >= 5;
+  Image out;
+  out.width = swap ? in.height : in.width;
+  out.height = swap ? in.width : in.height;
+  out.channels = in.channels;
+  out.pixels.resize(in.pixels.size());
+  const int W = in.width, H = in.height;
+  for (int y = 0; y < out.height; ++y)
+    for (int x = 0; x < out.width; ++x) {
+      int sx = x, sy = y;
+      switch (orientation) {
+        case 2: sx = W - 1 - x; break;
+        case 3: sx = W - 1 - x; sy = H - 1 - y; break;
+        case 4: sy = H - 1 - y; break;
+        case 5: sx = y; sy = x; break;
+        case 6: sx = y; sy = H - 1 - x; break;
+        case 7: sx = W - 1 - y; sy = H - 1 - x; break;
+        case 8: sx = W - 1 - y; sy = x; break;
+      }
+      std::copy_n(in.at(sx, sy), in.channels, out.at(x, y));
+    }
+  return out;
+}
+
+// Pillow's alpha_composite of the pixel over opaque black (AlphaComposite.c, 7-bit precision): c * a / 255, rounded.
+uint8_t over_black(uint32_t c, uint32_t a) {
+  const uint32_t t = c * a * 128 + (0x80 << 7);
+  return static_cast<uint8_t>((((t >> 8) + t) >> 8) >> 7);
+}
+
+constexpr int kPrecisionBits = 32 - 8 - 2;  // Pillow Resample.c PRECISION_BITS
+
+struct Coeffs {
+  int ksize = 0;
+  std::vector<int> bounds;   // per output pixel: first input index, count
+  std::vector<int32_t> k;    // fixed-point weights, ksize per output pixel
+};
+
+// Resample.c precompute_coeffs + normalize_coeffs_8bpc, bilinear filter (support 1), box = the whole input.
+Coeffs bilinear_coeffs(int in_size, int out_size) {
+  const double scale = static_cast<double>(static_cast<float>(in_size) - 0.0f) / out_size;
+  const double filterscale = scale < 1.0 ? 1.0 : scale;
+  const double support = 1.0 * filterscale;
+  Coeffs c;
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.bounds.resize(2 * static_cast<size_t>(out_size));
+  c.k.assign(static_cast<size_t>(out_size) * c.ksize, 0);
+  std::vector<double> w(c.ksize);
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = 0.0 + (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double ww = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      double t = (x + xmin - center + 0.5) * ss;
+      if (t < 0.0) t = -t;
+      w[x] = t < 1.0 ? 1.0 - t : 0.0;
+      ww += w[x];
+    }
+    for (int x = 0; x < xmax; ++x) {
+      const double v = ww != 0.0 ? w[x] / ww : w[x];
+      c.k[static_cast<size_t>(xx) * c.ksize + x] =
+          v < 0 ? static_cast<int32_t>(-0.5 + v * (1 << kPrecisionBits)) : static_cast<int32_t>(0.5 + v * (1 << kPrecisionBits));
+    }
+    c.bounds[2 * xx] = xmin;
+    c.bounds[2 * xx + 1] = xmax;
+  }
+  return c;
+}
+
+uint8_t clip8(int v) {  // Resample.c clip8: the integer part of the fixed-point sum, clamped to 0..255
+  const int s = v >> kPrecisionBits;
+  return static_cast<uint8_t>(s < 0 ? 0 : s > 255 ? 255 : s);
+}
+
+}  // namespace
+
+Image load_image(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ImageError("image file not found: " + path, "", "check the path");
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto fail = [&](const std::string& why) {
+    return ImageError(path + ": not a readable image (corrupt, truncated or not an image format)", why,
+                       "pass a PNG, JPEG or BMP file");
+  };
+  if (bytes.empty()) throw fail("empty file");
+  const int len = static_cast<int>(std::min<size_t>(bytes.size(), INT32_MAX));
+  int w = 0, h = 0, comp = 0;
+  if (!stbi_info_from_memory(bytes.data(), len, &w, &h, &comp)) throw fail(stbi_failure_reason());
+  if (static_cast<long long>(w) * h > kMaxPixels)
+    throw ImageError(path + ": image is too large",
+                      std::to_string(w) + "x" + std::to_string(h) + " = " + std::to_string(static_cast<long long>(w) * h) +
+                          " pixels, limit " + std::to_string(kMaxPixels),
+                      "downscale it");
+  Image img;
+  img.channels = 3;
+  if (comp == 1 && stbi_is_16_bit_from_memory(bytes.data(), len)) {
+    // Pillow opens 16-bit grayscale as I;16; nfdseg scales it by its peak (65535, or 255 when no value exceeds 255).
+    stbi_us* p = stbi_load_16_from_memory(bytes.data(), len, &w, &h, &comp, 1);
+    if (!p) throw fail(stbi_failure_reason());
+    const size_t n = static_cast<size_t>(w) * h;
+    const double peak = *std::max_element(p, p + n) > 255 ? 65535.0 : 255.0;
+    img.pixels.resize(n * 3);
+    for (size_t i = 0; i < n; ++i) {
+      const double v = std::min(255.0, std::max(0.0, p[i] / peak * 255.0 + 0.5));
+      std::fill_n(&img.pixels[3 * i], 3, static_cast<uint8_t>(v));
+    }
+    stbi_image_free(p);
+  } else {
+    // Gray+alpha, RGBA and paletted-with-transparency images are composited on black, as nfdseg does.
+    const bool alpha = comp == 2 || comp == 4;
+    stbi_uc* p = stbi_load_from_memory(bytes.data(), len, &w, &h, &comp, alpha ? 4 : 3);
+    if (!p) throw fail(stbi_failure_reason());
+    const size_t n = static_cast<size_t>(w) * h;
+    img.pixels.resize(n * 3);
+    for (size_t i = 0; i < n; ++i)
+      for (int c = 0; c < 3; ++c)
+        img.pixels[3 * i + c] = alpha ? over_black(p[4 * i + c], p[4 * i + 3]) : p[3 * i + c];
+    stbi_image_free(p);
+  }
+  img.width = w;
+  img.height = h;
+  img = apply_orientation(img, exif_orientation(bytes));
+  if (img.width < kMinSide || img.height < kMinSide)
+    throw ImageError(path + ": image is too small to segment",
+                      std::to_string(img.width) + "x" + std::to_string(img.height) + " pixels",
+                      "pass an image at least 2x2");
+  return img;
+}
+
+Image resize_bilinear(const Image& img, int width, int height) {
+  if (img.width == width && img.height == height) return img;
+  const int ch = img.channels;
+  const Coeffs cv = bilinear_coeffs(img.height, height);
+  // Rows of the input the vertical pass reads (Resample.c: ybox_first .. ybox_last).
+  const int first = cv.bounds[0];
+  const int last = cv.bounds[2 * (height - 1)] + cv.bounds[2 * (height - 1) + 1];
+  Image tmp = img;
+  int row0 = 0;  // row of `tmp` that holds input row `first`
+  if (width != img.width) {
+    const Coeffs ch_ = bilinear_coeffs(img.width, width);
+    tmp.width = width;
+    tmp.height = last - first;
+    tmp.pixels.assign(static_cast<size_t>(tmp.width) * tmp.height * ch, 0);
+    for (int y = 0; y < tmp.height; ++y)
+      for (int xx = 0; xx < width; ++xx) {
+        const int xmin = ch_.bounds[2 * xx], xmax = ch_.bounds[2 * xx + 1];
+        const int32_t* k = &ch_.k[static_cast<size_t>(xx) * ch_.ksize];
+        for (int c = 0; c < ch; ++c) {
+          int ss = 1 << (kPrecisionBits - 1);
+          for (int x = 0; x < xmax; ++x) ss += img.at(x + xmin, y + first)[c] * k[x];
+          tmp.at(xx, y)[c] = clip8(ss);
+        }
+      }
+    row0 = first;
+  }
+  if (height == img.height) return tmp;
+  Image out;
+  out.width = tmp.width;
+  out.height = height;
+  out.channels = ch;
+  out.pixels.assign(static_cast<size_t>(out.width) * height * ch, 0);
+  for (int yy = 0; yy < height; ++yy) {
+    const int ymin = cv.bounds[2 * yy] - row0, ymax = cv.bounds[2 * yy + 1];
+    const int32_t* k = &cv.k[static_cast<size_t>(yy) * cv.ksize];
+    for (int xx = 0; xx < out.width; ++xx)
+      for (int c = 0; c < ch; ++c) {
+        int ss = 1 << (kPrecisionBits - 1);
+        for (int y = 0; y < ymax; ++y) ss += tmp.at(xx, y + ymin)[c] * k[y];
+        out.at(xx, yy)[c] = clip8(ss);
+      }
+  }
+  return out;
+}
+
+std::vector<float> to_nchw_normalized(const Image& img, const Manifest& m) {
+  const size_t plane = static_cast<size_t>(img.width) * img.height;
+  std::vector<float> x(3 * plane);
+  const float inv255 = static_cast<float>(1.0 / 255.0);  // numpy: float32 array * Python float -> float32
+  for (int c = 0; c < 3; ++c) {
+    const int src = m.bgr ? 2 - c : c;  // BGR: channel c of the input is colour 2 - c
+    for (size_t i = 0; i < plane; ++i) {
+      const float v = static_cast<float>(img.pixels[3 * i + src]) * inv255;
+      x[c * plane + i] = (v - m.mean[c]) / m.std[c];
+    }
+  }
+  return x;
+}
+
+std::vector<uint8_t> to_nhwc_uint8(const Image& img) { return img.pixels; }
+
+Image argmax_labels(const float* logits, int classes, int height, int width) {
+  Image lab;
+  lab.width = width;
+  lab.height = height;
+  lab.channels = 1;
+  const size_t plane = static_cast<size_t>(width) * height;
+  lab.pixels.assign(plane, 0);
+  for (size_t i = 0; i < plane; ++i) {
+    int best = 0;
+    float top = logits[i];
+    for (int c = 1; c < classes; ++c) {
+      const float v = logits[c * plane + i];
+      if (v > top) { top = v; best = c; }
+    }
+    lab.pixels[i] = static_cast<uint8_t>(best);
+  }
+  return lab;
+}
+
+Image resize_labels(const Image& labels, int width, int height) {
+  if (labels.width == width && labels.height == height) return labels;
+  Image out;
+  out.width = width;
+  out.height = height;
+  out.channels = 1;
+  out.pixels.resize(static_cast<size_t>(width) * height);
+  std::vector<int> xs(width);
+  for (int x = 0; x < width; ++x) xs[x] = static_cast<int>(static_cast<double>(static_cast<long long>(x) * labels.width) / width);
+  for (int y = 0; y < height; ++y) {
+    const int sy = static_cast<int>(static_cast<double>(static_cast<long long>(y) * labels.height) / height);
+    for (int x = 0; x < width; ++x) out.pixels[static_cast<size_t>(y) * width + x] = *labels.at(xs[x], sy);
+  }
+  return out;
+}
+
+Image overlay(const Image& rgb, const Image& labels, const std::vector<std::array<uint8_t, 3>>& palette, double alpha) {
+  alpha = std::min(std::max(alpha, 0.0), 1.0);
+  // numpy multiplies the float32 arrays by float32(1 - alpha) and float32(alpha)
+  const float keep = static_cast<float>(1.0 - alpha), mix = static_cast<float>(alpha);
+  Image out = rgb;
+  for (size_t i = 0; i < labels.pixels.size(); ++i) {
+    const uint8_t l = labels.pixels[i];
+    for (int c = 0; c < 3; ++c) {
+      const float colour = l < palette.size() ? palette[l][c] : 0.0f;  // out-of-range labels are black
+      out.pixels[3 * i + c] = static_cast<uint8_t>(static_cast<float>(rgb.pixels[3 * i + c]) * keep + colour * mix + 0.5f);
+    }
+  }
+  return out;
+}
+
+void write_png_atomic(const std::string& path, const Image& img) {
+  const std::string tmp = path + ".tmp";
+  if (!stbi_write_png(tmp.c_str(), img.width, img.height, img.channels, img.pixels.data(), img.width * img.channels)) {
+    std::remove(tmp.c_str());
+    throw NfdsegError("cannot write " + path, "", "check that the output directory is writable");
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    throw NfdsegError("cannot write " + path, ec.message(), "check that the output directory is writable");
+  }
+}
