@@ -19,9 +19,15 @@ HEADERS_PKG=libonnxruntime-dev
 HEADERS_SUITE=${ORT_HEADERS_SUITE:-trixie}
 mkdir -p "$BUILD"
 
-die() { echo "error: $1" >&2; [ -n "${2:-}" ] && echo "  fix: $2" >&2; exit 2; }
+# Exit status: 0 built, 3 a prerequisite is missing (tests skip on it, with this message), other: a failure.
+die() { echo "error: $1" >&2; [ -n "${2:-}" ] && echo "  fix: $2" >&2; exit 3; }
+APT_HINT="apt-get install g++ cmake nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev (Debian/Ubuntu)"
 for tool in g++ cmake; do
-  command -v "$tool" >/dev/null || die "$tool is not installed" "apt-get install g++ cmake nlohmann-json3-dev libstb-dev"
+  command -v "$tool" >/dev/null || die "$tool is not installed" "$APT_HINT"
+done
+for header in nlohmann/json.hpp stb/stb_image.h stb/stb_image_write.h jpeglib.h; do
+  printf '#include <cstdio>\n#include <%s>\n' "$header" | g++ -std=c++17 -E -x c++ - >/dev/null 2>&1 \
+    || die "the header <$header> is not installed" "$APT_HINT"
 done
 
 # 1. The library: the wheel's libonnxruntime.so.X.Y.Z, linked under its SONAME (libonnxruntime.so.1).

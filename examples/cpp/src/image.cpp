@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <csetjmp>
 #include <iterator>
 
 #include "error.hpp"
@@ -15,6 +16,9 @@
 #include <stb_image.h>
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>
+// JPEG through libjpeg(-turbo), as Pillow decodes it (islow IDCT, fancy upsampling): stb_image's decoder
+// rounds differently and reads a 3-component JPEG without a JFIF marker (most camera files) as RGB, not YCbCr.
+#include <jpeglib.h>
 
 namespace {
 
@@ -158,7 +162,68 @@ uint8_t clip8(int v) {  // Resample.c clip8: the integer part of the fixed-point
   return static_cast<uint8_t>(s < 0 ? 0 : s > 255 ? 255 : s);
 }
 
+struct JpegError {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char text[JMSG_LENGTH_MAX];
+};
+
+void jpeg_fail(j_common_ptr cinfo) {
+  JpegError* e = reinterpret_cast<JpegError*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, e->text);
+  std::longjmp(e->jump, 1);
+}
+
+// Decode a JPEG to RGB (grayscale repeated), or return false with the decoder's message in `why`.
+bool decode_jpeg(const std::vector<uint8_t>& bytes, Image& img, std::string& why) {
+  jpeg_decompress_struct cinfo;
+  JpegError err;
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_fail;
+  err.mgr.output_message = [](j_common_ptr) {};  // warnings (e.g. premature end) are not printed
+  std::vector<uint8_t> row;
+  if (setjmp(err.jump)) {
+    why = err.text;
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&cinfo, TRUE);
+  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
+    why = "a CMYK JPEG (this program reads grayscale and colour JPEGs)";
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  const bool gray = cinfo.num_components == 1;
+  cinfo.out_color_space = gray ? JCS_GRAYSCALE : JCS_RGB;
+  if (static_cast<long long>(cinfo.image_width) * cinfo.image_height > kMaxPixels) {
+    img.width = static_cast<int>(cinfo.image_width);
+    img.height = static_cast<int>(cinfo.image_height);
+    jpeg_destroy_decompress(&cinfo);
+    return true;  // the caller refuses the size
+  }
+  jpeg_start_decompress(&cinfo);
+  img.width = static_cast<int>(cinfo.output_width);
+  img.height = static_cast<int>(cinfo.output_height);
+  img.channels = 3;
+  img.pixels.resize(static_cast<size_t>(img.width) * img.height * 3);
+  row.resize(static_cast<size_t>(img.width) * cinfo.output_components);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW rows[1] = {row.data()};
+    const int y = static_cast<int>(cinfo.output_scanline);
+    jpeg_read_scanlines(&cinfo, rows, 1);
+    for (int x = 0; x < img.width; ++x)
+      for (int c = 0; c < 3; ++c) img.at(x, y)[c] = row[static_cast<size_t>(x) * cinfo.output_components + (gray ? 0 : c)];
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return true;
+}
+
 }  // namespace
+
+Image finish(Image img, const std::vector<uint8_t>& bytes, const std::string& path);
 
 Image load_image(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -169,15 +234,23 @@ Image load_image(const std::string& path) {
                        "pass a PNG, JPEG or BMP file");
   };
   if (bytes.empty()) throw fail("empty file");
+  Image img;
+  const auto check_size = [&](long long w, long long h) {
+    if (w * h > kMaxPixels)
+      throw ImageError(path + ": image is too large",
+                       std::to_string(w) + "x" + std::to_string(h) + " = " + std::to_string(w * h) +
+                           " pixels, limit " + std::to_string(kMaxPixels), "downscale it");
+  };
+  if (bytes.size() > 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF) {
+    std::string why;
+    if (!decode_jpeg(bytes, img, why)) throw fail(why);
+    check_size(img.width, img.height);
+    return finish(img, bytes, path);
+  }
   const int len = static_cast<int>(std::min<size_t>(bytes.size(), INT32_MAX));
   int w = 0, h = 0, comp = 0;
   if (!stbi_info_from_memory(bytes.data(), len, &w, &h, &comp)) throw fail(stbi_failure_reason());
-  if (static_cast<long long>(w) * h > kMaxPixels)
-    throw ImageError(path + ": image is too large",
-                      std::to_string(w) + "x" + std::to_string(h) + " = " + std::to_string(static_cast<long long>(w) * h) +
-                          " pixels, limit " + std::to_string(kMaxPixels),
-                      "downscale it");
-  Image img;
+  check_size(w, h);
   img.channels = 3;
   if (comp == 1 && stbi_is_16_bit_from_memory(bytes.data(), len)) {
     // Pillow opens 16-bit grayscale as I;16; nfdseg scales it by its peak (65535, or 255 when no value exceeds 255).
@@ -205,6 +278,11 @@ Image load_image(const std::string& path) {
   }
   img.width = w;
   img.height = h;
+  return finish(img, bytes, path);
+}
+
+// Upright by the EXIF orientation, then refuse an image too small to segment.
+Image finish(Image img, const std::vector<uint8_t>& bytes, const std::string& path) {
   img = apply_orientation(img, exif_orientation(bytes));
   if (img.width < kMinSide || img.height < kMinSide)
     throw ImageError(path + ": image is too small to segment",
