@@ -208,13 +208,13 @@ bool decode_jpeg(const std::vector<uint8_t>& bytes, Image& img, std::string& why
   img.height = static_cast<int>(cinfo.output_height);
   img.channels = 3;
   img.pixels.resize(static_cast<size_t>(img.width) * img.height * 3);
-  row.resize(static_cast<size_t>(img.width) * cinfo.output_components);
+  row.resize(static_cast<size_t>(img.width));
   while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW rows[1] = {row.data()};
-    const int y = static_cast<int>(cinfo.output_scanline);
+    uint8_t* dst = img.at(0, static_cast<int>(cinfo.output_scanline));
+    JSAMPROW rows[1] = {gray ? row.data() : dst};  // colour rows are decoded in place
     jpeg_read_scanlines(&cinfo, rows, 1);
-    for (int x = 0; x < img.width; ++x)
-      for (int c = 0; c < 3; ++c) img.at(x, y)[c] = row[static_cast<size_t>(x) * cinfo.output_components + (gray ? 0 : c)];
+    if (gray)
+      for (int x = 0; x < img.width; ++x) std::fill_n(dst + 3 * x, 3, row[x]);
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
@@ -226,9 +226,11 @@ bool decode_jpeg(const std::vector<uint8_t>& bytes, Image& img, std::string& why
 Image finish(Image img, const std::vector<uint8_t>& bytes, const std::string& path);
 
 Image load_image(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw ImageError("image file not found: " + path, "", "check the path");
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<uint8_t> bytes(static_cast<size_t>(std::max<std::streamoff>(in.tellg(), 0)));
+  in.seekg(0);
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   const auto fail = [&](const std::string& why) {
     return ImageError(path + ": not a readable image (corrupt, truncated or not an image format)", why,
                        "pass a PNG, JPEG or BMP file");
@@ -283,7 +285,8 @@ Image load_image(const std::string& path) {
 
 // Upright by the EXIF orientation, then refuse an image too small to segment.
 Image finish(Image img, const std::vector<uint8_t>& bytes, const std::string& path) {
-  img = apply_orientation(img, exif_orientation(bytes));
+  const int orientation = exif_orientation(bytes);
+  if (orientation != 1) img = apply_orientation(img, orientation);
   if (img.width < kMinSide || img.height < kMinSide)
     throw ImageError(path + ": image is too small to segment",
                       std::to_string(img.width) + "x" + std::to_string(img.height) + " pixels",
@@ -298,8 +301,9 @@ Image resize_bilinear(const Image& img, int width, int height) {
   // Rows of the input the vertical pass reads (Resample.c: ybox_first .. ybox_last).
   const int first = cv.bounds[0];
   const int last = cv.bounds[2 * (height - 1)] + cv.bounds[2 * (height - 1) + 1];
-  Image tmp = img;
-  int row0 = 0;  // row of `tmp` that holds input row `first`
+  Image tmp;                // the horizontal pass's output, when the width changes
+  const Image* src = &img;  // what the vertical pass reads
+  int row0 = 0;             // row of `src` that holds input row `first`
   if (width != img.width) {
     const Coeffs ch_ = bilinear_coeffs(img.width, width);
     tmp.width = width;
@@ -309,17 +313,19 @@ Image resize_bilinear(const Image& img, int width, int height) {
       for (int xx = 0; xx < width; ++xx) {
         const int xmin = ch_.bounds[2 * xx], xmax = ch_.bounds[2 * xx + 1];
         const int32_t* k = &ch_.k[static_cast<size_t>(xx) * ch_.ksize];
-        for (int c = 0; c < ch; ++c) {
-          int ss = 1 << (kPrecisionBits - 1);
-          for (int x = 0; x < xmax; ++x) ss += img.at(x + xmin, y + first)[c] * k[x];
-          tmp.at(xx, y)[c] = clip8(ss);
-        }
+        int ss[4] = {1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1),
+                     1 << (kPrecisionBits - 1)};
+        const uint8_t* p = img.at(xmin, y + first);
+        for (int x = 0; x < xmax; ++x, p += ch)
+          for (int c = 0; c < ch; ++c) ss[c] += p[c] * k[x];
+        for (int c = 0; c < ch; ++c) tmp.at(xx, y)[c] = clip8(ss[c]);
       }
     row0 = first;
+    src = &tmp;
   }
   if (height == img.height) return tmp;
   Image out;
-  out.width = tmp.width;
+  out.width = src->width;
   out.height = height;
   out.channels = ch;
   out.pixels.assign(static_cast<size_t>(out.width) * height * ch, 0);
@@ -329,7 +335,9 @@ Image resize_bilinear(const Image& img, int width, int height) {
     for (int xx = 0; xx < out.width; ++xx)
       for (int c = 0; c < ch; ++c) {
         int ss = 1 << (kPrecisionBits - 1);
-        for (int y = 0; y < ymax; ++y) ss += tmp.at(xx, y + ymin)[c] * k[y];
+        const uint8_t* p = src->at(xx, ymin) + c;
+        const size_t stride = static_cast<size_t>(src->width) * ch;
+        for (int y = 0; y < ymax; ++y, p += stride) ss += *p * k[y];
         out.at(xx, yy)[c] = clip8(ss);
       }
   }
