@@ -123,7 +123,7 @@ def main() -> int:
     manifest = json.loads((export / "model.json").read_text())
     result = {
         "benchmark": "cpp_example_vs_python_runtime", "machine": mach, "git": git_rev(),
-        "machine_note": "2-core AMD EPYC, no GPU, shared with other jobs" if mach["tag"] == "cpu2" else "",
+        "machine_note": f"{mach['cores']}-core {mach['cpu']}, {mach['gpu'] or 'no GPU'}, shared with other jobs",
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
         "model": {"architecture": manifest["architecture"], "input_size": manifest["preprocess"]["input_size"],
                   "export": str(export) if args.export else "quick student architecture, 4 training iterations"},
