@@ -21,7 +21,7 @@ mkdir -p "$BUILD"
 
 # Exit status: 0 built, 3 a prerequisite is missing (tests skip on it, with this message), other: a failure.
 die() { echo "error: $1" >&2; [ -n "${2:-}" ] && echo "  fix: $2" >&2; exit 3; }
-APT_HINT="apt-get install g++ cmake nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev (Debian/Ubuntu)"
+APT_HINT="apt-get install g++ cmake nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev (Debian; on Ubuntu libjpeg-turbo8-dev)"
 for tool in g++ cmake; do
   command -v "$tool" >/dev/null || die "$tool is not installed" "$APT_HINT"
 done
@@ -46,8 +46,9 @@ ln -sf "$ORT_LIB" "$BUILD/ort/lib/libonnxruntime.so"
 if [ -z "${ORT_INCLUDE_DIR:-}" ]; then
   ORT_INCLUDE_DIR="$BUILD/ort/include"
   if [ ! -f "$ORT_INCLUDE_DIR/onnxruntime_cxx_api.h" ]; then
-    command -v apt-get >/dev/null || die "apt-get is needed to fetch the ONNX Runtime headers" \
-      "set ORT_INCLUDE_DIR to a directory holding onnxruntime_cxx_api.h (an ONNX Runtime release's include/)"
+    command -v apt-get >/dev/null && [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] \
+      || die "fetching the ONNX Runtime headers needs apt-get and Debian's archive keyring" \
+        "apt-get install debian-archive-keyring (Ubuntu has it too), or set ORT_INCLUDE_DIR to an ONNX Runtime release's include/"
     apt_dir=$(mktemp -d)
     trap 'rm -rf "$apt_dir"' EXIT
     mkdir -p "$apt_dir/parts" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
