@@ -206,4 +206,24 @@ def test_bad_options_and_unavailable_runtimes(cpp_program, probe_copy, images):
     err = _error(run_cpp(cpp_program, probe_copy, img, "--device", "cuda", expect_rc=2))
     assert "could not add the CUDA execution provider" in err
     err = _error(run_cpp(cpp_program, probe_copy, img, "--backend", "tensorrt", expect_rc=2))
-    assert "holds no TensorRT engine" in err or "built without TensorRT" in err
+    assert "holds no TensorRT engine" in err
+
+
+def test_engine_needs_the_tensorrt_build(cpp_program, probe_copy, images):
+    """An export directory with an engine: this (CPU) build says it has no TensorRT backend, and an engine's
+    manifest handed to the ONNX Runtime backend is refused, both before anything is loaded."""
+    from dataclasses import replace
+
+    from nfdseg.manifest import EngineInfo, read_manifest, write_manifest
+
+    (probe_copy / "probe_fp32_trt10.13_sm87.engine").write_bytes(b"not deserialized by this build")
+    info = EngineInfo(tensorrt_version="10.13.0.35", tensorrt_flavor="tensorrt", gpu_name="Orin",
+                      compute_capability="8.7", precision_requested="fp32", precision_built="fp32",
+                      strongly_typed=False)
+    engine = replace(read_manifest(probe_copy / "model.json"), kind="engine", engine=info, sha256="", created="",
+                     artifact="probe_fp32_trt10.13_sm87.engine")
+    write_manifest(engine, probe_copy / "probe_fp32_trt10.13_sm87.json")
+    err = _error(run_cpp(cpp_program, probe_copy, images[0], "--backend", "tensorrt", expect_rc=2))
+    assert "built without TensorRT" in err and "NFDSEG_WITH_TENSORRT=ON" in err
+    err = _error(run_cpp(cpp_program, probe_copy / "probe_fp32_trt10.13_sm87.engine", images[0], expect_rc=2))
+    assert "is a TensorRT engine, not an ONNX model" in err

@@ -91,7 +91,7 @@ std::unique_ptr<Backend> open_backend(const Manifest& m, const Args& a) {
 #endif
   }
   if (m.kind != "onnx")
-    throw NfdsegError(m.artifact + " is a " + m.kind + ", not an ONNX model", m.path,
+    throw NfdsegError(m.artifact + " is a TensorRT engine, not an ONNX model", m.path,
                       "pass the export directory or model.onnx, or use --backend tensorrt for an engine");
   return open_onnxruntime(m, a.device, a.threads);
 }
