@@ -184,11 +184,19 @@ def test_unreadable_images_are_skipped_with_a_message(cpp_program, probe_copy, i
     garbage.write_bytes(b"this is not an image")
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(images[0].read_bytes()[:200])
+    truncated_jpeg = tmp_path / "truncated_jpeg.jpg"  # Pillow refuses it too ("image file is truncated")
+    jpeg = next(p for p in images if p.suffix == ".jpg").read_bytes()
+    truncated_jpeg.write_bytes(jpeg[: len(jpeg) // 2])
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((1, 9, 3), np.uint8)).save(tiny)
-    proc = run_cpp(cpp_program, probe_copy, garbage, truncated, tmp_path / "missing.jpg", tiny, images[0],
-                   "--out", tmp_path / "out", expect_rc=1)
-    assert proc.stdout.count("skipped: error:") == 4, proc.stdout
+    from nfdseg.errors import InputError
+    from nfdseg.preprocess import load_image
+
+    with pytest.raises(InputError):
+        load_image(truncated_jpeg)
+    proc = run_cpp(cpp_program, probe_copy, garbage, truncated, truncated_jpeg, tmp_path / "missing.jpg", tiny,
+                   tmp_path, images[0], "--out", tmp_path / "out", expect_rc=1)
+    assert proc.stdout.count("skipped: error:") == 6, proc.stdout
     assert "not a readable image" in proc.stdout and "image file not found" in proc.stdout
     assert "too small to segment" in proc.stdout
     assert (tmp_path / "out" / f"{images[0].stem}_labels.png").is_file()  # the good image is still done

@@ -19,6 +19,7 @@
 // JPEG through libjpeg(-turbo), as Pillow decodes it (islow IDCT, fancy upsampling): stb_image's decoder
 // rounds differently and reads a 3-component JPEG without a JFIF marker (most camera files) as RGB, not YCbCr.
 #include <jpeglib.h>
+#include <jerror.h>  // JWRN_JPEG_EOF
 
 namespace {
 
@@ -180,7 +181,12 @@ bool decode_jpeg(const std::vector<uint8_t>& bytes, Image& img, std::string& why
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = jpeg_fail;
-  err.mgr.output_message = [](j_common_ptr) {};  // warnings (e.g. premature end) are not printed
+  err.mgr.output_message = [](j_common_ptr) {};  // warnings are not printed
+  // A file that ends early is refused, as Pillow refuses it ("image file is truncated"); libjpeg would only
+  // warn and fill the rest with grey. Other warnings (extraneous bytes) pass, as in Pillow.
+  err.mgr.emit_message = [](j_common_ptr c, int level) {
+    if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(c);
+  };
   std::vector<uint8_t> row;
   if (setjmp(err.jump)) {
     why = err.text;
@@ -227,7 +233,8 @@ Image finish(Image img, const std::vector<uint8_t>& bytes, const std::string& pa
 
 Image load_image(const std::string& path) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) throw ImageError("image file not found: " + path, "", "check the path");
+  if (!std::filesystem::is_regular_file(path) || !in)
+    throw ImageError("image file not found: " + path, "", "check the path (and that it is a readable file)");
   std::vector<uint8_t> bytes(static_cast<size_t>(std::max<std::streamoff>(in.tellg(), 0)));
   in.seekg(0);
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));

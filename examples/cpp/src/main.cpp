@@ -7,6 +7,7 @@
 // image's latency in ms. Exit status: 0 all done, 1 some image could not be read (the others are written),
 // 2 the artifact, its manifest or the command line cannot be used.
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>

@@ -1,5 +1,6 @@
 #include "manifest.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -81,7 +82,9 @@ Manifest read_manifest(const std::string& json_path, bool verify_sha) {
   const json& classes = field(j, "classes", where, json::value_t::object);
   for (const json& n : field(classes, "names", where, json::value_t::array)) m.class_names.push_back(n.get<std::string>());
   for (const json& c : field(classes, "palette", where, json::value_t::array)) {
-    if (!c.is_array() || c.size() != 3) throw NfdsegError("manifest " + where + ": palette entries must be [r, g, b]", c.dump());
+    const auto byte = [](const json& v) { return v.is_number_integer() && v.get<int>() >= 0 && v.get<int>() <= 255; };
+    if (!c.is_array() || c.size() != 3 || !byte(c[0]) || !byte(c[1]) || !byte(c[2]))
+      throw NfdsegError("manifest " + where + ": palette entries must be [r, g, b] with values 0-255", c.dump());
     m.palette.push_back({c[0].get<uint8_t>(), c[1].get<uint8_t>(), c[2].get<uint8_t>()});
   }
   if (m.class_names.empty() || m.class_names.size() > 256 || m.palette.size() > 256)
