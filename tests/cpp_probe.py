@@ -53,7 +53,7 @@ def _scene(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 def make_images(out: Path) -> list[Path]:
     """Odd-sized test images, each with its own stem: RGB PNG at sizes above, below and at the input size,
-    JPEG (4:4:4 and 4:2:0), grayscale, 16-bit grayscale, RGBA, gray+alpha, paletted PNG, BMP, and the eight
+    JPEG (4:4:4 and 4:2:0), grayscale, 16-bit grayscale, RGBA, gray+alpha, paletted PNG, BMP, GIF with a transparent colour, PPM, and the eight
     EXIF orientations as PNG (eXIf chunk) and JPEG (APP1)."""
     from PIL import Image
 
@@ -77,6 +77,8 @@ def make_images(out: Path) -> list[Path]:
                          "LA"), "gray_alpha.png")
     save(Image.fromarray(_scene(rng, 40, 33)).convert("P", palette=Image.ADAPTIVE), "palette.png")
     save(Image.fromarray(_scene(rng, 45, 31)), "bitmap.bmp")
+    save(Image.fromarray(_scene(rng, 47, 33)).convert("P", palette=Image.ADAPTIVE), "transparent.gif", transparency=5)
+    save(Image.fromarray(_scene(rng, 27, 35)), "pixmap.ppm")
     for orientation in range(1, 9):
         exif = Image.Exif()
         exif[0x0112] = orientation

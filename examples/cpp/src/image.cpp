@@ -240,7 +240,7 @@ Image load_image(const std::string& path) {
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   const auto fail = [&](const std::string& why) {
     return ImageError(path + ": not a readable image (corrupt, truncated or not an image format)", why,
-                       "pass a PNG, JPEG or BMP file");
+                       "pass a PNG, JPEG, BMP, GIF or PNM file");
   };
   if (bytes.empty()) throw fail("empty file");
   Image img;
