@@ -1,6 +1,6 @@
 """Backends by name, and `open_backend`, which resolves an artifact path and picks a runtime.
 
-An artifact is an export directory (model.onnx, model.fp16.onnx, *.engine with their .json), one of
+An artifact is an export directory (model.onnx, model.fp16.onnx, model.int8.onnx, *.engine with their .json), one of
 those files, or a checkpoint directory (checkpoint.json, torch backend). `backend="auto"` picks the
 best that can run here and logs why.
 """
@@ -17,7 +17,8 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on a GPU, fp32 on a CPU
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # auto: fp16 on a GPU, fp32 on a CPU; int8 only when asked
+ONNX_BY_PRECISION = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
 def _manifest_for(file: Path) -> Manifest:
@@ -41,7 +42,7 @@ def _candidates(path: Path) -> dict[str, list[Path]]:
     if not path.is_dir():
         raise ArtifactError(f"artifact not found: {path}", fix="pass the output directory of `nfdseg export`")
     out = {"tensorrt": sorted(path.glob("*.engine")), "onnxruntime": [], "torch": []}
-    for name in ("model.onnx", "model.fp16.onnx"):
+    for name in ONNX_BY_PRECISION.values():
         if (path / name).is_file():
             out["onnxruntime"].append(path / name)
     if (path / "checkpoint.json").is_file():
@@ -58,6 +59,12 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
     """Open the artifact at `path` with `backend` (auto | tensorrt | onnxruntime | torch)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'", fix=f"choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'", fix=f"choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and backend == "torch":
+        raise ConfigError("the torch backend cannot run INT8", seen="backend torch, precision int8",
+                          fix="serve the export directory's model.int8.onnx with --backend onnxruntime (or an INT8 "
+                              "TensorRT engine with --backend tensorrt); `nfdseg export --int8` makes it")
     path = Path(path)
     cands = _candidates(path)
     gpu = _has_gpu()
@@ -72,8 +79,8 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
             if name == "tensorrt":
                 from .tensorrt_backend import TensorRTBackend
 
-                b = TensorRTBackend(files[0], _manifest_for(files[0]), allow_rtx=kwargs.get("allow_rtx", False),
-                                    device=device)
+                f = _pick_engine(files, precision)
+                b = TensorRTBackend(f, _manifest_for(f), allow_rtx=kwargs.get("allow_rtx", False), device=device)
             elif name == "onnxruntime":
                 from .onnxruntime_backend import OnnxRuntimeBackend
 
@@ -90,6 +97,8 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
                     b.fallback = f"{note}; serving {f.name} on CPU instead of model.fp16.onnx"
                     log.warning("FALLBACK: %s", b.fallback)
             else:
+                if precision == "int8":
+                    raise ArtifactError("the torch backend cannot run INT8", fix="export with --int8")
                 from .torch_backend import TorchBackend
 
                 f = files[0]
@@ -112,9 +121,31 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
                         fix="install onnxruntime, or pass an artifact the chosen backend can load")
 
 
+def _pick_engine(files: list[Path], precision: str) -> Path:
+    """The first engine, or with an explicit precision the first whose manifest says that precision."""
+    if precision == "auto" or len(files) == 1 and precision != "int8":
+        return files[0]
+    for f in files:
+        m = read_manifest(f.with_suffix(".json"), verify_sha=False)
+        if m.precision == precision:
+            return f
+    raise ArtifactError(f"no {precision} TensorRT engine here", seen=", ".join(f.name for f in files),
+                        fix=f"build one: nfdseg export ... --engine-precision {precision}"
+                            + (" --int8 --int8-activations int8" if precision == "int8" else ""))
+
+
 def _pick_onnx(files: list[Path], precision: str, on_gpu: bool) -> Path:
-    """fp32 ONNX on CPU (FP16 is slower there), the FP16 ONNX on GPU, unless precision says otherwise."""
+    """fp32 ONNX on CPU (FP16 is slower there), the FP16 ONNX on GPU, unless precision says otherwise; the
+    INT8 model only when precision is int8 (never by auto: it is kept only within its parity budget, and the
+    choice to trade that accuracy is the caller's)."""
     by_name = {f.name: f for f in files}
+    if precision == "int8":
+        if "model.int8.onnx" in by_name:
+            return by_name["model.int8.onnx"]
+        raise ArtifactError("INT8 was requested but there is no model.int8.onnx",
+                            seen=", ".join(sorted(by_name)) or "no ONNX model",
+                            fix="export with `nfdseg export CHECKPOINT --int8` (it is written only when it holds its "
+                                "parity budget), or serve --precision fp32")
     want_fp16 = precision == "fp16" or (precision == "auto" and on_gpu)
     if want_fp16 and "model.fp16.onnx" in by_name:
         return by_name["model.fp16.onnx"]
@@ -133,4 +164,4 @@ def _has_gpu() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-__all__ = ["Backend", "open_backend", "BACKENDS"]
+__all__ = ["Backend", "open_backend", "BACKENDS", "PRECISIONS", "ONNX_BY_PRECISION"]
