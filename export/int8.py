@@ -52,7 +52,7 @@ _OTHER_METHOD = {"minmax": "percentile", "entropy": "minmax", "percentile": "min
 class Int8Options:
     """images: calibration images from the training split (at least 8). method: how activation ranges are
     chosen. activation_type: uint8 (asymmetric; onnxruntime's fast CPU path) or int8 (symmetric, zero point 0,
-    what a TensorRT INT8 engine needs). remedies: tried in this order when the budget breaks (any subset of
+    what a TensorRT INT8 engine needs; biases then stay float, as TensorRT takes them). remedies: tried in this order when the budget breaks (any subset of
     REMEDIES; () disables the ladder). sensitive_fraction: share of quantized nodes keep_sensitive_float keeps."""
 
     images: int = 64
@@ -183,8 +183,9 @@ def quantize(pre_path: Path, out_path: Path, calib: CalibrationSet, input_name: 
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
     symmetric = activation_type == "int8"
+    # symmetric (the TensorRT flavour): biases stay float, TensorRT's DequantizeLinear takes no int32 input
     extra = {"CalibStridedMinMax": calibration_stride(len(calib.inputs)), "ActivationSymmetric": symmetric,
-             "WeightSymmetric": True}
+             "WeightSymmetric": True, "QuantizeBias": not symmetric}
     t0 = time.perf_counter()
     q.quantize_static(str(pre_path), str(out_path), _reader(calib.inputs, input_name),
                       quant_format=q.QuantFormat.QDQ, per_channel=True,
