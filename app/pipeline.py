@@ -153,6 +153,8 @@ class Pipeline:
         targets = [("onnxruntime", self.out / "export" / "model.onnx", "fp32"),
                    ("onnxruntime", self.out / "export" / "model.fp16.onnx", "fp16"),
                    ("torch", self.deployed_dir, "auto")]
+        if (self.out / "export" / "model.int8.onnx").is_file():  # only when the export made (and kept) one
+            targets.insert(2, ("onnxruntime", self.out / "export" / "model.int8.onnx", "int8"))
         engines = sorted((self.out / "export").glob("*.engine"))
         if engines:
             targets.insert(0, ("tensorrt", engines[0], "auto"))

@@ -95,7 +95,7 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
     by_artifact = {r["artifact"]: r for r in parity["results"]}
     miou = {"teacher": teacher.metrics["miou"], "student_nfd": student.metrics["miou"],
             "baseline": baseline.metrics["miou"] if baseline else None}
-    for name, key in (("model.onnx", "onnx_fp32"), ("model.fp16.onnx", "onnx_fp16")):
+    for name, key in (("model.onnx", "onnx_fp32"), ("model.fp16.onnx", "onnx_fp16"), ("model.int8.onnx", "onnx_int8")):
         if name in by_artifact:
             miou[key] = by_artifact[name]["miou"]
             miou[f"{key}_delta"] = by_artifact[name]["delta_miou"]
@@ -156,7 +156,7 @@ def _markdown(r: dict[str, Any]) -> str:
               f"| NFD student (torch) | {_fmt(m['student_nfd'])} | |"]
     deployed = "baseline" if choice and choice.get("deployed") == "baseline" else "distilled"
     for key, label in (("onnx_fp32", "ONNX fp32 (onnxruntime)"), ("onnx_fp16", "ONNX fp16 (onnxruntime)"),
-                       ("engine", "TensorRT engine")):
+                       ("onnx_int8", "ONNX INT8 Q/DQ (onnxruntime)"), ("engine", "TensorRT engine")):
         if key in m:
             lines.append(f"| {label}, {deployed} student | {_fmt(m[key])} | {m[key + '_delta']:+.3f} |")
     names = list(next(iter(r["per_class_iou"].values())).keys())
@@ -222,7 +222,8 @@ def write_deploy(out: Path) -> Path:
     if deploy.exists():
         shutil.rmtree(deploy)
     deploy.mkdir()
-    files = sorted(export.glob("*.engine")) + [p for p in (export / "model.onnx", export / "model.fp16.onnx") if p.is_file()]
+    files = sorted(export.glob("*.engine")) + [p for p in (export / "model.onnx", export / "model.fp16.onnx",
+                                                             export / "model.int8.onnx") if p.is_file()]
     for f in files:
         shutil.copy2(f, deploy / f.name)
         shutil.copy2(f.with_suffix(".json"), deploy / f.with_suffix(".json").name)
