@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nfdseg.artifacts import BENCH_REPORT, CHECKPOINT, EXPORT_SUMMARY, PIPELINE_MARKER, REPORT_MD, STUDENT_CHOICE
+from nfdseg.artifacts import (BENCH_REPORT, CHECKPOINT, EXPORT_SUMMARY, ONNX_FP16, ONNX_FP32, ONNX_INT8, PIPELINE_MARKER,
+                              REPORT_MD, STUDENT_CHOICE)
 from nfdseg.cliargs import add_config_args, add_out_arg, add_quiet_arg, overrides_of
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.export.onnx2engine import ENGINE_MODES
@@ -136,9 +137,11 @@ class Pipeline:
         from nfdseg.serve.bench import DEFAULT_BATCHES, BenchTarget, bench_targets
 
         out = self.out / BENCH_REPORT
-        targets = [("onnxruntime", self.out / "export" / "model.onnx", "fp32"),
-                   ("onnxruntime", self.out / "export" / "model.fp16.onnx", "fp16"),
+        export = self.out / "export"
+        targets = [("onnxruntime", export / ONNX_FP32, "fp32"), ("onnxruntime", export / ONNX_FP16, "fp16"),
                    ("torch", self.deployed_dir, "auto")]
+        if (export / ONNX_INT8).is_file():  # only when the export made (and kept) one
+            targets.insert(2, ("onnxruntime", export / ONNX_INT8, "int8"))
         engines = sorted((self.out / "export").glob("*.engine"))
         if engines:
             targets.insert(0, ("tensorrt", engines[0], "auto"))

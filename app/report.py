@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from nfdseg.artifacts import (ENGINE_SUFFIX, ONNX_FILES, ONNX_FP16, ONNX_FP32, ONNX_INT8, PARITY_REPORT, REPORT_JSON,
+                              REPORT_MD, manifest_path)
 from nfdseg.fsutil import write_json_atomic, write_text_atomic
 from nfdseg.manifest import Manifest, read_manifest, runtime_versions
 
@@ -91,11 +93,11 @@ def zero_classes(per_class: dict[str, dict[str, float | None]],
 def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Manifest | None, export: dict,
                  bench: dict, status: list[dict], wall_s: float, choice=None,
                  deployed_dir: Path | None = None) -> dict[str, Any]:
-    parity = json.loads((out / "export/parity.json").read_text())
+    parity = json.loads((out / "export" / PARITY_REPORT).read_text())
     by_artifact = {r["artifact"]: r for r in parity["results"]}
     miou = {"teacher": teacher.metrics["miou"], "student_nfd": student.metrics["miou"],
             "baseline": baseline.metrics["miou"] if baseline else None}
-    for name, key in (("model.onnx", "onnx_fp32"), ("model.fp16.onnx", "onnx_fp16")):
+    for name, key in ((ONNX_FP32, "onnx_fp32"), (ONNX_FP16, "onnx_fp16"), (ONNX_INT8, "onnx_int8")):
         if name in by_artifact:
             miou[key] = by_artifact[name]["miou"]
             miou[f"{key}_delta"] = by_artifact[name]["delta_miou"]
@@ -128,8 +130,8 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
         "architectures": {"teacher": teacher.architecture, "student": student.architecture},
         "deploy": sorted(p.name for p in (out / "deploy").iterdir()) if (out / "deploy").is_dir() else [],
     }
-    write_json_atomic(out / "report.json", report)
-    write_text_atomic(out / "report.md", _markdown(report))
+    write_json_atomic(out / REPORT_JSON, report)
+    write_text_atomic(out / REPORT_MD, _markdown(report))
     return report
 
 
@@ -156,7 +158,7 @@ def _markdown(r: dict[str, Any]) -> str:
               f"| NFD student (torch) | {_fmt(m['student_nfd'])} | |"]
     deployed = "baseline" if choice and choice.get("deployed") == "baseline" else "distilled"
     for key, label in (("onnx_fp32", "ONNX fp32 (onnxruntime)"), ("onnx_fp16", "ONNX fp16 (onnxruntime)"),
-                       ("engine", "TensorRT engine")):
+                       ("onnx_int8", "ONNX INT8 Q/DQ (onnxruntime)"), ("engine", "TensorRT engine")):
         if key in m:
             lines.append(f"| {label}, {deployed} student | {_fmt(m[key])} | {m[key + '_delta']:+.3f} |")
     names = list(next(iter(r["per_class_iou"].values())).keys())
@@ -223,11 +225,12 @@ def write_deploy(out: Path) -> Path:
     if deploy.exists():
         shutil.rmtree(deploy)
     deploy.mkdir()
-    files = sorted(export.glob("*.engine")) + [p for p in (export / "model.onnx", export / "model.fp16.onnx") if p.is_file()]
+    files = sorted(export.glob("*" + ENGINE_SUFFIX)) + [p for p in (export / f for f in ONNX_FILES.values())
+                                                          if p.is_file()]
     for f in files:
         shutil.copy2(f, deploy / f.name)
-        shutil.copy2(f.with_suffix(".json"), deploy / f.with_suffix(".json").name)
-    m = read_manifest(deploy / "model.json")
+        shutil.copy2(manifest_path(f), deploy / manifest_path(f).name)
+    m = read_manifest(manifest_path(deploy / ONNX_FP32))
     write_json_atomic(deploy / "classes.json", {"names": list(m.classes.names), "palette": [list(c) for c in m.classes.palette],
                                                 "ignore_index": m.classes.ignore_index})
     write_text_atomic(deploy / "usage.py", USAGE)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from nfdseg.serve.backends import BACKENDS
+from nfdseg.serve.backends import BACKENDS, PRECISIONS
 
 
 def cmd_demo(args) -> int:
     from .app import launch
 
-    launch(args.artifact, host=args.host, port=args.port, share=args.share, backend=args.backend, device=args.device)
+    launch(args.artifact, host=args.host, port=args.port, share=args.share, backend=args.backend, device=args.device,
+           precision=args.precision)
     return 0
 
 
@@ -23,4 +24,6 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime (default auto)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: fp16 on GPU, fp32 on CPU; int8: the export's model.int8.onnx (the page shows which runs)")
     p.set_defaults(func=cmd_demo)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nfdseg.artifacts import CHECKPOINT, ONNX_FP32, PARITY_REPORT, manifest_path
 from nfdseg.cliargs import add_out_arg
 
+from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS
 from .onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -14,7 +16,6 @@ log = logging.getLogger(__name__)
 
 def _export_config(args):
     from .onnx2engine import EngineProfile
-    from .parity import ParityBudget
     from .run import ExportConfig
     from .torch2onnx import OnnxExportOptions
 
@@ -31,9 +32,17 @@ def _export_config(args):
         fp16=not args.no_fp16, engine=args.engine, engine_precision=args.engine_precision,
         engine_allow_rtx=args.allow_rtx,
         profile=EngineProfile(*batches, min_hw=hws[0], opt_hw=hws[1], max_hw=hws[2]),
-        parity=ParityBudget(args.fp32_min_agreement, args.fp16_max_delta_miou, args.parity_images),
-        triton_dir=args.triton or "",
+        parity=_budget(args), triton_dir=args.triton or "",
+        int8=args.int8, int8_calib_images=args.int8_calib_images, int8_calib_method=args.int8_calib_method,
+        int8_activations=args.int8_activations,
     )
+
+
+def _budget(args):
+    from .parity import ParityBudget
+
+    return ParityBudget(args.fp32_min_agreement, args.fp16_max_delta_miou, args.parity_images,
+                        int8_max_delta_miou=args.int8_max_delta_miou)
 
 
 def _profile_hw(text: str) -> tuple:
@@ -75,7 +84,7 @@ def cmd_export(args) -> int:
 def cmd_check(args) -> int:
     from nfdseg.fsutil import write_json_atomic
 
-    from .parity import ParityBudget, format_report, run_parity
+    from .parity import format_report, run_parity
 
     export_dir = Path(args.export_dir)
     if args.checkpoint:
@@ -83,7 +92,7 @@ def cmd_check(args) -> int:
     else:
         from nfdseg.manifest import read_manifest
 
-        m = read_manifest(export_dir / "model.json", expect_kind="onnx")
+        m = read_manifest(manifest_path(export_dir / ONNX_FP32), expect_kind="onnx")
         ckpt = _find_checkpoint(export_dir, m.parent_sha256)
     try:
         from .torch2onnx import load_onnx_checked
@@ -93,9 +102,8 @@ def cmd_check(args) -> int:
     else:
         for p in export_dir.glob("*.onnx"):
             load_onnx_checked(p)
-    report = run_parity(export_dir, ckpt, ParityBudget(args.fp32_min_agreement, args.fp16_max_delta_miou,
-                                                       args.parity_images), engine_allow_rtx=args.allow_rtx)
-    write_json_atomic(export_dir / "parity.json", report)
+    report = run_parity(export_dir, ckpt, _budget(args), engine_allow_rtx=args.allow_rtx)
+    write_json_atomic(export_dir / PARITY_REPORT, report)
     print(format_report(report))
     return 0 if report["passed"] else 1
 
@@ -105,7 +113,7 @@ def _find_checkpoint(export_dir: Path, sha: str) -> Path:
     from nfdseg.fsutil import sha256_file
 
     for cand in [export_dir.parent / "student", export_dir.parent, *export_dir.parent.glob("*/")]:
-        if (cand / "best.pt").is_file() and sha256_file(cand / "best.pt") == sha:
+        if (cand / CHECKPOINT).is_file() and sha256_file(cand / CHECKPOINT) == sha:
             return cand
     raise ArtifactError(f"cannot find the checkpoint {export_dir} was exported from",
                         seen=f"parent sha256 {sha[:12]}...", fix="pass --checkpoint DIR")
@@ -114,6 +122,7 @@ def _find_checkpoint(export_dir: Path, sha: str) -> Path:
 def _parity_args(p) -> None:
     p.add_argument("--fp32-min-agreement", type=float, default=99.9, help="fp32 budget: %% of pixels equal to torch (default 99.9)")
     p.add_argument("--fp16-max-delta-miou", type=float, default=0.5, help="fp16 budget: max |ΔmIoU| in points (default 0.5)")
+    p.add_argument("--int8-max-delta-miou", type=float, default=1.0, help="int8 budget: max |ΔmIoU| in points (default 1.0)")
     p.add_argument("--parity-images", type=int, default=64, help="validation images compared (0 = all; default 64)")
     p.add_argument("--allow-rtx", action="store_true", help="let TensorRT-RTX stand in for TensorRT")
 
@@ -134,6 +143,17 @@ def register(sub) -> None:
     p.add_argument("--static-hw", action="store_true", help="fix height/width to the training input size")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16 ONNX")
+    p.add_argument("--int8", action="store_true",
+                   help="also write a Q/DQ INT8 model.int8.onnx calibrated on the training split; it is kept only "
+                        "within --int8-max-delta-miou of the checkpoint (remedies are tried in order, see "
+                        "docs/deploying.md), else the export fails and keeps the fp32/FP16 models")
+    p.add_argument("--int8-calib-images", type=int, default=64,
+                   help="training images used for INT8 calibration (at least 8; default 64)")
+    p.add_argument("--int8-calib-method", choices=CALIBRATION_METHODS, default="minmax",
+                   help="how INT8 activation ranges are chosen (default minmax)")
+    p.add_argument("--int8-activations", choices=ACTIVATION_TYPES, default="uint8",
+                   help="uint8: asymmetric, fastest on onnxruntime CPUs (default); int8: symmetric, needed for a "
+                        "TensorRT INT8 engine (--engine-precision int8)")
     p.add_argument("--engine", choices=ENGINE_MODES, default="auto",
                    help="TensorRT engine: auto = build when TensorRT is installed (default), on = required, off")
     p.add_argument("--engine-precision", choices=ENGINE_PRECISIONS, default="fp16", help="engine precision (default fp16)")

@@ -3,7 +3,10 @@
 FP16: on TensorRT 11, TensorRT-RTX and TensorRT >= 10.12 (where the FP16 builder flag is deprecated) a
 strongly typed network parsed from the FP16 ONNX (the types are the precision); on older TensorRT 10
 the fp32 ONNX with the FP16 builder flag. The optimisation profile comes from config and must contain
-the size the runtime resizes to; the timing cache is loaded, checked, reused and saved; the builder
+the size the runtime resizes to;
+INT8: always from the Q/DQ model.int8.onnx (explicit quantization; implicit calibrators are deprecated): strongly
+typed on TensorRT 11 and TensorRT-RTX and >= 10.12 (the Q/DQ nodes and types define the precision), the
+BuilderFlag.INT8 (with FP16 for the layers left float) on older TensorRT 10; the timing cache is loaded, checked, reused and saved; the builder
 log (INFO and up) is kept in <engine>.log; the manifest records the precision and path actually built.
 """
 
@@ -24,7 +27,7 @@ MAX_LOG_LINES = 20_000
 # Defined once, here (a module that imports no torch, so the CLIs can list them): ExportConfig's Literal fields,
 # `nfdseg export` and `nfdseg pipeline` take them from here.
 ENGINE_MODES = ("auto", "on", "off")  # auto: build when TensorRT is installed; on: required; off: no engine
-ENGINE_PRECISIONS = ("fp16", "fp32")
+ENGINE_PRECISIONS = ("fp16", "fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,23 @@ def serialized_timing_cache(config) -> bytes | None:
     return bytes(data) if data is not None else None
 
 
+def int8_build(trt, tm, config, int8_onnx: Path | None) -> tuple[Path, str, str, bool]:
+    """(source, path taken, precision built, strongly typed) for an INT8 engine from the Q/DQ ONNX."""
+    if int8_onnx is None or not Path(int8_onnx).is_file():
+        raise ArtifactError("an INT8 engine is built from the Q/DQ model.int8.onnx, which is not there",
+                            seen=str(int8_onnx or "no INT8 ONNX given"),
+                            fix="export with --int8 --int8-activations int8 (and pass its parity budget)")
+    if tm.fp16_flag_deprecated:  # TensorRT 11, TensorRT-RTX, TensorRT >= 10.12: the types are the precision
+        return Path(int8_onnx), "int8_strongly_typed", "int8", True
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.set_flag(trt.BuilderFlag.FP16)  # the layers kept float may run in FP16
+    return Path(int8_onnx), "int8_builder_flag", "int8", False
+
+
 def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precision: str = "fp16",
                 fp16_onnx: Path | None = None, profile: EngineProfile = EngineProfile(),
-                timing_cache: Path | None = None, workspace_mb: int = 2048, allow_rtx: bool = True) -> Manifest:
+                timing_cache: Path | None = None, workspace_mb: int = 2048, allow_rtx: bool = True,
+                int8_onnx: Path | None = None) -> Manifest:
     """Build an engine in `out_dir`; return its manifest (also written as <engine>.json).
 
     Nothing is written until the build has succeeded and its timing cache is in hand, so a failure
@@ -164,6 +181,8 @@ def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precisi
         else:
             fp16_path = "fallback_fp32"
             log.warning("FALLBACK: this GPU has no fast FP16; building an fp32 engine (recorded in the manifest)")
+    elif precision == "int8":
+        source, fp16_path, precision_built, strongly_typed = int8_build(trt, tm, config, int8_onnx)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)

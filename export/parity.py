@@ -2,7 +2,7 @@
 
 Per artifact: max and p99 absolute logit error against the checkpoint (or, where torch is not installed,
 the fp32 ONNX model, said in the report), label-map pixel agreement at the model's output size, and mIoU
-and ΔmIoU scored by the project's one evaluation at each label's own size. Budgets (fp32: agreement >= 99.9 %; fp16: |ΔmIoU| <= 0.5 points) decide pass/fail; a failure
+and ΔmIoU scored by the project's one evaluation at each label's own size. Budgets (fp32: agreement >= 99.9 %; fp16: |ΔmIoU| <= 0.5 points; int8: |ΔmIoU| <= 1.0) decide pass/fail; a failure
 lists the images and classes that differ most.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from nfdseg.artifacts import ONNX_FILES, ONNX_FP32
 from nfdseg.config import from_dict
 from nfdseg.errors import ArtifactError, EngineNotRunnableHere, MissingDependencyError
 from nfdseg.manifest import Manifest, read_manifest
@@ -24,11 +25,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ParityBudget:
-    """fp32_min_agreement: % of pixels whose label equals torch's. fp16_max_delta_miou: mIoU points."""
+    """fp32_min_agreement: % of pixels whose label equals torch's. fp16/int8_max_delta_miou: mIoU points."""
 
     fp32_min_agreement: float = 99.9
     fp16_max_delta_miou: float = 0.5
     max_images: int = 64
+    int8_max_delta_miou: float = 1.0  # mIoU points; the INT8 remedies ladder (export/int8.py) works to hold it
 
 
 def validation_source(ckpt: Manifest):
@@ -99,7 +101,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def _reference(ckpt_dir: Path, ckpt: Manifest, export_dir: Path):
+def _reference_backend(ckpt_dir: Path, ckpt: Manifest, export_dir: Path):
     """The checkpoint on the torch backend (CPU, fp32); without torch, the fp32 ONNX model, said loudly."""
     from nfdseg.serve.backends import open_backend
 
@@ -109,21 +111,29 @@ def _reference(ckpt_dir: Path, ckpt: Manifest, export_dir: Path):
         note = ("torch is not installed here, so the checkpoint itself was not run: the fp32 ONNX model is the "
                 "reference (pip install 'nfdseg[export]' to compare against the checkpoint)")
         log.warning("parity: %s", note)
-        return open_backend(export_dir / "model.onnx", "onnxruntime", device="cpu"), "model.onnx", note
+        return open_backend(export_dir / ONNX_FP32, "onnxruntime", device="cpu"), ONNX_FP32, note
     from nfdseg.serve.backends.torch_backend import TorchBackend
 
     backend = TorchBackend(Path(ckpt_dir) / ckpt.artifact, ckpt, device="cpu", precision="fp32", channels_last=False)
     return backend, "checkpoint", ""
 
 
-def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBudget(),
-               engine_allow_rtx: bool = False) -> dict[str, Any]:
-    """Compare every artifact in export_dir with the checkpoint on the validation images. Returns the report.
+@dataclass
+class Reference:
+    """What every artifact is compared with: the validation images, and the reference's output and scores."""
 
-    Every mIoU here is the project's one evaluation (nfdseg.serve.evaluate): labels scored at each mask's own
-    size, exactly as `nfdseg eval` and the trainer score them.
-    """
-    from nfdseg.serve.backends import open_backend
+    source: Any
+    images: int
+    names: list[str]
+    name: str  # "checkpoint", or "model.onnx" where torch is not installed
+    note: str
+    output: np.ndarray  # graph output on every image, at the model's output size
+    output_kind: str
+    result: dict[str, Any]  # the one evaluation's figures (mIoU, per-class IoU)
+
+
+def build_reference(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBudget()) -> Reference:
+    """Run the reference (the checkpoint, or the fp32 ONNX model without torch) on the validation images."""
     from nfdseg.serve.evaluate import evaluate
     from nfdseg.serve.segmenter import Segmenter
 
@@ -131,69 +141,133 @@ def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBu
     ckpt = read_manifest(ckpt_dir / "checkpoint.json", expect_kind="checkpoint")
     source = validation_source(ckpt)
     n = min(len(source), budget.max_images) if budget.max_images else len(source)
-    names = [source.name(i) for i in range(n)]
-    ref_backend, ref_name, ref_note = _reference(ckpt_dir, ckpt, Path(export_dir))
-    ref_seg = Segmenter.from_backend(ref_backend)
-    ref_chunks: list[np.ndarray] = []
-    reference = evaluate(ref_seg, source, batch=16, limit=n, progress=False,
-                         on_batch=lambda start, out, preds: ref_chunks.append(out))
-    ref_backend.close()
-    ref_out = np.concatenate(ref_chunks)
-    report: dict[str, Any] = {"images": n, "reference": ref_name, "reference_note": ref_note,
-                              "torch_miou": reference["miou"] if ref_name == "checkpoint" else None,
-                              "reference_miou": reference["miou"], "budget": budget.__dict__, "results": [],
-                              "not_run": [], "passed": True, "failures": []}
-    onnx_files = [p for p in (export_dir / "model.onnx", export_dir / "model.fp16.onnx") if p.is_file()]
-    # Each ONNX model on the CPU provider, and again on the CUDA provider where onnxruntime offers it: on a GPU
-    # machine `auto` serves model.fp16.onnx there, so that is the pairing that must pass.
-    cuda_listed = _onnxruntime_lists_cuda()
-    report["onnxruntime_cuda"] = "checked" if cuda_listed else "not offered by the onnxruntime installed here"
+    backend, name, note = _reference_backend(ckpt_dir, ckpt, Path(export_dir))
+    seg = Segmenter.from_backend(backend)
+    chunks: list[np.ndarray] = []
+    result = evaluate(seg, source, batch=16, limit=n, progress=False,
+                      on_batch=lambda start, out, preds: chunks.append(out))
+    backend.close()
+    return Reference(source, n, [source.name(i) for i in range(n)], name, note, np.concatenate(chunks),
+                     seg.output_kind, result)
+
+
+def _new_report(ref: Reference, budget: ParityBudget) -> dict[str, Any]:
+    return {"images": ref.images, "reference": ref.name, "reference_note": ref.note,
+            "torch_miou": ref.result["miou"] if ref.name == "checkpoint" else None,
+            "reference_miou": ref.result["miou"], "budget": budget.__dict__, "results": [],
+            "not_run": [], "passed": True, "failures": []}
+
+
+def parity_targets(export_dir: Path) -> list[tuple[Path, str, str]]:
+    """(file, device, label) to compare: each ONNX model on the CPU provider, and again on the CUDA provider
+    where onnxruntime offers it (on a GPU machine `auto` serves model.fp16.onnx there, so that pairing must
+    pass), then each engine (its precision from its manifest)."""
+    onnx_files = [p for p in (export_dir / n for n in ONNX_FILES.values()) if p.is_file()]
     targets = [(p, "cpu", p.name) for p in onnx_files]
-    targets += [(p, "cuda", f"{p.name} (CUDA provider)") for p in onnx_files if cuda_listed]
-    targets += [(p, "auto", p.name) for p in sorted(export_dir.glob("*.engine"))]  # precision: from each manifest
-    for path, device, label in targets:
-        if ref_name == path.name and device == "cpu":
-            report["not_run"].append({"artifact": path.name, "reason": "it is the reference (torch not installed)"})
-            continue
-        try:
-            backend = open_backend(path, "tensorrt" if path.suffix == ".engine" else "onnxruntime", device=device,
-                                   allow_rtx=engine_allow_rtx)
-            if device == "cuda" and not backend.device.startswith("cuda"):
-                report["not_run"].append({"artifact": label, "reason": backend.fallback})
-                log.warning("parity: %s not run: %s", label, backend.fallback)
-                backend.close()
-                continue
-        except (MissingDependencyError, ArtifactError) as e:
-            # Only an engine may be skipped, and only because TensorRT or a matching GPU is absent here;
-            # an ONNX file we produced that cannot be loaded is a failure.
-            if path.suffix == ".engine" and _engine_cannot_run_here(e):
-                report["not_run"].append({"artifact": path.name, "reason": e.what})
-                log.warning("parity: %s not run: %s", path.name, e.what)
-                continue
-            report["failures"].append({"artifact": path.name, "rule": f"cannot be loaded: {e.what}",
-                                       "worst_images": [], "classes_most_changed": []})
-            report["passed"] = False
-            continue
-        m = backend.manifest
-        seg = Segmenter.from_backend(backend)
-        agreement = _Agreement(ref_out, ref_seg.output_kind, m.output_kind)
-        result = evaluate(seg, source, batch=backend.max_batch or 16, limit=n, progress=False, on_batch=agreement)
-        res = compare(label, agreement, result, reference, names)
+    targets += [(p, "cuda", f"{p.name} (CUDA provider)") for p in onnx_files if _onnxruntime_lists_cuda()]
+    return targets + [(p, "auto", p.name) for p in sorted(export_dir.glob("*.engine"))]
+
+
+def _open_target(report: dict[str, Any], path: Path, device: str, label: str, engine_allow_rtx: bool):
+    """The backend for one target, or None with the reason recorded (not run here, or a failure)."""
+    from nfdseg.serve.backends import open_backend
+
+    try:
+        backend = open_backend(path, "tensorrt" if path.suffix == ".engine" else "onnxruntime", device=device,
+                               allow_rtx=engine_allow_rtx)
+    except (MissingDependencyError, ArtifactError) as e:
+        # Only an engine may be skipped, and only because TensorRT or a matching GPU is absent here;
+        # an ONNX file we produced that cannot be loaded is a failure.
+        if path.suffix == ".engine" and _engine_cannot_run_here(e):
+            report["not_run"].append({"artifact": path.name, "reason": e.what})
+            log.warning("parity: %s not run: %s", path.name, e.what)
+            return None
+        report["failures"].append({"artifact": path.name, "rule": f"cannot be loaded: {e.what}",
+                                   "worst_images": [], "classes_most_changed": []})
+        report["passed"] = False
+        return None
+    if device == "cuda" and not backend.device.startswith("cuda"):
+        report["not_run"].append({"artifact": label, "reason": backend.fallback})
+        log.warning("parity: %s not run: %s", label, backend.fallback)
+        backend.close()
+        return None
+    return backend
+
+
+def score_backend(backend, label: str, ref: Reference, budget: ParityBudget) -> dict[str, Any]:
+    """One opened artifact against the reference: its parity figures and verdict under the budget of its
+    precision (closes the backend)."""
+    from nfdseg.serve.evaluate import evaluate
+    from nfdseg.serve.segmenter import Segmenter
+
+    m = backend.manifest
+    agreement = _Agreement(ref.output, ref.output_kind, m.output_kind)
+    try:
+        result = evaluate(Segmenter.from_backend(backend), ref.source, batch=backend.max_batch or 16,
+                          limit=ref.images, progress=False, on_batch=agreement)
+        res = compare(label, agreement, result, ref.result, ref.names)
         res["precision"] = m.precision
         res["backend"] = backend.describe()
+    finally:
         backend.close()
-        if m.precision == "fp32":
-            ok = res["pixel_agreement_pct"] >= budget.fp32_min_agreement
-            rule = f"pixel agreement {res['pixel_agreement_pct']:.3f}% < {budget.fp32_min_agreement}%"
-        else:
-            ok = abs(res["delta_miou"]) <= budget.fp16_max_delta_miou and res.get("finite", True)
-            rule = f"|ΔmIoU| {abs(res['delta_miou']):.3f} > {budget.fp16_max_delta_miou} (or non-finite output)"
-        res["passed"] = bool(ok)
-        if not ok:
-            deltas = [(k, (v or 0) - (reference["per_class_iou"].get(k) or 0)) for k, v in res["per_class_iou"].items()]
-            worst_cls = sorted(deltas, key=lambda kv: kv[1])[:3]
-            report["failures"].append({"artifact": label, "rule": rule, "worst_images": res["worst_images"],
-                                       "classes_most_changed": [{"class": k, "delta_iou": round(d, 3)} for k, d in worst_cls]})
+    ok, rule = judge(res, budget)
+    res["passed"], res["rule"] = ok, rule
+    return res
+
+
+def judge(res: dict[str, Any], budget: ParityBudget) -> tuple[bool, str]:
+    """(passed, the rule as text) for one result: fp32 by pixel agreement, fp16 and int8 by |ΔmIoU|."""
+    if res["precision"] == "fp32":
+        ok = res["pixel_agreement_pct"] >= budget.fp32_min_agreement
+        return bool(ok), f"pixel agreement {res['pixel_agreement_pct']:.3f}% < {budget.fp32_min_agreement}%"
+    limit = budget.int8_max_delta_miou if res["precision"] == "int8" else budget.fp16_max_delta_miou
+    ok = abs(res["delta_miou"]) <= limit and res.get("finite", True)
+    return bool(ok), f"|ΔmIoU| {abs(res['delta_miou']):.3f} > {limit} (or non-finite output)"
+
+
+def per_class_table(res: dict[str, Any], reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every class: reference IoU, this artifact's IoU and the change (points; None where a class is absent)."""
+    rows = []
+    for k, v in res["per_class_iou"].items():
+        r = reference["per_class_iou"].get(k)
+        rows.append({"class": k, "reference_iou": r, "iou": v,
+                     "delta_iou": None if v is None and r is None else round((v or 0) - (r or 0), 3)})
+    return rows
+
+
+def failure_entry(res: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """What a failed result contributes to the report: the rule, the worst images, the classes most changed
+    and the whole per-class table."""
+    table = per_class_table(res, reference)
+    worst = sorted((r for r in table if r["delta_iou"] is not None), key=lambda r: r["delta_iou"])[:3]
+    return {"artifact": res["artifact"], "rule": res["rule"], "worst_images": res["worst_images"],
+            "classes_most_changed": [{"class": r["class"], "delta_iou": r["delta_iou"]} for r in worst],
+            "per_class": table}
+
+
+def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBudget(),
+               engine_allow_rtx: bool = False, reference: Reference | None = None) -> dict[str, Any]:
+    """Compare every artifact in export_dir with the checkpoint on the validation images. Returns the report.
+
+    Every mIoU here is the project's one evaluation (nfdseg.serve.evaluate): labels scored at each mask's own
+    size, exactly as `nfdseg eval` and the trainer score them. `reference`: one already run (run_export shares
+    it with the INT8 ladder).
+    """
+    export_dir = Path(export_dir)
+    ref = reference or build_reference(export_dir, ckpt_dir, budget)
+    report = _new_report(ref, budget)
+    report["onnxruntime_cuda"] = ("checked" if _onnxruntime_lists_cuda()
+                                  else "not offered by the onnxruntime installed here")
+    for path, device, label in parity_targets(export_dir):
+        if ref.name == path.name and device == "cpu":
+            report["not_run"].append({"artifact": path.name, "reason": "it is the reference (torch not installed)"})
+            continue
+        backend = _open_target(report, path, device, label, engine_allow_rtx)
+        if backend is None:
+            continue
+        res = score_backend(backend, label, ref, budget)
+        if not res["passed"]:
+            report["failures"].append(failure_entry(res, ref.result))
             report["passed"] = False
         report["results"].append(res)
     return report
@@ -229,4 +303,33 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"   image {w['image']}: {w['agreement_pct']:.2f}% pixels agree")
         for c in f["classes_most_changed"]:
             lines.append(f"   class {c['class']}: IoU {c['delta_iou']:+.2f}")
+        if "int8" in f["artifact"] and f.get("per_class"):
+            lines += _per_class_lines(f["per_class"])
+    lines += _int8_lines(report.get("int8"))
     return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _per_class_lines(table: list[dict[str, Any]]) -> list[str]:
+    lines = [f"   {'class':<20} {'ref IoU':>8} {'IoU':>8} {'Δ':>8}"]
+    for r in table:
+        d = "-" if r["delta_iou"] is None else f"{r['delta_iou']:+.2f}"
+        lines.append(f"   {r['class']:<20} {_fmt(r['reference_iou']):>8} {_fmt(r['iou']):>8} {d:>8}")
+    return lines
+
+
+def _int8_lines(int8: dict[str, Any] | None) -> list[str]:
+    """The INT8 remedies ladder: one line per attempt, and the verdict."""
+    if not int8:
+        return []
+    cal = int8["calibration"]
+    lines = [f"int8 calibration: {cal['images']} images of split '{cal['split']}' (sha256 {cal['sha256'][:12]}...)"]
+    for a in int8["attempts"]:
+        lines.append(f"   int8 {a['step']:<26} {a['method']:<10} {a['nodes_kept_float']:>4} node(s) float  "
+                     f"ΔmIoU {a['delta_miou']:+.3f}  {'ok' if a['passed'] else 'over budget'}")
+    if not int8["passed"]:
+        lines.append("   INT8 REFUSED: model.int8.onnx was not written; the fp32/FP16 artifacts are kept")
+    return lines

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nfdseg.errors import ArtifactError, BrokenDependencyError, MissingDependencyError
+from nfdseg.artifacts import CHECKPOINT_MANIFEST, EXPORT_SUMMARY, ONNX_FP16, ONNX_FP32, PARITY_REPORT, manifest_path
+from nfdseg.errors import ArtifactError, BrokenDependencyError, ConfigError, MissingDependencyError
 from nfdseg.fsutil import sha256_file, write_json_atomic
 from nfdseg.manifest import read_manifest
 
+from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_FILE, REMEDIES, Int8Options
 from .onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS, EngineProfile
 from .parity import ParityBudget
 from .torch2onnx import OnnxExportOptions
@@ -22,7 +24,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ExportConfig:
     """engine: auto (build when TensorRT is installed) | on (fail without TensorRT) | off.
-    engine_allow_rtx: let TensorRT-RTX stand in for TensorRT (tests and RTX deployments)."""
+    engine_allow_rtx: let TensorRT-RTX stand in for TensorRT (tests and RTX deployments).
+    int8: also write a Q/DQ model.int8.onnx (export/int8.py), calibrated on int8_calib_images images of the
+    training split with int8_calib_method, kept only within parity.int8_max_delta_miou of the checkpoint;
+    int8_activations int8 (symmetric) is what a TensorRT INT8 engine (engine_precision int8) needs."""
 
     onnx: OnnxExportOptions = field(default_factory=OnnxExportOptions)
     fp16: bool = True
@@ -32,6 +37,15 @@ class ExportConfig:
     profile: EngineProfile = field(default_factory=EngineProfile)
     parity: ParityBudget = field(default_factory=ParityBudget)
     fp16_calibration_images: int = 4  # validation images scanned for activations beyond the float16 range (0: off)
+    int8: bool = False
+    int8_calib_images: int = 64
+    int8_calib_method: Literal[CALIBRATION_METHODS] = "minmax"
+    int8_activations: Literal[ACTIVATION_TYPES] = "uint8"
+    int8_remedies: tuple[str, ...] = REMEDIES  # tried in this order when the budget breaks; () = none
+
+    def int8_options(self) -> Int8Options:
+        return Int8Options(images=self.int8_calib_images, method=self.int8_calib_method,
+                           activation_type=self.int8_activations, remedies=tuple(self.int8_remedies))
     triton_dir: str = ""
     triton_name: str = "nfdseg"
 
@@ -81,6 +95,58 @@ def _fp16_with_overflow_guard(fp32_path: Path, onnx_m, fp16_path: Path, ckpt, n_
     return info
 
 
+def _check_int8_request(cfg: ExportConfig) -> None:
+    """Refuse, before any work, INT8 settings that cannot be honoured."""
+    if cfg.int8:
+        cfg.int8_options().check()
+    if cfg.engine_precision == "int8" and cfg.engine != "off":
+        if not cfg.int8:
+            raise ConfigError("an INT8 engine is built from the INT8 Q/DQ model, which this export does not make",
+                              seen="engine_precision int8 without int8", fix="add --int8 (int8: true)")
+        if cfg.int8_activations != "int8":
+            raise ConfigError("a TensorRT INT8 engine needs symmetric int8 activations (zero point 0) in the Q/DQ "
+                              "model", seen=f"int8_activations {cfg.int8_activations}",
+                              fix="add --int8-activations int8 (onnxruntime on CPUs is fastest with uint8: export "
+                                  "the CPU model separately)")
+
+
+def _int8_stage(out: Path, onnx_m, ckpt, cfg: ExportConfig, reference, summary: dict[str, Any]):
+    """None when INT8 is off."""
+    """The INT8 model and its remedies ladder (export/int8.py), each candidate scored by parity."""
+    from .int8 import export_int8, remove_int8
+    from .parity import judge, score_backend
+
+    if not cfg.int8:
+        remove_int8(out)  # a model.int8.onnx of an earlier export would not match this model
+        return None
+
+    def score(path: Path) -> dict[str, Any]:
+        from nfdseg.serve.backends import open_backend
+
+        return score_backend(open_backend(path, "onnxruntime", device="cpu"), path.name, reference, cfg.parity)
+
+    t0 = time.perf_counter()
+    outcome = export_int8(out / ONNX_FP32, onnx_m, ckpt, out, cfg.int8_options(), score)
+    summary["int8"] = outcome.to_json() | {"seconds": round(time.perf_counter() - t0, 2)}
+    if outcome.passed:
+        summary["files"][INT8_FILE] = round((out / INT8_FILE).stat().st_size / 1e6, 3)
+    return outcome
+
+
+def _int8_verdict(report: dict[str, Any], int8, reference) -> None:
+    """A refused INT8 model fails the export: its best attempt's rule and per-class table go in the report."""
+    from .parity import failure_entry
+
+    if int8 is None:
+        return
+    report["int8"] = int8.to_json()
+    if not int8.passed:
+        res = dict(int8.result or {}, artifact=f"{INT8_FILE} (refused: best of {len(int8.attempts)} attempt(s))")
+        if int8.result:
+            report["failures"].append(failure_entry(res, reference.result))
+        report["passed"] = False
+
+
 def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = ExportConfig(),
                expect_classes: int | None = None) -> dict[str, Any]:
     """Export the student in ckpt_dir to out_dir; returns a summary (paths, sizes, parity verdict)."""
@@ -88,15 +154,16 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
     from nfdseg.models.checkpoint import load_model_from_dir
 
     from .onnx2engine import onnx2engine
-    from .parity import format_report, run_parity
+    from .parity import build_reference, format_report, run_parity
     from .torch2onnx import file_mb, torch2onnx
     from .triton import write_triton_repository
 
     check_choices(cfg)  # Literal fields of a config built in code (engine, engine_precision)
+    _check_int8_request(cfg)
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
     if ckpt_dir.is_file():
         ckpt_dir = ckpt_dir.parent
-    if not (ckpt_dir / "checkpoint.json").is_file():
+    if not (ckpt_dir / CHECKPOINT_MANIFEST).is_file():
         raise ArtifactError(f"{ckpt_dir} is not an nfdseg checkpoint directory (no checkpoint.json)",
                             fix="pass the directory `nfdseg distill` wrote, e.g. runs/quick/student")
     model, ckpt = load_model_from_dir(ckpt_dir)
@@ -106,19 +173,25 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"checkpoint": str(ckpt_dir), "out": str(out), "files": {}}
-    onnx_m = torch2onnx(model, ckpt, sha256_file(ckpt_dir / ckpt.artifact), out / "model.onnx", cfg.onnx)
-    summary["files"]["model.onnx"] = file_mb(out / "model.onnx")
+    onnx_m = torch2onnx(model, ckpt, sha256_file(ckpt_dir / ckpt.artifact), out / ONNX_FP32, cfg.onnx)
+    summary["files"][ONNX_FP32] = file_mb(out / ONNX_FP32)
     fp16_path = None
     if cfg.fp16:
-        fp16_path = out / "model.fp16.onnx"
-        summary["fp16"] = _fp16_with_overflow_guard(out / "model.onnx", onnx_m, fp16_path, ckpt,
+        fp16_path = out / ONNX_FP16
+        summary["fp16"] = _fp16_with_overflow_guard(out / ONNX_FP32, onnx_m, fp16_path, ckpt,
                                                     cfg.fp16_calibration_images)
-        summary["files"]["model.fp16.onnx"] = file_mb(fp16_path)
+        summary["files"][ONNX_FP16] = file_mb(fp16_path)
+    reference = build_reference(out, ckpt_dir, cfg.parity)
+    int8 = _int8_stage(out, onnx_m, ckpt, cfg, reference, summary)
     engine_path, engine_m = None, None
-    if cfg.engine != "off":
+    int8_ok = int8 is not None and int8.passed
+    if cfg.engine_precision == "int8" and cfg.engine != "off" and not int8_ok:
+        summary["engine"] = {"path": None, "reason": "the INT8 model was refused by its parity budget"}
+    elif cfg.engine != "off":
         try:
-            engine_m = onnx2engine(out / "model.onnx", onnx_m, out, cfg.engine_precision, fp16_path, cfg.profile,
-                                   timing_cache=out / "timing.cache", allow_rtx=cfg.engine_allow_rtx)
+            engine_m = onnx2engine(out / ONNX_FP32, onnx_m, out, cfg.engine_precision, fp16_path, cfg.profile,
+                                   timing_cache=out / "timing.cache", allow_rtx=cfg.engine_allow_rtx,
+                                   int8_onnx=out / INT8_FILE if int8_ok else None)
             engine_path = out / engine_m.artifact
             summary["files"][engine_m.artifact] = file_mb(engine_path)
             summary["engine"] = {"path": str(engine_path), "precision_built": engine_m.precision}
@@ -129,14 +202,15 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
             log.warning("NO ENGINE BUILT: %s. Deploy model.onnx / model.fp16.onnx with onnxruntime, or rebuild "
                         "on a machine with TensorRT: nfdseg export %s --engine on", e.what, ckpt_dir)
     summary["export_time_s"] = round(time.perf_counter() - t0, 2)
-    report = run_parity(out, ckpt_dir, cfg.parity, engine_allow_rtx=cfg.engine_allow_rtx)
-    write_json_atomic(out / "parity.json", report)
+    report = run_parity(out, ckpt_dir, cfg.parity, engine_allow_rtx=cfg.engine_allow_rtx, reference=reference)
+    _int8_verdict(report, int8, reference)
+    write_json_atomic(out / PARITY_REPORT, report)
     summary["parity"] = {"passed": report["passed"], "text": format_report(report)}
     if cfg.triton_dir:
         repo = Path(cfg.triton_dir)
-        write_triton_repository(repo, out / "model.onnx", read_manifest(out / "model.json"), engine_path, engine_m,
+        write_triton_repository(repo, out / ONNX_FP32, read_manifest(manifest_path(out / ONNX_FP32)), engine_path, engine_m,
                                 name=cfg.triton_name, max_batch=cfg.profile.max_batch)
         summary["triton"] = str(repo)
-    write_json_atomic(out / "export_summary.json", {k: v for k, v in summary.items() if k != "parity"}
+    write_json_atomic(out / EXPORT_SUMMARY, {k: v for k, v in summary.items() if k != "parity"}
                       | {"parity_passed": report["passed"]})
     return summary

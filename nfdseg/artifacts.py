@@ -5,6 +5,7 @@ A run folder, as the stages write it (docs/architecture.md):
     teacher/, student/, baseline/   best.pt + checkpoint.json (the artifact and its manifest), last.pt (resume
                                     state), config.yaml, history.json, best_metrics.json
     export/                         model.onnx + model.json, model.fp16.onnx + model.fp16.json,
+                                    model.int8.onnx + model.int8.json,
                                     <engine>.engine + <engine>.json, parity.json, export_summary.json
     triton/                         <name>_onnx/ and <name>_trt/ (config.pbtxt, 1/model.onnx|model.plan, 1/manifest.json)
     pipeline.json, choice.json, bench.json, report.md, report.json, deploy/
@@ -23,8 +24,8 @@ HISTORY = "history.json"
 BEST_METRICS = "best_metrics.json"
 
 # --- the export folder
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}  # precision -> ONNX model file
-ONNX_FP32, ONNX_FP16 = ONNX_FILES["fp32"], ONNX_FILES["fp16"]
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}  # precision -> file
+ONNX_FP32, ONNX_FP16, ONNX_INT8 = ONNX_FILES["fp32"], ONNX_FILES["fp16"], ONNX_FILES["int8"]
 ENGINE_SUFFIX = ".engine"
 PARITY_REPORT = "parity.json"
 EXPORT_SUMMARY = "export_summary.json"
@@ -50,7 +51,7 @@ def manifest_path(artifact: str | Path) -> Path:
 
 
 def onnx_precision(path: str | Path) -> str | None:
-    """The precision an export folder's ONNX file holds by its name ('fp32', 'fp16'), or None for another file."""
+    """The precision an export folder's ONNX file holds by its name ('fp32', 'fp16', 'int8'), or None for another file."""
     name = Path(path).name
     return next((p for p, f in ONNX_FILES.items() if f == name), None)
 

@@ -69,6 +69,28 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class Int8Info:
+    """How a Q/DQ INT8 model was made (export/int8.py): the calibration set and method, and what had to stay float.
+
+    calibration_sha256 hashes the ordered image names and their decoded pixels, so two exports calibrated on
+    the same images record the same value. remedies_used lists, in ladder order, the remedies the accepted
+    model needed (empty: the first quantization held the parity budget); attempts has one entry per try."""
+
+    quantizer: str
+    calibration_method: str
+    calibration_images: int
+    calibration_split: str
+    calibration_sha256: str
+    activation_type: str
+    weight_type: str
+    per_channel: bool
+    calibration_s: float = 0.0
+    remedies_used: tuple[str, ...] = ()
+    nodes_kept_float: tuple[str, ...] = ()
+    attempts: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class OnnxInfo:
     opset: int
     ir_version: int
@@ -79,6 +101,7 @@ class OnnxInfo:
     kept_fp32_ops: tuple[str, ...] = ()
     kept_fp32_nodes: tuple[str, ...] = ()  # nodes kept float32 because their values leave the float16 range
     fp16_overflow: dict[str, Any] = field(default_factory=dict)  # the scan that chose them (export/overflow.py)
+    int8: Int8Info | None = None  # set on model.int8.onnx only
 
 
 @dataclass(frozen=True)

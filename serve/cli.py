@@ -107,7 +107,8 @@ def _runtime_args(p) -> None:
                    help="runtime (default auto: TensorRT, then onnxruntime, then torch; the choice is logged)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: fp16 on GPU, fp32 on CPU")
+                   help="auto: fp16 on GPU, fp32 on CPU; int8: model.int8.onnx (from `nfdseg export --int8`) or "
+                        "an INT8 engine, never picked by auto")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="torch backend on a GPU: capture one CUDA graph per input shape and replay it (less "
                         "launch overhead for small batches); other backends and the CPU run without, with a warning")

@@ -46,12 +46,12 @@ def test_value_sets_have_one_home(tmp_path):
     assert option("export", "--engine-precision") is ENGINE_PRECISIONS
     assert option("predict", "--precision") is PRECISIONS
     assert choices(ExportConfig, "engine") == ENGINE_MODES == ("auto", "on", "off")
-    assert choices(ExportConfig, "engine_precision") == ENGINE_PRECISIONS == ("fp16", "fp32")
+    assert choices(ExportConfig, "engine_precision") == ENGINE_PRECISIONS == ("fp16", "fp32", "int8")
     # an ExportConfig built in code is checked before any work: no checkpoint needed to refuse it
     with pytest.raises(ConfigError, match="auto, on, off"):
         run_export(tmp_path / "no-checkpoint", tmp_path / "out", ExportConfig(engine="yes"))
-    with pytest.raises(ConfigError, match="fp16, fp32"):
-        run_export(tmp_path / "no-checkpoint", tmp_path / "out", ExportConfig(engine_precision="int8"))
+    with pytest.raises(ConfigError, match="fp16, fp32, int8"):
+        run_export(tmp_path / "no-checkpoint", tmp_path / "out", ExportConfig(engine_precision="int4"))
     with pytest.raises(ConfigError, match="use one of auto, fp32, fp16, bf16"):
         TorchBackend(tmp_path / "best.pt", types.SimpleNamespace(precision="fp32"), device="cpu", precision="int8")
 

@@ -1,6 +1,6 @@
 """Backends by name, and `open_backend`, which resolves an artifact path and picks a runtime.
 
-An artifact is an export directory (model.onnx, model.fp16.onnx, *.engine with their .json), one of
+An artifact is an export directory (model.onnx, model.fp16.onnx, model.int8.onnx, *.engine with their .json), one of
 those files, or a checkpoint directory (checkpoint.json, torch backend). `backend="auto"` picks the
 best that can run here and logs why.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nfdseg.artifacts import CHECKPOINT, CHECKPOINT_MANIFEST, ENGINE_SUFFIX, ONNX_FILES, ONNX_FP16, ONNX_FP32, manifest_path
+from nfdseg.artifacts import (CHECKPOINT, CHECKPOINT_MANIFEST, ENGINE_SUFFIX, ONNX_FILES, ONNX_FP16, ONNX_FP32, ONNX_INT8,
+                              manifest_path)
 from nfdseg.errors import RUNTIME_INSTALL_HINT, ArtifactError, ConfigError, NfdsegError
 from nfdseg.manifest import Manifest, read_manifest
 
@@ -18,7 +19,8 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on a GPU, fp32 on a CPU
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # auto: fp16 on a GPU, fp32 on a CPU; int8 only when asked
+ONNX_BY_PRECISION = ONNX_FILES  # precision -> ONNX file (nfdseg/artifacts.py)
 
 
 def _manifest_for(file: Path) -> Manifest:
@@ -61,6 +63,12 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
     logged). kwargs: allow_rtx, threads, cuda_graphs."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'", fix=f"choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'", fix=f"choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and backend == "torch":
+        raise ConfigError("the torch backend cannot run INT8", seen="backend torch, precision int8",
+                          fix=f"serve the export directory's {ONNX_INT8} with --backend onnxruntime (or an INT8 "
+                              "TensorRT engine with --backend tensorrt); `nfdseg export --int8` makes it")
     path = Path(path)
     cands = _candidates(path)
     order = [backend] if backend != "auto" else ["tensorrt", "onnxruntime", "torch"]
@@ -89,7 +97,8 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
 def _open_tensorrt(files: list[Path], device: str, precision: str, kwargs) -> Backend:
     from .tensorrt_backend import TensorRTBackend
 
-    return TensorRTBackend(files[0], _manifest_for(files[0]), allow_rtx=kwargs.get("allow_rtx", False), device=device)
+    f = _pick_engine(files, precision)
+    return TensorRTBackend(f, _manifest_for(f), allow_rtx=kwargs.get("allow_rtx", False), device=device)
 
 
 def _open_onnxruntime(files: list[Path], device: str, precision: str, kwargs) -> Backend:
@@ -112,6 +121,8 @@ def _open_onnxruntime(files: list[Path], device: str, precision: str, kwargs) ->
 
 
 def _open_torch(files: list[Path], device: str, precision: str, kwargs) -> Backend:
+    if precision == "int8":
+        raise ArtifactError("the torch backend cannot run INT8", fix="export with --int8")
     from .torch_backend import TorchBackend
 
     f = files[0]
@@ -129,9 +140,31 @@ def _note_cuda_graphs(b: Backend, kwargs) -> None:
         log.warning("FALLBACK: %s", note)
 
 
+def _pick_engine(files: list[Path], precision: str) -> Path:
+    """The first engine, or with an explicit precision the first whose manifest says that precision."""
+    if precision == "auto" or len(files) == 1 and precision != "int8":
+        return files[0]
+    for f in files:
+        m = read_manifest(manifest_path(f), verify_sha=False)
+        if m.precision == precision:
+            return f
+    raise ArtifactError(f"no {precision} TensorRT engine here", seen=", ".join(f.name for f in files),
+                        fix=f"build one: nfdseg export ... --engine-precision {precision}"
+                            + (" --int8 --int8-activations int8" if precision == "int8" else ""))
+
+
 def _pick_onnx(files: list[Path], precision: str, on_gpu: bool) -> Path:
-    """fp32 ONNX on CPU (FP16 is slower there), the FP16 ONNX on GPU, unless precision says otherwise."""
+    """fp32 ONNX on CPU (FP16 is slower there), the FP16 ONNX on GPU, unless precision says otherwise; the
+    INT8 model only when precision is int8 (never by auto: it is kept only within its parity budget, and the
+    choice to trade that accuracy is the caller's)."""
     by_name = {f.name: f for f in files}
+    if precision == "int8":
+        if ONNX_INT8 in by_name:
+            return by_name[ONNX_INT8]
+        raise ArtifactError(f"INT8 was requested but there is no {ONNX_INT8}",
+                            seen=", ".join(sorted(by_name)) or "no ONNX model",
+                            fix="export with `nfdseg export CHECKPOINT --int8` (it is written only when it holds its "
+                                "parity budget), or serve --precision fp32")
     want_fp16 = precision == "fp16" or (precision == "auto" and on_gpu)
     if want_fp16 and ONNX_FP16 in by_name:
         return by_name[ONNX_FP16]
@@ -150,4 +183,4 @@ def _has_gpu() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-__all__ = ["Backend", "open_backend", "BACKENDS"]
+__all__ = ["Backend", "open_backend", "BACKENDS", "PRECISIONS", "ONNX_BY_PRECISION"]

@@ -54,8 +54,13 @@ class TorchBackend(Backend):
         self.device = str(self.dev)
         if precision == "auto":
             precision = "fp16" if self.dev.type == "cuda" else "fp32"
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(PRECISIONS)}")
+        torch_precisions = tuple(p for p in PRECISIONS if p != "int8")
+        if precision == "int8":
+            raise ConfigError("the torch backend cannot run INT8", seen="precision int8",
+                              fix=f"use one of {', '.join(torch_precisions)}; INT8 runs on onnxruntime "
+                                  "(model.int8.onnx from `nfdseg export --int8`) or an INT8 TensorRT engine")
+        if precision not in torch_precisions:
+            raise ConfigError(f"unknown precision '{precision}'", fix=f"use one of {', '.join(torch_precisions)}")
         if self.dev.type == "cpu" and precision != "fp32":
             self.fallback = f"{precision} requested on CPU: running fp32"
             log.warning("FALLBACK: %s", self.fallback)
