@@ -71,10 +71,10 @@ def segment_video(seg: "Segmenter", source: Any, job: VideoJob, stem: str | None
     results = _pipelined(seg, src, job) if job.pipelined else _plain_loop(seg, src)
     stats: StreamStats = next(results)
     try:
-        for n, (frame, labels) in enumerate(results):
+        for n, (frame, labels, shown) in enumerate(results):
             t = time.perf_counter()
             if writer is not None:
-                writer.write(overlay(frame.image, labels, seg.palette, job.alpha))
+                writer.write(shown if shown is not None else overlay(frame.image, labels, seg.palette, job.alpha))
             if job.labels_every and frame.index % job.labels_every == 0:
                 labels_dir.mkdir(exist_ok=True)
                 Image.fromarray(labels).save(labels_dir / f"{frame.name}.png")
@@ -98,7 +98,7 @@ def segment_video(seg: "Segmenter", source: Any, job: VideoJob, stem: str | None
         raise InputError(f"{src.label} gave no frames", seen=stats.stopped or "the source ended at once",
                          fix="check the camera or stream; for a file, re-copy or re-encode it")
     summary = stats.summary()
-    summary["latency_ms"].update(percentiles({"encode_ms": encode_ms}))
+    summary["latency_ms"].update(percentiles({"encode_ms": encode_ms}))  # the plain loop's includes the overlay
     summary.update(source=src.label, live=src.live, pipelined=job.pipelined, interrupted=interrupted,
                    video=str(video) if video else None,
                    labels_dir=str(labels_dir) if job.labels_every and labels_dir.is_dir() else None)
@@ -106,11 +106,16 @@ def segment_video(seg: "Segmenter", source: Any, job: VideoJob, stem: str | None
 
 
 def _pipelined(seg: "Segmenter", src: FrameSource, job: VideoJob) -> Iterator:
-    stream = seg.stream(src, max_batch=job.max_batch)
+    from nfdseg.preprocess import overlay
+
+    def render(frame, pred):  # the overlay is drawn in the stream's finish thread; this one only encodes
+        return overlay(frame.image, pred.labels, seg.palette, job.alpha) if job.overlay else None
+
+    stream = seg.stream(src, max_batch=job.max_batch, render=render)
     yield stream.stats
     try:
         for r in stream:
-            yield r.frame, r.prediction.labels
+            yield r.frame, r.prediction.labels, r.rendered
     finally:
         stream.close()
 
@@ -130,7 +135,7 @@ def _plain_loop(seg: "Segmenter", src: FrameSource) -> Iterator:
             stats.timings_ms["post_ms"].append(pred.timings_ms["post_ms"])
             stats.timings_ms["latency_ms"].append(frame.decode_ms + (time.perf_counter() - t) * 1e3)
             stats.frames_done += 1
-            yield frame, pred.labels
+            yield frame, pred.labels, None
         stats.stopped = src.stopped
     finally:
         stats.finished = time.perf_counter()

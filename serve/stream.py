@@ -3,8 +3,9 @@
     for r in seg.stream("drive.mp4"):            # or 0, "rtsp://...", a folder, an iterable of RGB arrays
         r.frame.image, r.prediction.labels, r.timings_ms
 
-Three threads (read+decode, preprocess, infer+postprocess) joined by bounded queues of `queue_size` items,
-so the next frames decode and resize while the model runs and the caller encodes. Results come in frame
+Four threads (read+decode, preprocess, infer+postprocess, finish: the batcher's answer and an optional
+`render(frame, prediction)` such as an overlay) joined by bounded queues of `queue_size` items, so the next
+frames decode and resize while the model runs and the caller encodes. Results come in frame
 order. A slow consumer holds memory at the queues' size: for a file, every stage waits (no frame is ever
 dropped); for a live source (camera, stream URL), the reader drops the oldest waiting frame instead, so
 results stay fresh, and `stats.dropped` / `StreamResult.dropped_before` say how many went.
@@ -20,7 +21,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _END = object()
-STAGES = ("decode_ms", "preprocess_ms", "infer_ms", "post_ms", "latency_ms")
+STAGES = ("decode_ms", "preprocess_ms", "infer_ms", "post_ms", "render_ms", "latency_ms")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class StreamResult:
     prediction: "Prediction"
     timings_ms: dict[str, float]
     dropped_before: int = 0
+    rendered: Any = None  # what `render(frame, prediction)` returned, computed in the stream's own thread
 
 
 @dataclass
@@ -93,11 +95,13 @@ class FrameStream:
         segmenter: the model. source: anything `open_source` accepts (live=None keeps the source's own kind).
         batcher: share the model with other streams through this MicroBatcher.
         max_batch: frames per backend call when several are ready (never waits to fill a batch).
-        queue_size: items per queue between stages (memory bound: about 3 x queue_size frames).
+        queue_size: items per queue between stages (memory bound: about 4 x queue_size frames).
+        render: called as render(frame, prediction) in the stream's finish thread; its value is StreamResult.rendered.
     """
 
     def __init__(self, segmenter: "Segmenter", source: Any, batcher: "MicroBatcher | None" = None,
-                 max_batch: int = 4, queue_size: int = 4, with_probs: bool = False, live: bool | None = None):
+                 max_batch: int = 4, queue_size: int = 4, with_probs: bool = False, live: bool | None = None,
+                 render: Callable[[Frame, "Prediction"], Any] | None = None):
         if max_batch < 1 or queue_size < 1:
             raise ValueError("max_batch and queue_size must be at least 1")
         self.seg, self.batcher, self.max_batch, self.with_probs = segmenter, batcher, max_batch, with_probs
@@ -108,9 +112,11 @@ class FrameStream:
         self._lock = threading.Lock()
         self._q_read: queue.Queue = queue.Queue(queue_size)
         self._q_pre: queue.Queue = queue.Queue(queue_size)
+        self._q_inf: queue.Queue = queue.Queue(queue_size)
         self._q_out: queue.Queue = queue.Queue(queue_size)
+        self.render = render
         self._threads = [threading.Thread(target=t, name=f"nfdseg-stream-{t.__name__.strip('_')}", daemon=True)
-                         for t in (self._read, self._preprocess, self._infer)]
+                         for t in (self._read, self._preprocess, self._infer, self._finish)]
         self._started = False
 
     # ------------------------------------------------------------------ stages
@@ -200,10 +206,34 @@ class FrameStream:
             except BaseException as e:  # noqa: BLE001
                 outs, tail = [], _Failure(e)
             for out in outs:
-                if not self._put(self._q_out, out):
+                if not self._put(self._q_inf, out):
                     return
             if tail is not None:
-                self._put(self._q_out, tail)
+                self._put(self._q_inf, tail)
+                return
+
+    def _finish(self) -> None:
+        """Wait for the batcher's answer (when shared), then `render` (an overlay, say) off the caller's thread."""
+        while True:
+            got = self._get(self._q_inf)
+            if got is None:
+                return
+            if isinstance(got, tuple):
+                item, pred = got
+                try:
+                    if self.batcher is not None:
+                        pred = pred.result()  # queued with other streams' frames, then inferred and postprocessed
+                        item.timings.update(infer_ms=(time.perf_counter() - item.timings.pop("submitted")) * 1e3,
+                                            batch_size=pred.timings_ms.get("batch_size", 1))
+                    rendered = None
+                    if self.render is not None:
+                        t = time.perf_counter()
+                        rendered = self.render(item.frame, pred)
+                        item.timings["render_ms"] = (time.perf_counter() - t) * 1e3
+                    got = (item, pred, rendered)
+                except BaseException as e:  # noqa: BLE001
+                    got = _Failure(e)
+            if not self._put(self._q_out, got) or not isinstance(got, tuple):
                 return
 
     def _run_batch(self, batch: list[_Item]) -> list[tuple[_Item, Any]]:
@@ -245,11 +275,7 @@ class FrameStream:
                     return
                 if isinstance(got, _Failure):
                     raise got.error
-                item, pred = got
-                if self.batcher is not None:
-                    pred = pred.result()  # queued with other streams' frames, then inferred and postprocessed
-                    item.timings.update(infer_ms=(time.perf_counter() - item.timings.pop("submitted")) * 1e3,
-                                        batch_size=pred.timings_ms.get("batch_size", 1))
+                item, pred, rendered = got
                 item.timings["latency_ms"] = (time.perf_counter() - item.read_at) * 1e3
                 with self._lock:
                     self.stats.frames_done += 1
@@ -259,7 +285,7 @@ class FrameStream:
                 dropped = item.frame.index - last_index - 1 if self.live else 0
                 last_index = item.frame.index
                 pred.timings_ms = dict(item.timings)
-                yield StreamResult(item.frame, pred, dict(item.timings), dropped)
+                yield StreamResult(item.frame, pred, dict(item.timings), dropped, rendered)
         finally:
             self.close()
 
