@@ -155,8 +155,9 @@ class StreamHandlers:
         try:
             s = segment_video(self.res.segmenter, path, VideoJob(out, alpha=alpha, max_frames=self.max_video_frames),
                               stem=Path(name).stem)
-        except NfdsegError as e:
-            return None, f"<span class='nfd-error'>⚠ {html.escape(message(name, e))}</span>"
+        except NfdsegError as e:  # named by the visitor's file name, never the server's upload path
+            text = message(name, e).replace(f"{path}: ", "").replace(str(path), name)
+            return None, f"<span class='nfd-error'>⚠ {html.escape(text)}</span>"
         lat = s["latency_ms"]
         stages = ", ".join(f"{k[:-3]} {lat[k]['p50']:.1f}/{lat[k]['p99']:.1f}"
                            for k in ("decode_ms", "infer_ms", "render_ms", "encode_ms") if k in lat)
