@@ -1,4 +1,4 @@
-# nfdseg GPU image: NVIDIA's TensorRT container + nfdseg with all its extras ([all]: train, export, trt, demo).
+# nfdseg GPU image: NVIDIA's TensorRT container + nfdseg with all its extras ([all]: train, export, trt, demo, video).
 #   docker build -t nfdseg .                                   # default base below
 #   docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:24.08-py3 -t nfdseg:trt10 .   # TensorRT 10
 #   docker run --gpus all -p 7860:7860 -v $PWD/runs:/work/runs nfdseg demo runs/quick/export --host 0.0.0.0

@@ -87,11 +87,14 @@ def main() -> int:
         for name, seg in segs.items():
             order = ("plain_loop", "pipelined") if r % 2 == 0 else ("pipelined", "plain_loop")
             for mode in order:
-                load = os.getloadavg()[0]
+                load, cpu0, wall0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
                 s = segment_video(seg, clip, VideoJob(work / "out", pipelined=mode == "pipelined"), stem=name)
                 s["loadavg_1min_before"] = round(load, 2)
+                # CPU seconds of this process (every thread: FFmpeg's, onnxruntime's, ours) per wall second
+                s["cores_busy"] = round((time.process_time() - cpu0) / (time.perf_counter() - wall0), 2)
                 runs[name][mode].append(s)
-                print(f"round {r} {name:28s} {mode:10s} {s['fps']:6.2f} fps  load {load:.2f}", flush=True)
+                print(f"round {r} {name:28s} {mode:10s} {s['fps']:6.2f} fps  {s['cores_busy']:.2f} cores busy  "
+                      f"load {load:.2f}", flush=True)
     models = {}
     for name, arch, size in MODELS:
         fps = {mode: [s["fps"] for s in runs[name][mode]] for mode in ("plain_loop", "pipelined")}
@@ -102,6 +105,9 @@ def main() -> int:
             "frames": runs[name]["pipelined"][0]["frames"],
             "fps_plain_loop": fps["plain_loop"], "fps_pipelined": fps["pipelined"],
             "speedup_per_round": [round(x, 3) for x in ratio], "speedup_median": round(float(np.median(ratio)), 3),
+            "cores_busy_plain_loop": [s["cores_busy"] for s in runs[name]["plain_loop"]],
+            "cores_busy_pipelined": [s["cores_busy"] for s in runs[name]["pipelined"]],
+            "loadavg_before_runs": {m: [s["loadavg_1min_before"] for s in runs[name][m]] for m in runs[name]},
             "latency_ms_plain_loop": runs[name]["plain_loop"][-1]["latency_ms"],
             "latency_ms_pipelined": runs[name]["pipelined"][-1]["latency_ms"],
             "dropped": sum(s["dropped"] for m in runs[name].values() for s in m),
