@@ -1,5 +1,5 @@
 # nfdseg GPU image: NVIDIA's TensorRT container + nfdseg with every stage and the GPU runtime
-# ([all-cu13]: train, export, cuda-python 13, demo, onnxruntime-gpu for CUDA 13: one onnxruntime build only).
+# ([all-cu13]: train, export, cuda-python 13, demo, video, onnxruntime-gpu for CUDA 13: one onnxruntime build only).
 #   docker build -t nfdseg .                                   # default base below (TensorRT 11, CUDA 13)
 #   docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:24.08-py3 --build-arg NFDSEG_EXTRAS=all-cu12 \
 #     --build-arg TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cu126" -t nfdseg:trt10 .

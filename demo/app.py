@@ -1,4 +1,5 @@
-"""The Gradio app. Every request goes through one shared MicroBatcher, so simultaneous users are
+"""The Gradio app: an image tab, a live webcam tab and a video tab (handlers.py does the work, this module lays
+out the page). Every request goes through one shared MicroBatcher, so simultaneous users are
 batched; a bad upload or a full queue produces a message in the page that names the uploaded file (never a
 server path), never a stack trace. Uploads are decoded by nfdseg.preprocess.load_image, so EXIF orientation is
 applied as everywhere else; each visitor's result files are removed when they are no longer needed (files.py)."""
@@ -6,20 +7,13 @@ applied as everywhere else; each visitor's result files are removed when they ar
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from concurrent.futures import Future
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from nfdseg.errors import MissingDependencyError, NfdsegError
-from nfdseg.preprocess import load_image
+from nfdseg.errors import MissingDependencyError
 
 from .examples import example_images
 from .files import ResultFiles
-from .render import LEGEND_CSS, class_shares, legend_html, model_origin, side_by_side, status_markdown
+from .handlers import DemoResources, ImageHandlers, StreamHandlers
+from .render import LEGEND_CSS, legend_html, model_origin, status_markdown
 
 log = logging.getLogger(__name__)
 
@@ -43,90 +37,94 @@ def _path_image(gr, **kwargs):
     return image
 
 
-def _message(name: str, e: Exception) -> str:
-    """One line for the page, naming the uploaded file by its own name."""
-    what = getattr(e, "what", None) or str(e)
-    fix = getattr(e, "fix", None)
-    text = what if what.startswith(f"{name}:") else f"{name}: {what}"
-    return text + (f" ({fix})" if fix else "")
+def _layout_images(gr, h: ImageHandlers, res: DemoResources, info: dict) -> None:
+    """The image tab: upload one image or several files, see input | overlay, legend, status, label maps."""
+    names, palette = h.names, h.palette
+    state = gr.State([])
+    with gr.Row():
+        with gr.Column(scale=1):
+            # a file path, not pixels: the file's own name goes into messages, and load_image applies EXIF
+            image = _path_image(gr, label="Image", sources=["upload", "clipboard"], elem_id="nfd-image")
+            files = gr.File(label="…or several images", file_count="multiple", file_types=["image"],
+                            elem_id="nfd-files")
+            alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity", elem_id="nfd-alpha")
+            run = gr.Button("Segment", variant="primary", elem_id="nfd-run")
+            if res.examples:
+                gr.Examples(examples=[[p] for p in res.examples], inputs=[image],
+                            label="Examples" if res.examples_from == "given" else f"Examples ({res.examples_from})")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Input | segmentation", columns=1, object_fit="contain",
+                                 elem_id="nfd-gallery", format="png")
+            status = gr.Markdown(status_markdown(info, 0, [], [1], []), elem_id="nfd-status")
+            legend = gr.HTML(legend_html(names, palette), elem_id="nfd-legend")
+            downloads = gr.File(label="Label maps (PNG, pixel value = class id)", file_count="multiple",
+                                elem_id="nfd-downloads")
+    outputs = [gallery, legend, status, downloads, state]
+    run.click(h.segment, [image, files, alpha], outputs, api_name="segment", concurrency_limit=32)
+    image.upload(h.segment, [image, files, alpha], outputs, api_name=False, concurrency_limit=32)
+    alpha.release(h.reblend, [state, alpha], [gallery], api_name=False)
 
 
-def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_files: int = 16,
-               max_age_s: float = 3600.0):
-    """Build the Blocks for `segmenter` (requests go through `batcher`, created if not given).
+def _layout_webcam(gr, h: StreamHandlers) -> None:
+    """The webcam tab: the browser streams camera frames; each comes back as an overlay with its latency."""
+    with gr.Row():
+        with gr.Column():
+            cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", elem_id="nfd-webcam")
+            alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity", elem_id="nfd-cam-alpha")
+        with gr.Column():
+            shown = gr.Image(label="Live segmentation", elem_id="nfd-cam-out", format="jpeg")
+            status = gr.Markdown("Start the webcam to segment it live.", elem_id="nfd-cam-status")
+    # stream_every: a frame each 0.1 s at most; Gradio skips frames sent while one is still being answered
+    cam.stream(h.webcam_frame, [cam, alpha], [shown, status], api_name="webcam", stream_every=0.1,
+               time_limit=300, concurrency_limit=8)
 
-    examples: image paths, or None for the validation images recorded in the artifact's manifest. A visitor's
-    result files are removed once newer ones replace them (see files.py), when they close the page, or after
-    max_age_s idle seconds; `demo.nfdseg_close()` removes the rest and closes the batcher."""
-    gr = _gradio()
-    from PIL import Image
 
+def _layout_video(gr, h: StreamHandlers) -> None:
+    """The video tab: upload a clip, get the overlay video back with fps and per-stage latency."""
+    with gr.Row():
+        with gr.Column():
+            clip = gr.Video(sources=["upload"], label="Video", elem_id="nfd-video")
+            alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity", elem_id="nfd-video-alpha")
+            run = gr.Button("Segment video", variant="primary", elem_id="nfd-video-run")
+        with gr.Column():
+            shown = gr.Video(label="Segmented video", elem_id="nfd-video-out")
+            status = gr.Markdown(f"Upload a video: up to {h.max_video_frames} frames are segmented.",
+                                 elem_id="nfd-video-status")
+    run.click(h.video, [clip, alpha], [shown, status], api_name="segment_video", concurrency_limit=2)
+
+
+def _resources(segmenter, batcher, examples, max_age_s: float) -> DemoResources:
     from nfdseg.serve import MicroBatcher
 
     batcher = batcher or MicroBatcher(segmenter, max_batch=8, max_wait_ms=10, max_queue=128)
-    names, palette = segmenter.class_names, segmenter.palette
-    info = segmenter.describe()
-    files_store = ResultFiles(max_age_s)
-    examples_from = "given"
+    res = DemoResources(segmenter, batcher, ResultFiles(max_age_s))
     if examples is None:
         try:
-            examples, examples_from = example_images(segmenter.manifest, files_store.root / "examples")
+            res.examples, res.examples_from = example_images(segmenter.manifest, res.files.root / "examples")
         except ImportError:  # a runtime-only install without the data layer's formats
-            examples, examples_from = [], "unavailable"
+            res.examples, res.examples_from = [], "unavailable"
+    else:
+        res.examples = list(examples)
+    return res
 
-    def segment(image: str | None, files: list | None, alpha: float, request: gr.Request):
-        """Returns gallery items, legend html, status markdown, label-map files, and state for re-blending."""
-        inputs: list[tuple[str, Any]] = []
-        if image is not None:
-            inputs.append((Path(image).name if isinstance(image, str) else "image", image))
-        for f in (files or [])[:max_files]:
-            path = f if isinstance(f, str) else getattr(f, "name", str(f))
-            inputs.append((Path(path).name, path))
-        errors = []
-        if files and len(files) > max_files:
-            errors.append(f"only the first {max_files} of {len(files)} files were segmented")
-        pending: list[tuple[str, np.ndarray, Future]] = []
-        for name, src in inputs:
-            try:
-                rgb = load_image(src, limits=segmenter.limits, name=name)
-                pending.append((name, rgb, batcher.submit(rgb)))
-            except NfdsegError as e:  # bad upload or busy queue: tell the user, serve the rest
-                errors.append(_message(name, e))
-        results, lat, batch_sizes = [], [], []
-        for name, rgb, fut in pending:
-            t0 = time.perf_counter()
-            try:
-                pred = fut.result(timeout=60)
-            except Exception as e:  # timeouts, shutdown, backend failure
-                errors.append(_message(name, e))
-                continue
-            lat.append(pred.timings_ms.get("queue_ms", 0.0) + (time.perf_counter() - t0) * 1e3)
-            batch_sizes.append(int(pred.timings_ms.get("batch_size", 1)))
-            results.append((name, rgb, pred.labels))
-        gallery, files_out = [], []
-        shares = np.zeros(len(names))
-        req_dir = files_store.for_request(_visitor(request))  # and this visitor's older results are removed
-        for i, (name, rgb, labels) in enumerate(results):
-            gallery.append((side_by_side(rgb, labels, palette, alpha), name))
-            shares += class_shares(labels, len(names))
-            label_path = req_dir / f"{Path(name).stem}_{i}_labels.png"
-            Image.fromarray(labels).save(label_path)
-            files_out.append(str(label_path))
-        legend = legend_html(names, palette, shares / len(results) if results else None)
-        status = status_markdown(info, len(results), lat, batch_sizes or [1], errors)
-        state = [(name, rgb, labels) for name, rgb, labels in results]
-        return gallery, legend, status, files_out or None, state
 
-    def visitor_left(request: gr.Request):
-        files_store.release(_visitor(request))
+def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_files: int = 16,
+               max_age_s: float = 3600.0, max_video_frames: int = 900):
+    """Build the Blocks for `segmenter` (requests go through `batcher`, created if not given): tabs for images,
+    the webcam (live) and video files.
 
-    # Gradio passes the visitor's session to a parameter annotated gr.Request; with postponed annotations the
-    # string "gr.Request" cannot be resolved (gr is local here), so the class itself is put in place
-    segment.__annotations__["request"] = visitor_left.__annotations__["request"] = gr.Request
-
-    def reblend(state, alpha):
-        return [(side_by_side(rgb, labels, palette, alpha), name) for name, rgb, labels in (state or [])]
-
+    examples: image paths, or None for the validation images recorded in the artifact's manifest. A visitor's
+    result files are removed once newer ones replace them (see files.py), when they close the page, or after
+    max_age_s idle seconds. The returned Blocks carries `nfdseg` (the DemoResources: batcher, files, examples);
+    `demo.nfdseg_close()` removes the files and closes the batcher (`nfdseg_batcher`, `nfdseg_files`,
+    `nfdseg_examples` are its parts, as earlier callers read them)."""
+    gr = _gradio()
+    res = _resources(segmenter, batcher, examples, max_age_s)
+    images, streams = ImageHandlers(res, max_files), StreamHandlers(res, max_video_frames)
+    # Gradio passes the visitor's session to a parameter annotated gr.Request (resolved from the annotation)
+    for fn in (ImageHandlers.segment, ImageHandlers.visitor_left, StreamHandlers.video):
+        fn.__annotations__["request"] = gr.Request
+    info = res.info
     title = f"nfdseg · {segmenter.manifest.architecture}"
     # Gradio's own copies of uploads and shown results are deleted by Gradio after max_age_s (delete_cache)
     age = int(max_age_s)
@@ -134,47 +132,19 @@ def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_f
         gr.HTML(f"<style>{LEGEND_CSS}</style>")
         gr.Markdown(f"# {title}\nSemantic segmentation by {model_origin(segmenter.manifest)}. "
                     f"Runtime: `{info['backend']}` on `{info['device']}` ({info['precision']}), "
-                    f"{len(names)} classes, model input {info['input_size'][0]}×{info['input_size'][1]}.")
-        state = gr.State([])
-        with gr.Row():
-            with gr.Column(scale=1):
-                # a file path, not pixels: the file's own name goes into messages, and load_image applies EXIF
-                image = _path_image(gr, label="Image", sources=["upload", "clipboard"], elem_id="nfd-image")
-                files = gr.File(label="…or several images", file_count="multiple", file_types=["image"],
-                                elem_id="nfd-files")
-                alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity", elem_id="nfd-alpha")
-                run = gr.Button("Segment", variant="primary", elem_id="nfd-run")
-                if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[image],
-                                label="Examples" if examples_from == "given" else f"Examples ({examples_from})")
-            with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Input | segmentation", columns=1, object_fit="contain",
-                                     elem_id="nfd-gallery", format="png")
-                status = gr.Markdown(status_markdown(info, 0, [], [1], []), elem_id="nfd-status")
-                legend = gr.HTML(legend_html(names, palette), elem_id="nfd-legend")
-                downloads = gr.File(label="Label maps (PNG, pixel value = class id)", file_count="multiple",
-                                    elem_id="nfd-downloads")
-        outputs = [gallery, legend, status, downloads, state]
-        run.click(segment, [image, files, alpha], outputs, api_name="segment", concurrency_limit=32)
-        image.upload(segment, [image, files, alpha], outputs, api_name=False, concurrency_limit=32)
-        alpha.release(reblend, [state, alpha], [gallery], api_name=False)
-        demo.unload(visitor_left)
-
-    def close() -> None:
-        batcher.close()
-        files_store.close()
-
-    demo.nfdseg_batcher = batcher  # for callers that want to close it
-    demo.nfdseg_files = files_store
-    demo.nfdseg_examples = (list(examples or []), examples_from)
-    demo.nfdseg_close = close  # the batcher, then every temporary file the demo wrote
+                    f"{len(images.names)} classes, model input {info['input_size'][0]}×{info['input_size'][1]}.")
+        with gr.Tab("Images"):
+            _layout_images(gr, images, res, info)
+        with gr.Tab("Webcam", elem_id="nfd-tab-webcam"):
+            _layout_webcam(gr, streams)
+        with gr.Tab("Video", elem_id="nfd-tab-video"):
+            _layout_video(gr, streams)
+        demo.unload(images.visitor_left)
+    demo.nfdseg = res
+    demo.nfdseg_batcher, demo.nfdseg_files = res.batcher, res.files
+    demo.nfdseg_examples = (list(res.examples), res.examples_from)
+    demo.nfdseg_close = res.close
     return demo
-
-
-def _visitor(request) -> str:
-    """The visitor's session (one browser tab, or one API client); a request without one is its own visitor,
-    cleaned up by age, so that it never removes another caller's results."""
-    return getattr(request, "session_hash", None) or f"request-{uuid.uuid4().hex}"
 
 
 def launch(artifact: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, backend: str = "auto",

@@ -1,50 +1,25 @@
-"""Segment a camera, a video file or a folder of images with the nfdseg runtime; print per-frame latency.
+"""Segment a camera, a video file, a stream URL or a folder of images with the nfdseg streaming runtime.
 
-    python examples/camera_loop.py runs/quick/export --source 0            # webcam (needs opencv-python)
+    python examples/camera_loop.py runs/quick/export --source 0            # first camera (pip install 'nfdseg[video]')
     python examples/camera_loop.py runs/quick/export --source video.mp4
     python examples/camera_loop.py runs/quick/export --source images/ --save out/
 
-With --save, each frame gives <stem>_labels.png (class ids) and <stem>_overlay.png, as `nfdseg predict` writes.
+`nfdseg predict ARTIFACT SOURCE` does the same and writes an overlay video; this shows the Python API it uses:
+`Segmenter.stream` decodes, preprocesses and infers in their own threads and yields results in frame order
+(a camera drops the frames the model cannot keep up with, and says how many). With --save, each frame gives
+<stem>_labels.png (class ids) and <stem>_overlay.png, as `nfdseg predict` writes for images.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
-
-import numpy as np
-
-
-def frames(source: str):
-    """Yield (stem, image, is_bgr): OpenCV for cameras and videos, Pillow for image folders.
-    `stem` names the frame without an extension (f1.png -> f1, video frames -> frame000001)."""
-    path = Path(source)
-    if path.is_dir():
-        from nfdseg.preprocess import load_image
-
-        for p in sorted(path.iterdir()):
-            if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
-                yield p.stem, load_image(p), False
-        return
-    import cv2  # pip install opencv-python
-
-    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
-    if not cap.isOpened():
-        raise SystemExit(f"cannot open {source}")
-    i = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        yield f"frame{i:06d}", frame, True
-        i += 1
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("artifact")
-    ap.add_argument("--source", default="0", help="camera index, video file, or image folder")
+    ap.add_argument("--source", default="0", help="camera index, video file, stream URL or image folder")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--save", help="write <stem>_labels.png and <stem>_overlay.png here")
     ap.add_argument("--max-frames", type=int, default=0)
@@ -54,25 +29,27 @@ def main() -> None:
 
     from nfdseg.preprocess import overlay
     from nfdseg.serve import Segmenter
+    from nfdseg.serve.predict_video import format_summary
 
     seg = Segmenter(args.artifact, backend=args.backend)
     print(seg.describe())
-    lat = []
-    for n, (name, img, bgr) in enumerate(frames(args.source)):
-        t = time.perf_counter()
-        pred = seg.predict(img, bgr=bgr)
-        lat.append((time.perf_counter() - t) * 1e3)
-        print(f"{name}: {lat[-1]:.1f} ms")
+    stream = seg.stream(args.source)
+    for n, r in enumerate(stream):
+        dropped = f" ({r.dropped_before} dropped before)" if r.dropped_before else ""
+        print(f"{r.frame.name}: {r.timings_ms['latency_ms']:.1f} ms{dropped}")
         if args.save:
-            rgb = img[..., ::-1] if bgr else img
             out = Path(args.save)
             out.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pred.labels).save(out / f"{name}_labels.png")
-            Image.fromarray(overlay(rgb, pred.labels, seg.palette)).save(out / f"{name}_overlay.png")
+            Image.fromarray(r.prediction.labels).save(out / f"{r.frame.name}_labels.png")
+            Image.fromarray(overlay(r.frame.image, r.prediction.labels, seg.palette)).save(
+                out / f"{r.frame.name}_overlay.png")
         if args.max_frames and n + 1 >= args.max_frames:
             break
-    if lat:
-        print(f"{len(lat)} frames: p50 {np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms")
+    s = stream.stats.summary()
+    if s["frames"]:
+        lat = s["latency_ms"]["latency_ms"]
+        print(f"{s['frames']} frames: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
+        print(format_summary({**s, "source": args.source}))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ EXTRA_OF_MODULE = {
     "onnx": "export", "onnxconverter_common": "export", "onnxslim": "export",
     "cuda": "trt", "tritonclient": "trt",
     "gradio": "demo", "gradio_client": "demo",
+    "av": "video",
 }
 
 

@@ -78,7 +78,15 @@ class MicroBatcher:
             raise ShutdownError("the batcher is closed", fix="create a new MicroBatcher")
         rgb = self.seg.decode(image, bgr)[0]
         x = prepare_batch([rgb], self.seg.manifest.preprocess, self.seg.normalize_in_graph)[0]
-        req = _Request(x, rgb.shape[:2], with_probs, time.perf_counter() + (timeout_s or self.timeout_s))
+        return self.submit_prepared(x, rgb.shape[:2], with_probs, timeout_s)
+
+    def submit_prepared(self, x: np.ndarray, size: tuple[int, int], with_probs: bool = False,
+                        timeout_s: float | None = None) -> Future:
+        """Queue one already preprocessed image (model input layout, no batch axis) whose result is wanted at
+        `size` (height, width): the streaming runtime preprocesses in its own thread. Raises like `submit`."""
+        if self._closed.is_set():
+            raise ShutdownError("the batcher is closed", fix="create a new MicroBatcher")
+        req = _Request(x, size, with_probs, time.perf_counter() + (timeout_s or self.timeout_s))
         try:
             self._q.put_nowait(req)
         except queue.Full:

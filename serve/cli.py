@@ -77,14 +77,22 @@ def cmd_predict(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from nfdseg.errors import InputError
+    from nfdseg.errors import ConfigError, InputError
     from nfdseg.preprocess import load_image, overlay
 
+    from .video import is_video_source
+
+    streams = [src for src in args.images if is_video_source(src)]
+    if args.labels_every < 0 or args.max_frames < 0:
+        raise ConfigError("--labels-every and --max-frames must be 0 or more",
+                          seen=f"{args.labels_every}, {args.max_frames}")
     seg = _segmenter(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bad = 0
-    for path in args.images:
+    for src in streams:
+        bad += _predict_stream(seg, src, out, args)
+    for path in (p for p in args.images if p not in streams):
         try:
             img = load_image(path)
         except InputError as e:
@@ -99,6 +107,21 @@ def cmd_predict(args) -> int:
         top = ", ".join(f"{seg.class_names[i]} {shares[i]:.1f}%" for i in np.argsort(-shares)[:3] if shares[i] > 0)
         print(f"{path}: {top} ({pred.timings_ms['infer_ms']:.1f} ms infer)")
     return 1 if bad else 0
+
+
+def _predict_stream(seg, source: str, out: Path, args) -> int:
+    """One video, camera or stream URL: overlay MP4 (+ label maps), then a summary line; 0 when it went well."""
+    from nfdseg.fsutil import write_json_atomic
+
+    from .predict_video import VideoJob, format_summary, segment_video, source_stem
+
+    job = VideoJob(out, alpha=args.alpha, labels_every=args.labels_every, max_frames=args.max_frames,
+                   live=True if args.live else None, pipelined=not args.plain_loop)
+    summary = segment_video(seg, source, job)
+    print(format_summary(summary))
+    if args.json:
+        write_json_atomic(out / f"{source_stem(source)}_video.json", summary)
+    return 0
 
 
 def _runtime_args(p) -> None:
@@ -154,10 +177,30 @@ def register(sub) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="segment image files and write label maps and overlays",
-                       description="Segment each image; write <stem>_labels.png (class ids) and <stem>_overlay.png.")
+    p = sub.add_parser("predict", help="segment images, videos, cameras and stream URLs",
+                       description="Segment each image; write <stem>_labels.png (class ids) and <stem>_overlay.png. "
+                                   "A video file (.mp4, .mkv, .webm, .avi, .mov, ...), a camera index (0 = the first "
+                                   "camera, /dev/video0 on Linux) or a stream URL (rtsp://, http://, ...) is "
+                                   "segmented as a stream (decoding, preprocessing and inference overlapped) into "
+                                   "<stem>_overlay.mp4 (H.264), with label maps on request; prints frames, fps and "
+                                   "per-frame p50/p99 ms of decode / preprocess / infer / post / encode. Cameras and "
+                                   "URLs drop frames the model cannot keep up with (counted); files never do. A "
+                                   "camera runs until it stops, --max-frames, or Ctrl-C (the video is kept). "
+                                   "Video needs `pip install 'nfdseg[video]'` (PyAV).")
     _runtime_args(p)
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", metavar="source",
+                   help="image files, video files, camera indices (0) or stream URLs")
     p.add_argument("--out", default="predictions", help="output directory (default predictions/)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0-1 (default 0.5)")
+    p.add_argument("--labels-every", type=int, default=0, metavar="N",
+                   help="streams: also write the label map of every Nth frame to <stem>_labels/frameNNNNNN.png "
+                        "(1 = every frame; default 0 = none)")
+    p.add_argument("--max-frames", type=int, default=0, help="streams: stop after this many frames (default 0 = all)")
+    p.add_argument("--live", action="store_true",
+                   help="streams: read video files at their own frame rate and drop frames the model cannot keep up "
+                        "with, as a camera does (a rehearsal of a live deployment)")
+    p.add_argument("--plain-loop", action="store_true",
+                   help="streams: decode, infer and encode one frame after another in one thread (for comparison; "
+                        "the default overlaps them)")
+    p.add_argument("--json", action="store_true", help="streams: also write <stem>_video.json with the summary")
     p.set_defaults(func=cmd_predict)

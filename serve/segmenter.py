@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from nfdseg.preprocess import ImageLimits, load_image, prepare_batch, resize_lab
 
 from .backends import open_backend
 from .backends.base import Backend
+
+if TYPE_CHECKING:
+    from .stream import FrameStream
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,14 @@ class Segmenter:
         for p in preds:
             p.timings_ms = timing
         return preds[0] if single else preds
+
+    def stream(self, frames: Any, **kwargs: Any) -> "FrameStream":
+        """Segment a stream in frame order with decoding, preprocessing and inference overlapped: `frames` is a
+        video path, a camera index, a stream URL, a folder of images or an iterable of RGB arrays; iterate the
+        returned FrameStream for StreamResults (see serve/stream.py for the options and the drop policy)."""
+        from .stream import FrameStream
+
+        return FrameStream(self, frames, **kwargs)
 
     def close(self) -> None:
         self.backend.close()

@@ -255,3 +255,80 @@ def test_the_page_says_how_the_served_model_was_trained():
     base = model_origin(m("none", {"deployed": "baseline", "student_miou": 44.71, "baseline_miou": 46.97}))
     assert "without distillation" in base and "46.97 vs 44.71" in base and "Normalized" not in base
     assert "KD" in model_origin(m("kd")) and model_origin(SimpleNamespace(config={}, metrics={})) == "a segmentation model"
+
+
+def test_video_tab_returns_the_overlay_video_with_latency(server, tmp_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    pytest.importorskip("av", reason="PyAV is not installed (pip install 'nfdseg[video]')")
+    from videofiles import decoded, scene_frames, write_clip
+
+    url, seg, demo = server
+    clip = write_clip(tmp_path / "street clip.mp4", scene_frames(8))
+    client = gradio_client.Client(url, verbose=False)
+    video, status = client.predict(gradio_client.handle_file(str(clip)), 0.5, api_name="/segment_video")
+    path = video["video"] if isinstance(video, dict) else video
+    back = decoded(Path(path))
+    assert len(back) == 8 and back[0].shape == (48, 64, 3)
+    assert "street clip.mp4: 8 frames segmented" in status and "fps" in status and "infer" in status, status
+    src = decoded(clip)
+    from nfdseg.preprocess import overlay
+
+    want = overlay(src[4], seg.predict(src[4]).labels, seg.palette, 0.5).astype(int)
+    assert np.abs(back[4].astype(int) - want).mean() < 12, "the returned video is the overlay of the clip"
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video at all")
+    video, status = client.predict(gradio_client.handle_file(str(bad)), 0.5, api_name="/segment_video")
+    assert video is None and "broken.mp4: not a readable video" in status and tempfile.gettempdir() not in status
+
+
+def test_webcam_frame_handler_overlays_through_the_batcher(exported):
+    from nfdseg.demo.files import ResultFiles
+    from nfdseg.demo.handlers import DemoResources, StreamHandlers
+    from nfdseg.preprocess import overlay
+    from nfdseg.serve import MicroBatcher, Segmenter
+
+    seg = Segmenter(exported, backend="onnxruntime")
+    res = DemoResources(seg, MicroBatcher(seg), ResultFiles())
+    try:
+        frame = np.asarray(Image.open(_scene(Path(res.files.root), size=(48, 64))))
+        shown, status = StreamHandlers(res).webcam_frame(frame, 0.4)
+        np.testing.assert_array_equal(shown, overlay(frame, seg.predict(frame).labels, seg.palette, 0.4))
+        assert "ms per frame" in status and res.batcher.stats["requests"] == 1
+        assert StreamHandlers(res).webcam_frame(None, 0.4)[0] is None
+    finally:
+        res.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+def test_browser_webcam_tab_segments_a_fake_camera_live(server, tmp_path):
+    """Chromium's fake camera plays a generated y4m clip; the webcam tab streams it and shows overlays live."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from videofiles import scene_frames, y4m
+
+    url, seg, demo = server
+    cam = y4m(tmp_path / "cam.y4m", scene_frames(20, size_hw=(240, 320)), fps=10)
+    before = demo.nfdseg_batcher.stats["requests"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+                                          "--use-fake-device-for-media-stream",
+                                          f"--use-file-for-fake-video-capture={cam}"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Webcam").click()
+        page.get_by_text("Click to Access Webcam").click(timeout=60_000)
+        page.locator("#nfd-webcam button", has_text="Record").first.click(timeout=60_000)
+        page.wait_for_function("document.querySelector('#nfd-cam-status').innerText.includes('ms per frame')",
+                               timeout=60_000)
+        page.wait_for_timeout(2000)  # keep streaming: several frames go through
+        status = page.locator("#nfd-cam-status").inner_text()
+        png = page.locator("#nfd-cam-out img").first.screenshot()
+        browser.close()
+    import io
+
+    served = demo.nfdseg_batcher.stats["requests"] - before
+    assert served >= 3, f"the stream sent frames one after another ({served} segmented)"
+    assert "320×240" in status, status
+    shown = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float32)
+    assert shown.std() > 10, "the live overlay is not blank"
