@@ -13,6 +13,7 @@ import os
 import random
 import resource
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from nfdseg.artifacts import BEST_METRICS, CHECKPOINT, CHECKPOINT_MANIFEST, HISTORY, RESUME_STATE, STAGE_CONFIG
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import sha256_json, write_json_atomic, write_text_atomic
 from nfdseg.manifest import Manifest, TensorSpec, runtime_versions, write_manifest
@@ -232,7 +234,7 @@ def up_to_date(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: str
     """The manifest of out_dir's finished run when its inputs equal this config's (the stage can be skipped)."""
     from nfdseg.models.checkpoint import manifest_of
 
-    if stage != "teacher" and (teacher_dir is None or not (Path(teacher_dir) / "checkpoint.json").is_file()):
+    if stage != "teacher" and (teacher_dir is None or not (Path(teacher_dir) / CHECKPOINT_MANIFEST).is_file()):
         return None
     teacher_sha = manifest_of(teacher_dir).sha256 if stage != "teacher" else ""
     return manifest_of(out_dir) if stage_complete(out_dir, stage_run_key(cfg, stage, teacher_sha)) else None
@@ -242,7 +244,7 @@ def stage_complete(out_dir: str | Path, run_key: str) -> bool:
     """True when out_dir holds a finished run (checkpoint.json) of exactly this run key."""
     import json
 
-    path = Path(out_dir) / "checkpoint.json"
+    path = Path(out_dir) / CHECKPOINT_MANIFEST
     if not path.is_file():
         return False
     try:
@@ -263,20 +265,63 @@ def build_ce(sc: StageConfig, train_ds: SegDataset, classes) -> SegCrossEntropy:
                            sc.train.ohem_thresh, sc.train.ohem_min_kept)
 
 
-# ----------------------------------------------------------------------------- the stage
-def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: str | Path | None = None,
-                resume: bool = True, stop_after: int | None = None, progress: bool = True) -> Manifest | None:
-    """Train the teacher (stage='teacher') or the student (stage='student', distilled from teacher_dir).
+# ----------------------------------------------------------------------------- the stage, in named pieces
+@dataclass
+class _Process:
+    """Where this process trains: its device, and its place in a torchrun job (world 1 without one)."""
 
-    Writes into out_dir: config.yaml, last.pt (resumable state), best.pt + checkpoint.json, history.json.
-    `stop_after` ends the run after that many iterations without writing deliverables (to test resume).
-    Returns the manifest of best.pt, or None when stopped early.
-    """
-    sc: StageConfig = getattr(cfg, stage)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    device: torch.device
+    world: int
+    rank: int
 
-    # --- distributed setup (torchrun sets WORLD_SIZE); single process otherwise
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class _Data:
+    train_src: Any
+    val_src: Any
+    classes: Any
+    spec: Any
+    train_ds: SegDataset
+    plan: "BatchPlan"
+    eval_manifest: Manifest
+
+
+@dataclass
+class _Nets:
+    """Everything the step touches: the student (and its DDP wrapper), the teacher, the losses, the optimiser."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    ce_loss: SegCrossEntropy
+    teacher: torch.nn.Module | None
+    teacher_manifest: Manifest | None
+    distill: torch.nn.Module | None
+    distill_fn: torch.nn.Module | None
+    extra_kd: torch.nn.Module | None
+    guard: RunawayGuard | None
+    teacher_forward: bool
+    ddp_modules: list
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp: torch.dtype | None
+
+
+@dataclass
+class _Progress:
+    """What a resumed run continues from: the iteration done, the best val mIoU, the history, seconds trained."""
+
+    it: int = 0
+    best: float = -1.0
+    history: dict = field(default_factory=lambda: {"train": [], "eval": []})
+    elapsed: float = 0.0
+
+
+def _setup_process(sc: StageConfig) -> _Process:
+    """The device, the distributed group under torchrun, and the seeds."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     device = pick_device(sc.train.device)
@@ -284,27 +329,33 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    main_proc = rank == 0
-    seed = sc.train.seed
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    random.seed(sc.train.seed)
+    np.random.seed(sc.train.seed)
+    torch.manual_seed(sc.train.seed)
+    return _Process(device, world, rank)
 
-    # --- data
-    require_clean_data(cfg.data, progress=progress and main_proc)  # every bad file in one error, before training
+
+def _setup_data(cfg: RunConfig, sc: StageConfig, proc: _Process, progress: bool) -> _Data:
+    """The checked dataset, the training view with its batch plan, the validation source."""
+    require_clean_data(cfg.data, progress=progress and proc.main)  # every bad file in one error, before training
     train_src, val_src = build_source(cfg.data, "train"), build_source(cfg.data, "val")
     if train_src.classes != val_src.classes:
         raise ConfigError("train and val splits declare different classes")
     classes = train_src.classes
     spec = preprocess_spec(cfg.data)
     train_ds = SegDataset(train_src, spec, cfg.data.crop_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.cache_mb)
-    train_ds.fill_cache(progress=progress and main_proc)
-    plan = BatchPlan(len(train_ds), sc.train.batch_size, seed, rank, world)
+    train_ds.fill_cache(progress=progress and proc.main)
+    plan = BatchPlan(len(train_ds), sc.train.batch_size, sc.train.seed, proc.rank, proc.world)
     eval_manifest = Manifest(kind="checkpoint", artifact="in-memory", architecture=sc.model.arch, classes=classes,
                              preprocess=spec)
+    return _Data(train_src, val_src, classes, spec, train_ds, plan, eval_manifest)
 
-    # --- models and loss
-    ce_loss = build_ce(sc, train_ds, classes).to(device)
+
+def _setup_nets(cfg: RunConfig, sc: StageConfig, stage: str, data: _Data, proc: _Process,
+                teacher_dir: str | Path | None) -> _Nets:
+    """The student, for a student stage the frozen teacher and the distillation loss, DDP, the optimiser."""
+    device, classes = proc.device, data.classes
+    ce_loss = build_ce(sc, data.train_ds, classes).to(device)
     model = build_model(sc.model.arch, classes.num_classes, sc.model.pretrained).to(device)
     teacher, teacher_manifest, distill, extra_kd, guard = None, None, None, None, None
     if stage == "student":
@@ -328,9 +379,8 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         model = model.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
-    net = model
-    distill_fn, ddp_modules = distill, []
-    if world > 1:
+    net, distill_fn, ddp_modules = model, distill, []
+    if proc.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         ddp_modules.append(net)
@@ -346,128 +396,169 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
         opt = torch.optim.AdamW(params, lr=sc.optim.lr, weight_decay=sc.optim.weight_decay)
     amp = amp_dtype(sc.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    return _Nets(model, net, ce_loss, teacher, teacher_manifest, distill, distill_fn, extra_kd, guard,
+                 teacher_forward, ddp_modules, opt, scaler, amp)
+
+
+def _resume(nets: _Nets, last: Path, run_key: str, stage: str, resume: bool, proc: _Process,
+            iters: int) -> _Progress:
+    """Load last.pt (weights, optimiser, scaler, RNG) when it holds this run; a run of other inputs is refused."""
+    if not (resume and last.is_file()):
+        return _Progress()
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    if state.get("run_key") != run_key:
+        from .stage import stale_error
+
+        raise stale_error(last.parent, stage)
+    nets.model.load_state_dict(state["model"])
+    if nets.distill is not None:
+        nets.distill.load_state_dict(state["distill"])
+    nets.opt.load_state_dict(state["optimizer"])
+    nets.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    if proc.main:
+        log.info("resuming %s from iteration %d of %d", stage, state["iter"], iters)
+    return _Progress(state["iter"], state["best"], state["history"], state["elapsed"])
+
+
+def _train_step(nets: _Nets, sc: StageConfig, batches, it: int, proc: _Process) -> tuple[float, float]:
+    """One optimiser step over grad_accum micro-batches (DDP syncs once, on the last); returns (ce, distill)."""
+    accum, device, seed = sc.train.grad_accum, proc.device, sc.train.seed
+    ce_sum = kd_sum = 0.0
+    for micro in range(accum):
+        no_sync = contextlib.ExitStack()  # all-reduce once per optimiser step, on the last micro-batch
+        if micro < accum - 1:
+            for m in nets.ddp_modules:
+                no_sync.enter_context(m.no_sync())
+        x, y = next(batches)
+        if sc.train.workers:
+            # With workers, augmentation seeding happens in other processes, so dropout's RNG here is seeded
+            # from the plan instead: reproducible, and resumable, for a given worker setting. (With workers=0
+            # the per-sample seeding already fixes it, exactly as the published benchmarks ran.)
+            torch.manual_seed((seed * 7_919 + (it * accum + micro) * 104_729) & 0x7FFFFFFF)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if sc.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=nets.amp, enabled=nets.amp is not None):
+            logits, feats = nets.net(x, return_features=True)
+            ce = nets.ce_loss(logits, y)
+            loss_d = torch.zeros((), device=device)
+            if nets.teacher_forward:
+                with torch.no_grad():
+                    t_logits, t_feats = nets.teacher(x, return_features=True)
+                loss_d = nets.distill_fn(logits, feats, t_logits, t_feats)
+                if nets.extra_kd is not None:
+                    loss_d = loss_d + nets.extra_kd(logits, feats, t_logits, t_feats)
+        if nets.guard is not None:  # a runaway distillation stops here, before any checkpoint is written
+            nets.guard.check(it, ce, loss_d, logits)
+        loss = (ce + loss_d) / accum
+        if not torch.isfinite(loss):
+            raise ArtifactError(f"training diverged at iteration {it}: loss is {loss.item()}",
+                                fix="lower optim.lr or the distillation weight, or use amp=off")
+        nets.scaler.scale(loss).backward()
+        no_sync.close()
+        ce_sum += ce.item() / accum
+        kd_sum += float(loss_d.detach()) / accum
+    nets.scaler.step(nets.opt)
+    nets.scaler.update()
+    nets.opt.zero_grad(set_to_none=True)
+    return ce_sum, kd_sum
+
+
+def _save_state(nets: _Nets, prog: _Progress, run_key: str, last: Path) -> None:
+    save_torch_atomic({"run_key": run_key, "iter": prog.it, "model": nets.model.state_dict(),
+                       "distill": nets.distill.state_dict() if nets.distill is not None else None,
+                       "optimizer": nets.opt.state_dict(), "scaler": nets.scaler.state_dict(), "best": prog.best,
+                       "history": prog.history, "elapsed": prog.elapsed, "rng": rng_state()}, last)
+
+
+def _evaluate_and_checkpoint(nets: _Nets, sc: StageConfig, cfg: RunConfig, data: _Data, prog: _Progress,
+                             proc: _Process, out: Path, run_key: str, stage: str, t0: float) -> float:
+    """Evaluate every eval_every (best.pt + best_metrics.json on a new best), save last.pt every ckpt_every;
+    returns the clock the next stretch of training time counts from."""
+    it = prog.it
+    if proc.main and (it % sc.train.eval_every == 0 or it == sc.train.iters):
+        m = evaluate(nets.model, data.val_src, data.eval_manifest, proc.device, limit=cfg.data.max_val_images)
+        prog.history["eval"].append({"iter": it, "miou": m["miou"]})
+        log.info("%s iter %d: val mIoU %.2f%%", stage, it, m["miou"])
+        if m["miou"] > prog.best:
+            prog.best = m["miou"]
+            if nets.guard is not None:
+                nets.guard.check_weights(nets.model, it)
+            save_torch_atomic({"format": CHECKPOINT_FORMAT, "arch": sc.model.arch,
+                               "num_classes": data.classes.num_classes, "model": nets.model.state_dict()},
+                              out / CHECKPOINT)
+            write_json_atomic(out / BEST_METRICS, {"iter": it, **m})
+    if proc.main and (it % sc.train.ckpt_every == 0 or it == sc.train.iters):
+        prog.elapsed += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if nets.guard is not None:
+            nets.guard.check_weights(nets.model, it)
+        _save_state(nets, prog, run_key, out / RESUME_STATE)
+    return t0
+
+
+def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: str | Path | None = None,
+                resume: bool = True, stop_after: int | None = None, progress: bool = True) -> Manifest | None:
+    """Train the teacher (stage='teacher') or the student (stage='student', distilled from teacher_dir).
+
+    Writes into out_dir: config.yaml, last.pt (resumable state), best.pt + checkpoint.json, history.json.
+    `stop_after` ends the run after that many iterations without writing deliverables (to test resume).
+    Returns the manifest of best.pt, or None when stopped early (and on the non-main ranks of torchrun).
+    """
+    sc: StageConfig = getattr(cfg, stage)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # --- setup: process, data, networks and optimiser
+    proc = _setup_process(sc)
+    data = _setup_data(cfg, sc, proc, progress)
+    nets = _setup_nets(cfg, sc, stage, data, proc, teacher_dir)
 
     # --- resume
-    run_key = stage_run_key(cfg, stage, teacher_manifest.sha256 if teacher_manifest else "")
-    start_it, best, history, elapsed = 0, -1.0, {"train": [], "eval": []}, 0.0
-    last = out / "last.pt"
-    if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        if state.get("run_key") != run_key:
-            raise ArtifactError(f"{out} holds a {stage} run with other inputs (its data, {stage} settings"
-                                + (", distillation settings or teacher)" if stage != "teacher" else ")"),
-                                fix="pass --restart to rerun the stages whose inputs changed (the others are kept), "
-                                    "or use a new --out directory")
-        model.load_state_dict(state["model"])
-        if distill is not None:
-            distill.load_state_dict(state["distill"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_it, best, history, elapsed = state["iter"], state["best"], state["history"], state["elapsed"]
-        set_rng_state(state["rng"])
-        if main_proc:
-            log.info("resuming %s from iteration %d of %d", stage, start_it, sc.train.iters)
-    if main_proc:
-        write_text_atomic(out / "config.yaml", saved_config_text(cfg, stage))
+    run_key = stage_run_key(cfg, stage, nets.teacher_manifest.sha256 if nets.teacher_manifest else "")
+    prog = _resume(nets, out / RESUME_STATE, run_key, stage, resume, proc, sc.train.iters)
+    if proc.main:
+        write_text_atomic(out / STAGE_CONFIG, saved_config_text(cfg, stage))
 
-    def save_state(it: int) -> None:
-        save_torch_atomic({"run_key": run_key, "iter": it, "model": model.state_dict(),
-                           "distill": distill.state_dict() if distill is not None else None,
-                           "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "best": best,
-                           "history": history, "elapsed": elapsed, "rng": rng_state()}, last)
-
-    def save_best(metrics: dict[str, Any]) -> None:
-        save_torch_atomic({"format": CHECKPOINT_FORMAT, "arch": sc.model.arch, "num_classes": classes.num_classes,
-                           "model": model.state_dict()}, out / "best.pt")
-
-    # --- loop
-    net.train()
-    accum = sc.train.grad_accum
-    t0 = time.perf_counter()
-    bar = tqdm(total=sc.train.iters, initial=start_it, desc=f"{stage} ({sc.model.arch})", disable=not (progress and main_proc),
-               mininterval=1.0, dynamic_ncols=True)
-    it = start_it
-    batches = iter(plan_loader(train_ds, plan, start_it * sc.train.grad_accum, sc.train.iters * sc.train.grad_accum,
-                               sc.train.workers))
-    while it < sc.train.iters:
-        lr = poly_lr(sc.optim.lr, it, sc.train.iters, sc.optim.poly_power, sc.optim.warmup_iters)
-        for g in opt.param_groups:
+    # --- loop: step, log, evaluate and checkpoint
+    nets.net.train()
+    start_it, t0 = prog.it, time.perf_counter()
+    bar = tqdm(total=sc.train.iters, initial=start_it, desc=f"{stage} ({sc.model.arch})",
+               disable=not (progress and proc.main), mininterval=1.0, dynamic_ncols=True)
+    batches = iter(plan_loader(data.train_ds, data.plan, start_it * sc.train.grad_accum,
+                               sc.train.iters * sc.train.grad_accum, sc.train.workers))
+    while prog.it < sc.train.iters:
+        lr = poly_lr(sc.optim.lr, prog.it, sc.train.iters, sc.optim.poly_power, sc.optim.warmup_iters)
+        for g in nets.opt.param_groups:
             g["lr"] = lr
-        ce_sum = kd_sum = 0.0
-        for micro in range(accum):
-            no_sync = contextlib.ExitStack()  # all-reduce once per optimiser step, on the last micro-batch
-            if micro < accum - 1:
-                for m in ddp_modules:
-                    no_sync.enter_context(m.no_sync())
-            x, y = next(batches)
-            if sc.train.workers:
-                # With workers, augmentation seeding happens in other processes, so dropout's RNG here is seeded
-                # from the plan instead: reproducible, and resumable, for a given worker setting. (With workers=0
-                # the per-sample seeding above already fixes it, exactly as the published benchmarks ran.)
-                torch.manual_seed((seed * 7_919 + (it * accum + micro) * 104_729) & 0x7FFFFFFF)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if sc.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits, feats = net(x, return_features=True)
-                ce = ce_loss(logits, y)
-                loss_d = torch.zeros((), device=device)
-                if teacher_forward:
-                    with torch.no_grad():
-                        t_logits, t_feats = teacher(x, return_features=True)
-                    loss_d = distill_fn(logits, feats, t_logits, t_feats)
-                    if extra_kd is not None:
-                        loss_d = loss_d + extra_kd(logits, feats, t_logits, t_feats)
-            if guard is not None:  # a runaway distillation stops here, before any checkpoint is written
-                guard.check(it, ce, loss_d, logits)
-            loss = (ce + loss_d) / accum
-            if not torch.isfinite(loss):
-                raise ArtifactError(f"training diverged at iteration {it}: loss is {loss.item()}",
-                                    fix="lower optim.lr or the distillation weight, or use amp=off")
-            scaler.scale(loss).backward()
-            no_sync.close()
-            ce_sum += ce.item() / accum
-            kd_sum += float(loss_d.detach()) / accum
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        it += 1
+        ce, kd = _train_step(nets, sc, batches, prog.it, proc)
+        prog.it += 1
         bar.update(1)
-        if it % sc.train.log_every == 0 or it == sc.train.iters:
-            history["train"].append({"iter": it, "lr": round(lr, 6), "ce": round(ce_sum, 5), "distill": round(kd_sum, 5)})
-            bar.set_postfix(ce=f"{ce_sum:.3f}", distill=f"{kd_sum:.3f}", best=f"{max(best, 0):.1f}")
-        if main_proc and (it % sc.train.eval_every == 0 or it == sc.train.iters):
-            m = evaluate(model, val_src, eval_manifest, device, limit=cfg.data.max_val_images)
-            history["eval"].append({"iter": it, "miou": m["miou"]})
-            log.info("%s iter %d: val mIoU %.2f%%", stage, it, m["miou"])
-            if m["miou"] > best:
-                best = m["miou"]
-                if guard is not None:
-                    guard.check_weights(model, it)
-                save_best(m)
-                write_json_atomic(out / "best_metrics.json", {"iter": it, **m})
-        if main_proc and (it % sc.train.ckpt_every == 0 or it == sc.train.iters):
-            elapsed_now = elapsed + time.perf_counter() - t0
-            elapsed, t0 = elapsed_now, time.perf_counter()
-            if guard is not None:
-                guard.check_weights(model, it)
-            save_state(it)
-        if stop_after is not None and it - start_it >= stop_after:
+        if prog.it % sc.train.log_every == 0 or prog.it == sc.train.iters:
+            prog.history["train"].append({"iter": prog.it, "lr": round(lr, 6), "ce": round(ce, 5),
+                                          "distill": round(kd, 5)})
+            bar.set_postfix(ce=f"{ce:.3f}", distill=f"{kd:.3f}", best=f"{max(prog.best, 0):.1f}")
+        t0 = _evaluate_and_checkpoint(nets, sc, cfg, data, prog, proc, out, run_key, stage, t0)
+        if stop_after is not None and prog.it - start_it >= stop_after:
             bar.close()
             return None
     bar.close()
-    elapsed += time.perf_counter() - t0
-    if main_proc:
-        write_json_atomic(out / "history.json", history)
-    if world > 1:
+    prog.elapsed += time.perf_counter() - t0
+
+    # --- deliverables: history.json, then checkpoint.json beside best.pt (main process only)
+    if proc.main:
+        write_json_atomic(out / HISTORY, prog.history)
+    if proc.world > 1:
         torch.distributed.barrier()
     ce_record = {"class_weights": sc.train.class_weights,
-                 "weights": None if ce_loss.weight is None else [round(float(w), 4) for w in ce_loss.weight],
+                 "weights": None if nets.ce_loss.weight is None else [round(float(w), 4) for w in nets.ce_loss.weight],
                  "ohem_thresh": sc.train.ohem_thresh, "ohem_min_kept": sc.train.ohem_min_kept,
-                 "train_images_cached": train_ds.cache_decision}
-    manifest = _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manifest, teacher_dir, elapsed,
-                                   device, amp, world, run_key, ce_record) if main_proc else None
-    if world > 1:
+                 "train_images_cached": data.train_ds.cache_decision}
+    manifest = _write_deliverables(out, cfg, sc, stage, data.classes, data.spec, nets.model, nets.teacher_manifest,
+                                   teacher_dir, prog.elapsed, proc.device, nets.amp, proc.world, run_key,
+                                   ce_record) if proc.main else None
+    if proc.world > 1:
         torch.distributed.barrier()  # other ranks may read checkpoint.json next (the student stage)
     return manifest
 
@@ -477,11 +568,11 @@ def _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manif
     """best.pt was saved at the best evaluation; now its manifest, checkpoint.json, and history.json."""
     import json
 
-    best_metrics = json.loads((out / "best_metrics.json").read_text())
+    best_metrics = json.loads((out / BEST_METRICS).read_text())
     images = sc.train.iters * sc.train.batch_size * sc.train.grad_accum * world
     h, w = spec.input_size
     manifest = Manifest(
-        kind="checkpoint", artifact="best.pt", architecture=sc.model.arch, classes=classes, preprocess=spec,
+        kind="checkpoint", artifact=CHECKPOINT, architecture=sc.model.arch, classes=classes, preprocess=spec,
         precision="fp32", output_kind="logits",
         inputs=(TensorSpec("input", "float32", ("N", 3, h, w), "NCHW"),),
         outputs=(TensorSpec("logits", "float32", ("N", classes.num_classes, h, w), "NCHW"),),
@@ -494,4 +585,4 @@ def _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manif
         config={"stage": stage, **cfg.to_dict(), "run_key": run_key},
         versions=runtime_versions("torch", "torchvision", "numpy"),
     )
-    return write_manifest(manifest, out / "checkpoint.json")
+    return write_manifest(manifest, out / CHECKPOINT_MANIFEST)
