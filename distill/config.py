@@ -41,7 +41,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """amp: auto (bf16 on GPUs that support it, off on CPU) | bf16 | fp16 | off.
+    """amp: auto | bf16 | fp16 | off. auto: bf16 autocast where the device has bf16 units (Ampere+ GPUs; CPUs with
+    AMX or AVX512-BF16, read from their flags), else fp16 on a GPU and fp32 on a CPU; fp16 on a CPU runs fp32.
+    Weights, checkpoints and exports stay fp32 either way; metrics.amp in checkpoint.json says what ran.
+    channels_last: NHWC activations (oneDNN's and cuDNN's faster layout for bf16 convolutions).
     The cross-entropy (distill/losses/ce.py): class_weights none | median_frequency (weights from the training
     masks, data/balance.py); OHEM when 0 < ohem_thresh < 1: only labelled pixels whose probability for
     their true class is <= ohem_thresh count, and at least ohem_min_kept of the hardest per batch."""

@@ -22,6 +22,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from nfdseg.cpu import cpu_bf16_units
 from nfdseg.artifacts import BEST_METRICS, CHECKPOINT, CHECKPOINT_MANIFEST, HISTORY, RESUME_STATE, STAGE_CONFIG
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import sha256_json, write_json_atomic, write_text_atomic
@@ -76,19 +77,53 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """train.amp -> the autocast dtype, or None for fp32: auto is bf16 where the GPU has bf16 units (Ampere and
-    later), fp16 on older GPUs, fp32 on CPU; bf16/fp16 on CPU run fp32 with a warning."""
-    if mode == "off" or device.type != "cuda":
-        if mode in ("bf16", "fp16") and device.type != "cuda":
-            log.warning("AMP %s requested but training on %s: running fp32", mode, device)
-        return None
+# The one spelling of what ran, shared by train.amp's values, the checkpoint manifest's metrics.amp and the GPU
+# suite's labels: "bf16", "fp16" or "off" (fp32).
+AMP_LABELS = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}
+
+
+def amp_label(dtype: torch.dtype | None) -> str:
+    return AMP_LABELS[dtype]
+
+
+def amp_choice(mode: str, device: torch.device, bf16_units: tuple[str, ...] | None = None
+               ) -> tuple[torch.dtype | None, str]:
+    """train.amp -> (autocast dtype or None for fp32, why). `bf16_units` stands in for the CPU probe in tests.
+
+    GPU: auto is bf16 where the GPU has bf16 units (Ampere and later), fp16 on older GPUs.
+    CPU: auto is bf16 where the CPU has bf16 units (AMX or AVX512-BF16, read from its flags by nfdseg.cpu),
+    fp32 elsewhere; bf16 is honoured (emulated, and slower, without bf16 units: said loudly); fp16 runs fp32,
+    since CPUs have no fp16 training path worth taking."""
+    if mode == "off":
+        return None, "train.amp=off"
+    if device.type == "cuda":
+        if mode == "fp16":
+            return torch.float16, "train.amp=fp16"
+        if mode == "bf16":
+            return torch.bfloat16, "train.amp=bf16"
+        # including_emulation=False: torch otherwise says yes on V100/T4 too, where bf16 is emulated and slower
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16, "auto: the GPU has bf16 units"
+        return torch.float16, "auto: the GPU has no bf16 units"
+    units = cpu_bf16_units() if bf16_units is None else tuple(bf16_units)
     if mode == "fp16":
-        return torch.float16
-    # including_emulation=False: torch otherwise says yes on V100/T4 too, where bf16 is emulated and slower than fp16
-    if mode == "bf16" or torch.cuda.is_bf16_supported(including_emulation=False):
-        return torch.bfloat16
-    return torch.float16
+        log.warning("FALLBACK: train.amp=fp16 requested but training on %s: running fp32 (use amp=bf16 or auto "
+                    "on a CPU)", device)
+        return None, "train.amp=fp16 on a CPU: fp32"
+    if mode == "bf16":
+        if not units:
+            log.warning("train.amp=bf16 on a CPU without bf16 units (no amx_bf16 or avx512_bf16 in its flags): bf16 "
+                        "is emulated and usually slower than fp32; amp=auto would train fp32 here")
+            return torch.bfloat16, "train.amp=bf16 (CPU without bf16 units: emulated)"
+        return torch.bfloat16, f"train.amp=bf16 (CPU {'+'.join(units)})"
+    if units:
+        return torch.bfloat16, f"auto: the CPU has {'+'.join(units)}"
+    return None, "auto: the CPU has no bf16 units (no amx_bf16 or avx512_bf16 in its flags)"
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """train.amp -> the autocast dtype, or None for fp32 (see amp_choice)."""
+    return amp_choice(mode, device)[0]
 
 
 def poly_lr(base: float, it: int, total: int, power: float, warmup: int) -> float:
@@ -308,6 +343,7 @@ class _Nets:
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     amp: torch.dtype | None
+    amp_reason: str
 
 
 @dataclass
@@ -394,10 +430,12 @@ def _setup_nets(cfg: RunConfig, sc: StageConfig, stage: str, data: _Data, proc: 
         opt = torch.optim.SGD(params, lr=sc.optim.lr, momentum=sc.optim.momentum, weight_decay=sc.optim.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=sc.optim.lr, weight_decay=sc.optim.weight_decay)
-    amp = amp_dtype(sc.train.amp, device)
+    amp, amp_reason = amp_choice(sc.train.amp, device)
+    if proc.main:
+        log.info("%s: training %s (%s)", stage, "fp32" if amp is None else f"{amp_label(amp)} autocast", amp_reason)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     return _Nets(model, net, ce_loss, teacher, teacher_manifest, distill, distill_fn, extra_kd, guard,
-                 teacher_forward, ddp_modules, opt, scaler, amp)
+                 teacher_forward, ddp_modules, opt, scaler, amp, amp_reason)
 
 
 def _resume(nets: _Nets, last: Path, run_key: str, stage: str, resume: bool, proc: _Process,
@@ -556,15 +594,15 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
                  "ohem_thresh": sc.train.ohem_thresh, "ohem_min_kept": sc.train.ohem_min_kept,
                  "train_images_cached": data.train_ds.cache_decision}
     manifest = _write_deliverables(out, cfg, sc, stage, data.classes, data.spec, nets.model, nets.teacher_manifest,
-                                   teacher_dir, prog.elapsed, proc.device, nets.amp, proc.world, run_key,
-                                   ce_record) if proc.main else None
+                                   teacher_dir, prog.elapsed, proc.device, nets.amp, nets.amp_reason,
+                                   proc.world, run_key, ce_record) if proc.main else None
     if proc.world > 1:
         torch.distributed.barrier()  # other ranks may read checkpoint.json next (the student stage)
     return manifest
 
 
 def _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manifest, teacher_dir, elapsed, device,
-                        amp, world, run_key, ce_record) -> Manifest:
+                        amp, amp_reason, world, run_key, ce_record) -> Manifest:
     """best.pt was saved at the best evaluation; now its manifest, checkpoint.json, and history.json."""
     import json
 
@@ -580,7 +618,8 @@ def _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manif
         parent=str(Path(teacher_dir).resolve()) if teacher_dir else "",
         metrics={**best_metrics, "params": count_parameters(model), "train_time_s": round(elapsed, 2),
                  "images_per_s": round(images / max(elapsed, 1e-9), 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-                 "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "off", "world_size": world,
+                 "device": str(device), "amp": amp_label(amp), "amp_reason": amp_reason,
+                 "channels_last": sc.train.channels_last, "world_size": world,
                  "ce": ce_record, "init": getattr(model, "init", "random")},
         config={"stage": stage, **cfg.to_dict(), "run_key": run_key},
         versions=runtime_versions("torch", "torchvision", "numpy"),

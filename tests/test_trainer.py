@@ -120,9 +120,10 @@ def test_identical_weights_give_identical_checkpoint_files(tmp_path):
 # ----------------------------------------------------------------------------- training learns
 def _small_run(optim=None, size=32, **teacher_train):
     """The teacher stage on 32 px synthetic scenes with no rescaling (so no padded, ignored pixels), on the CPU
-    also where a GPU is present (deterministic kernels, same figures everywhere)."""
+    also where a GPU is present, in fp32 whatever bf16 units the CPU has (deterministic kernels, same figures
+    everywhere)."""
     train = {"iters": 2, "batch_size": 4, "eval_every": 2, "ckpt_every": 1, "log_every": 1, "device": "cpu",
-             **teacher_train}
+             "amp": "off", **teacher_train}
     return load_run_config("quick", {
         "data": {"synthetic_train": 64, "synthetic_val": 16, "synthetic_size": [size, size], "crop_size": [size, size],
                  "input_size": [size, size], "scale_range": [1.0, 1.0]},
@@ -160,16 +161,46 @@ def test_training_learns_beyond_the_untrained_model_and_the_majority_class(tmp_p
 
 
 # ----------------------------------------------------------------------------- AMP dtype
-def test_amp_dtype_on_cpu_is_fp32_and_says_so_when_asked_for_half(caplog):
-    from nfdseg.distill.trainer import amp_dtype
+@pytest.mark.parametrize("units, expected_auto", [(("amx_bf16", "avx512_bf16"), torch.bfloat16),
+                                                   (("avx512_bf16",), torch.bfloat16), ((), None)])
+def test_amp_choice_on_cpu_follows_the_bf16_units(caplog, units, expected_auto):
+    """auto on a CPU: bf16 where the probe finds bf16 units, fp32 where it finds none; bf16 is honoured either
+    way (loudly when emulated); off is fp32; fp16 runs fp32 and says so."""
+    from nfdseg.distill.trainer import amp_choice, amp_label
 
     cpu = torch.device("cpu")
     with caplog.at_level("WARNING", logger="nfdseg.distill.trainer"):
-        assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None
-        assert not caplog.records, "auto/off on CPU is the documented behaviour, not a fallback"
-        assert amp_dtype("bf16", cpu) is None and amp_dtype("fp16", cpu) is None
-    assert [r.getMessage() for r in caplog.records] == ["AMP bf16 requested but training on cpu: running fp32",
-                                                        "AMP fp16 requested but training on cpu: running fp32"]
+        auto, why = amp_choice("auto", cpu, bf16_units=units)
+        off, _ = amp_choice("off", cpu, bf16_units=units)
+        assert not caplog.records, "auto/off on a CPU are documented choices, not fallbacks"
+        bf16, _ = amp_choice("bf16", cpu, bf16_units=units)
+        fp16, fp16_why = amp_choice("fp16", cpu, bf16_units=units)
+    assert (auto, off, bf16, fp16) == (expected_auto, None, torch.bfloat16, None)
+    assert ("no bf16 units" in why) == (not units) and all(u in why for u in units)
+    assert amp_label(auto) == ("bf16" if units else "off") and "fp32" in fp16_why
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("FALLBACK" in m and "fp16" in m for m in messages)
+    assert any("emulated" in m for m in messages) == (not units)
+
+
+def test_the_cpu_probe_reads_flags_and_the_onednn_cap():
+    """The probe behind amp=auto, on stand-in /proc/cpuinfo text: AMX needs amx_bf16 and amx_tile; a oneDNN ISA
+    cap below AVX512_CORE_AMX hides AMX, below AVX512_CORE_BF16 hides both; peaks follow the flags and clock."""
+    from nfdseg.cpu import cpu_peak_gflops, read_cpu_info
+
+    spr = "model name\t: Intel(R) Xeon(R) Platinum 8480+ @ 2.00GHz\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert read_cpu_info(spr, env={}, cores=2).bf16_units == ("amx_bf16", "avx512_bf16")
+    capped = read_cpu_info(spr, env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, cores=2)
+    assert capped.bf16_units == ("avx512_bf16",)
+    assert read_cpu_info(spr, env={"ONEDNN_MAX_CPU_ISA": "avx2"}, cores=2).bf16_units == ()
+    zen2 = "model name\t: AMD EPYC 7B12\ncpu MHz\t\t: 2250.000\nflags\t\t: fpu avx2 fma\n"
+    assert read_cpu_info(zen2, env={}, cores=2).bf16_units == ()
+    assert read_cpu_info("", env={}, cores=2).bf16_units == (), "no /proc/cpuinfo: claim nothing"
+    peak = cpu_peak_gflops(read_cpu_info(spr, env={}, cores=2))
+    assert (peak["fp32_peak_gflops"], peak["bf16_peak_gflops"]) == (2 * 2.0 * 64, 2 * 2.0 * 1024)
+    assert cpu_peak_gflops(capped)["bf16_peak_gflops"] == 2 * 2.0 * 128
+    amd = cpu_peak_gflops(read_cpu_info(zen2, env={}, cores=2))
+    assert amd["fp32_peak_gflops"] == amd["bf16_peak_gflops"] == 2 * 2.25 * 32
 
 
 @pytest.mark.parametrize("gpu, native_bf16, expected", [
