@@ -119,3 +119,38 @@ def decide(m_s: float, m_b: float, ci: tuple[float, float] | None, rule: str, im
                (" (pinned with --deploy)" if rule != "better" else " (the better one)")
     return StudentChoice(deployed, rule, round(m_s, 3), round(m_b, 3), gap, None if ci is None else tuple(ci), images,
                          f"{head}; {tail}")
+
+
+# Below this lead (teacher minus the undistilled student, val mIoU points) distillation has little to pass on.
+# Measured on CamVid (benchmarks/results/distill_compare_camvid*_cpu2.json, 3 seeds): a 0.8-point lead gave NFD
+# -1.8 points, a 6.8-point lead +1.6.
+SMALL_TEACHER_LEAD = 3.0
+
+
+@dataclass(frozen=True)
+class TeacherLead:
+    """How far the teacher is ahead of the undistilled student, and what that means for distillation."""
+
+    teacher_miou: float
+    baseline_miou: float
+    lead: float  # mIoU points
+    small: bool
+    message: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def teacher_lead(teacher_miou: float, baseline_miou: float, threshold: float = SMALL_TEACHER_LEAD) -> TeacherLead:
+    """The teacher's lead over the baseline student (mIoU %, both on the val split) and the advice that goes with it."""
+    lead = round(teacher_miou - baseline_miou, 3)
+    small = lead < threshold
+    if small:
+        message = (f"the teacher leads the undistilled student by only {lead:+.2f} mIoU points ({teacher_miou:.2f} vs "
+                   f"{baseline_miou:.2f}): distillation has little to transfer (on CamVid a 0.8-point lead made NFD "
+                   f"lose 1.8 points). Train the teacher longer (teacher.train.iters), give it a pretrained backbone "
+                   f"(teacher.model.pretrained), or use a larger teacher")
+    else:
+        message = (f"the teacher leads the undistilled student by {lead:+.2f} mIoU points ({teacher_miou:.2f} vs "
+                   f"{baseline_miou:.2f}): enough to distil")
+    return TeacherLead(teacher_miou, baseline_miou, lead, small, message)

@@ -21,7 +21,7 @@ from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.export.onnx2engine import ENGINE_MODES
 from nfdseg.fsutil import sha256_file, sha256_json, write_json_atomic
 
-from .choose import DEPLOY_CHOICES
+from .choose import DEPLOY_CHOICES, teacher_lead
 
 log = logging.getLogger(__name__)
 STAGES = ("teacher", "student", "baseline", "export", "bench", "report")
@@ -176,6 +176,11 @@ class Pipeline:
         if self.baseline:
             base_cfg = dataclasses.replace(self.cfg, distill=dataclasses.replace(self.cfg.distill, loss="none"))
             baseline = self._train(3, "baseline", "student", base_cfg, self.out / "teacher")
+            lead = teacher_lead(teacher.metrics["miou"], baseline.metrics["miou"])
+            if lead.small:
+                log.warning("%s", lead.message[0].upper() + lead.message[1:])
+            else:
+                print(f"          {lead.message[0].upper() + lead.message[1:]}", flush=True)
         else:
             self._line(3, "baseline", "off", "--no-baseline", 0.0)
         self._choose()

@@ -13,6 +13,8 @@ from nfdseg.artifacts import (ENGINE_SUFFIX, ONNX_FILES, ONNX_FP16, ONNX_FP32, O
 from nfdseg.fsutil import write_json_atomic, write_text_atomic
 from nfdseg.manifest import Manifest, read_manifest, runtime_versions
 
+from .choose import teacher_lead
+
 
 def model_cost(ckpt_dir: Path) -> dict[str, float]:
     """Parameters (millions) and forward FLOPs (GFLOPs, 2 x multiply-adds) at the model's input size."""
@@ -120,6 +122,7 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
         "versions": runtime_versions("torch", "onnx", "onnxruntime", "numpy"),
         "wall_time_s": round(wall_s, 1), "stages": status, "miou": miou,
         "nfd_gain_over_baseline": round(miou["student_nfd"] - miou["baseline"], 3) if baseline else None,
+        "teacher_lead": teacher_lead(miou["teacher"], miou["baseline"]).to_json() if baseline else None,
         "per_class_iou": per_class, "zero_iou_classes": zero_classes(per_class, teacher.metrics.get("gt_pixels")),
         "student_choice": choice.to_json() if choice is not None else None, "cost": cost, "bench": bench["rows"], "plots": plots,
         "bench_budget": {**bench.get("budget", {}), "seconds": bench.get("seconds")},
@@ -151,6 +154,10 @@ def _markdown(r: dict[str, Any]) -> str:
         lines += [f"> **No TensorRT engine was built**: {r['engine'].get('reason', '')}. The deployable is the ONNX "
                   "model for onnxruntime; rebuild on a machine with TensorRT with `nfdseg export ... --engine on`.", ""]
     gain = r["nfd_gain_over_baseline"]
+    lead = r.get("teacher_lead")
+    if lead:
+        text = lead["message"][0].upper() + lead["message"][1:]
+        lines += [f"> **{text}.**" if lead["small"] else f"> {text}.", ""]
     lines += [f"Teacher `{r['architectures']['teacher']}`, student `{r['architectures']['student']}`. "
               f"NFD gain over the baseline student: **{_fmt(gain)} mIoU points**." if gain is not None else "", "",
               "## Accuracy (validation split, mIoU %)", "", "| model | mIoU | Δ vs the deployed student (torch) |", "|---|---|---|",

@@ -22,7 +22,6 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from nfdseg.cpu import cpu_bf16_units
 from nfdseg.artifacts import BEST_METRICS, CHECKPOINT, CHECKPOINT_MANIFEST, HISTORY, RESUME_STATE, STAGE_CONFIG
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import sha256_json, write_json_atomic, write_text_atomic
@@ -32,6 +31,8 @@ from nfdseg.models.checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng
 from .config import RunConfig, StageConfig, identity_dict
 from nfdseg.data import build_source, preprocess_spec, require_clean_data
 from nfdseg.data.balance import class_weights
+from .amp import DTYPE_OF_LABEL, amp_choice, amp_label
+from .curves import Curves
 from .dataset import SegDataset
 from .losses import KDLoss, build_loss
 from .losses.ce import SegCrossEntropy
@@ -75,55 +76,6 @@ def pick_device(name: str) -> torch.device:
                           seen=f"LOCAL_RANK {local_rank}, whose GPU is cuda:{_own_gpu(local_rank)}",
                           fix="use train.device=cuda (or auto): each process then takes its own GPU")
     return dev
-
-
-# The one spelling of what ran, shared by train.amp's values, the checkpoint manifest's metrics.amp and the GPU
-# suite's labels: "bf16", "fp16" or "off" (fp32).
-AMP_LABELS = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}
-
-
-def amp_label(dtype: torch.dtype | None) -> str:
-    return AMP_LABELS[dtype]
-
-
-def amp_choice(mode: str, device: torch.device, bf16_units: tuple[str, ...] | None = None
-               ) -> tuple[torch.dtype | None, str]:
-    """train.amp -> (autocast dtype or None for fp32, why). `bf16_units` stands in for the CPU probe in tests.
-
-    GPU: auto is bf16 where the GPU has bf16 units (Ampere and later), fp16 on older GPUs.
-    CPU: auto is bf16 where the CPU has bf16 units (AMX or AVX512-BF16, read from its flags by nfdseg.cpu),
-    fp32 elsewhere; bf16 is honoured (emulated, and slower, without bf16 units: said loudly); fp16 runs fp32,
-    since CPUs have no fp16 training path worth taking."""
-    if mode == "off":
-        return None, "train.amp=off"
-    if device.type == "cuda":
-        if mode == "fp16":
-            return torch.float16, "train.amp=fp16"
-        if mode == "bf16":
-            return torch.bfloat16, "train.amp=bf16"
-        # including_emulation=False: torch otherwise says yes on V100/T4 too, where bf16 is emulated and slower
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return torch.bfloat16, "auto: the GPU has bf16 units"
-        return torch.float16, "auto: the GPU has no bf16 units"
-    units = cpu_bf16_units() if bf16_units is None else tuple(bf16_units)
-    if mode == "fp16":
-        log.warning("FALLBACK: train.amp=fp16 requested but training on %s: running fp32 (use amp=bf16 or auto "
-                    "on a CPU)", device)
-        return None, "train.amp=fp16 on a CPU: fp32"
-    if mode == "bf16":
-        if not units:
-            log.warning("train.amp=bf16 on a CPU without bf16 units (no amx_bf16 or avx512_bf16 in its flags): bf16 "
-                        "is emulated and usually slower than fp32; amp=auto would train fp32 here")
-            return torch.bfloat16, "train.amp=bf16 (CPU without bf16 units: emulated)"
-        return torch.bfloat16, f"train.amp=bf16 (CPU {'+'.join(units)})"
-    if units:
-        return torch.bfloat16, f"auto: the CPU has {'+'.join(units)}"
-    return None, "auto: the CPU has no bf16 units (no amx_bf16 or avx512_bf16 in its flags)"
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """train.amp -> the autocast dtype, or None for fp32 (see amp_choice)."""
-    return amp_choice(mode, device)[0]
 
 
 def poly_lr(base: float, it: int, total: int, power: float, warmup: int) -> float:
@@ -430,7 +382,9 @@ def _setup_nets(cfg: RunConfig, sc: StageConfig, stage: str, data: _Data, proc: 
         opt = torch.optim.SGD(params, lr=sc.optim.lr, momentum=sc.optim.momentum, weight_decay=sc.optim.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=sc.optim.lr, weight_decay=sc.optim.weight_decay)
-    amp, amp_reason = amp_choice(sc.train.amp, device)
+    h, w = cfg.data.crop_size
+    amp, amp_reason = amp_choice(sc.train.amp, device, model=model, batch_shape=(sc.train.batch_size, 3, h, w),
+                                 channels_last=sc.train.channels_last, frozen=teacher if teacher_forward else None)
     if proc.main:
         log.info("%s: training %s (%s)", stage, "fp32" if amp is None else f"{amp_label(amp)} autocast", amp_reason)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
@@ -453,6 +407,8 @@ def _resume(nets: _Nets, last: Path, run_key: str, stage: str, resume: bool, pro
         nets.distill.load_state_dict(state["distill"])
     nets.opt.load_state_dict(state["optimizer"])
     nets.scaler.load_state_dict(state["scaler"])
+    if "amp" in state and DTYPE_OF_LABEL[state["amp"]] != nets.amp:  # the precision the run started with
+        nets.amp, nets.amp_reason = DTYPE_OF_LABEL[state["amp"]], state["amp_reason"] + " (kept on resume)"
     set_rng_state(state["rng"])
     if proc.main:
         log.info("resuming %s from iteration %d of %d", stage, state["iter"], iters)
@@ -507,6 +463,7 @@ def _save_state(nets: _Nets, prog: _Progress, run_key: str, last: Path) -> None:
     save_torch_atomic({"run_key": run_key, "iter": prog.it, "model": nets.model.state_dict(),
                        "distill": nets.distill.state_dict() if nets.distill is not None else None,
                        "optimizer": nets.opt.state_dict(), "scaler": nets.scaler.state_dict(), "best": prog.best,
+                       "amp": amp_label(nets.amp), "amp_reason": nets.amp_reason,
                        "history": prog.history, "elapsed": prog.elapsed, "rng": rng_state()}, last)
 
 
@@ -566,6 +523,9 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
                disable=not (progress and proc.main), mininterval=1.0, dynamic_ncols=True)
     batches = iter(plan_loader(data.train_ds, data.plan, start_it * sc.train.grad_accum,
                                sc.train.iters * sc.train.grad_accum, sc.train.workers))
+    curves = Curves(out, enabled=proc.main)
+    images_per_step = sc.train.batch_size * sc.train.grad_accum * proc.world
+    log_clock, log_it = time.perf_counter(), start_it
     while prog.it < sc.train.iters:
         lr = poly_lr(sc.optim.lr, prog.it, sc.train.iters, sc.optim.poly_power, sc.optim.warmup_iters)
         for g in nets.opt.param_groups:
@@ -577,11 +537,21 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
             prog.history["train"].append({"iter": prog.it, "lr": round(lr, 6), "ce": round(ce, 5),
                                           "distill": round(kd, 5)})
             bar.set_postfix(ce=f"{ce:.3f}", distill=f"{kd:.3f}", best=f"{max(prog.best, 0):.1f}")
+            now = time.perf_counter()
+            curves.add(prog.it, train={"ce": ce, "distill": kd, "lr": lr,
+                                       "images_per_s": (prog.it - log_it) * images_per_step / max(now - log_clock, 1e-9)})
+            log_clock, log_it = now, prog.it
+        evals = len(prog.history["eval"])
         t0 = _evaluate_and_checkpoint(nets, sc, cfg, data, prog, proc, out, run_key, stage, t0)
+        if len(prog.history["eval"]) > evals:
+            curves.add(prog.it, val={"miou": prog.history["eval"][-1]["miou"]})
+            log_clock = time.perf_counter()  # evaluation time is not training speed
         if stop_after is not None and prog.it - start_it >= stop_after:
             bar.close()
+            curves.close()
             return None
     bar.close()
+    curves.close()
     prog.elapsed += time.perf_counter() - t0
 
     # --- deliverables: history.json, then checkpoint.json beside best.pt (main process only)

@@ -22,6 +22,7 @@ RESUME_STATE = "last.pt"  # weights, optimizer, RNG and iteration: what resuming
 STAGE_CONFIG = "config.yaml"  # the resolved config the stage ran with
 HISTORY = "history.json"
 BEST_METRICS = "best_metrics.json"
+CURVES_DIR = "tensorboard"  # TensorBoard event files (loss terms, lr, val mIoU, images/s) when tensorboard is installed
 
 # --- the export folder
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}  # precision -> file

@@ -30,10 +30,12 @@ def run_dir(tmp_path_factory):
     r = pipeline(out)
     assert r.returncode == 0, r.stdout + r.stderr
     STDOUT[out] = r.stdout
+    STDERR[out] = r.stderr
     return out
 
 
 STDOUT: dict = {}
+STDERR: dict = {}
 
 
 def test_report_matches_manifests(run_dir):
@@ -45,6 +47,12 @@ def test_report_matches_manifests(run_dir):
     assert rep["miou"]["baseline"] == b.metrics["miou"]
     assert rep["nfd_gain_over_baseline"] == pytest.approx(s.metrics["miou"] - b.metrics["miou"], abs=1e-3)
     assert b.config["distill"]["loss"] == "none" and s.config["distill"]["loss"] == "nfd"
+    lead = rep["teacher_lead"]
+    assert lead["lead"] == pytest.approx(t.metrics["miou"] - b.metrics["miou"], abs=1e-3)
+    assert lead["small"] == (lead["lead"] < 3.0)
+    assert f"{lead['lead']:+.2f} mIoU points" in (run_dir / "report.md").read_text()
+    said_on_the_console = STDOUT[run_dir] if not lead["small"] else STDERR[run_dir]
+    assert f"leads the undistilled student by {'only ' if lead['small'] else ''}{lead['lead']:+.2f}" in said_on_the_console
     parity = json.loads((run_dir / "export/parity.json").read_text())
     assert parity["images"] == 12, "the report's ONNX figures cover the whole validation split"
     assert rep["checks"]["student_miou_matches_parity_torch"], "torch in parity = the student's own evaluation"

@@ -161,26 +161,66 @@ def test_training_learns_beyond_the_untrained_model_and_the_majority_class(tmp_p
 
 
 # ----------------------------------------------------------------------------- AMP dtype
-@pytest.mark.parametrize("units, expected_auto", [(("amx_bf16", "avx512_bf16"), torch.bfloat16),
-                                                   (("avx512_bf16",), torch.bfloat16), ((), None)])
-def test_amp_choice_on_cpu_follows_the_bf16_units(caplog, units, expected_auto):
-    """auto on a CPU: bf16 where the probe finds bf16 units, fp32 where it finds none; bf16 is honoured either
-    way (loudly when emulated); off is fp32; fp16 runs fp32 and says so."""
-    from nfdseg.distill.trainer import amp_choice, amp_label
+def _stand_in_timer(fp32_s, bf16_s):
+    """A clock for the amp probe: each precision takes the given seconds; counts the calls."""
+    calls = []
 
-    cpu = torch.device("cpu")
-    with caplog.at_level("WARNING", logger="nfdseg.distill.trainer"):
-        auto, why = amp_choice("auto", cpu, bf16_units=units)
-        off, _ = amp_choice("off", cpu, bf16_units=units)
+    def timer(model, frozen, x, dtype):
+        calls.append((dtype, tuple(x.shape), frozen is not None))
+        return fp32_s if dtype is None else bf16_s
+    return timer, calls
+
+
+@pytest.mark.parametrize("units, bf16_speedup, expected_auto", [
+    (("amx_bf16", "avx512_bf16"), 3.0, torch.bfloat16),  # AMX: bf16 several times faster
+    (("avx512_bf16",), 1.33, torch.bfloat16),  # issue 25's AVX512-BF16 CPU
+    (("avx512_bf16",), 0.8, None),  # this project's AVX512-BF16 CPU (benchmarks/results/train_speed_cpu2.json)
+    ((), 3.0, None),  # no bf16 units: fp32 without timing anything
+])
+def test_amp_auto_on_cpu_takes_bf16_only_where_it_has_units_and_is_faster(caplog, units, bf16_speedup, expected_auto):
+    """auto on a CPU: bf16 where the probe finds bf16 units AND bf16 times clearly faster on the stage's model;
+    fp32 otherwise. bf16 is honoured either way (loudly when emulated); off is fp32; fp16 runs fp32 and says so."""
+    from nfdseg.distill import amp
+    from nfdseg.models import build_model
+
+    amp._probe_memo.clear()
+    cpu, model = torch.device("cpu"), build_model("deeplabv3_resnet_tiny", 5)
+    timer, calls = _stand_in_timer(1.0, 1.0 / bf16_speedup)
+    before = [p.detach().clone() for p in model.parameters()]
+    with caplog.at_level("WARNING", logger="nfdseg.distill.amp"):
+        auto, why = amp.amp_choice("auto", cpu, bf16_units=units, model=model, batch_shape=(2, 3, 32, 32),
+                                   timer=timer)
+        off, _ = amp.amp_choice("off", cpu, bf16_units=units)
         assert not caplog.records, "auto/off on a CPU are documented choices, not fallbacks"
-        bf16, _ = amp_choice("bf16", cpu, bf16_units=units)
-        fp16, fp16_why = amp_choice("fp16", cpu, bf16_units=units)
+        bf16, _ = amp.amp_choice("bf16", cpu, bf16_units=units)
+        fp16, fp16_why = amp.amp_choice("fp16", cpu, bf16_units=units)
     assert (auto, off, bf16, fp16) == (expected_auto, None, torch.bfloat16, None)
-    assert ("no bf16 units" in why) == (not units) and all(u in why for u in units)
-    assert amp_label(auto) == ("bf16" if units else "off") and "fp32" in fp16_why
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "the probe trains a copy"
+    if units:
+        assert len(calls) == 2 * (1 + amp.PROBE_STEPS) and calls[0][1] == (2, 3, 32, 32)
+        assert f"({bf16_speedup:.2f}x)" in why and all(u in why for u in units)
+    else:
+        assert not calls and "no bf16 units" in why
+    assert amp.amp_label(auto) == ("bf16" if expected_auto else "off") and "fp32" in fp16_why
     messages = [r.getMessage() for r in caplog.records]
     assert any("FALLBACK" in m and "fp16" in m for m in messages)
     assert any("emulated" in m for m in messages) == (not units)
+    # the same model and batch get the same answer in this process, without timing again
+    again = amp.amp_choice("auto", cpu, bf16_units=units, model=model, batch_shape=(2, 3, 32, 32), timer=timer)
+    assert again == (auto, why) and len(calls) == (2 * (1 + amp.PROBE_STEPS) if units else 0)
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path, monkeypatch):
+    """last.pt records the precision; a resume whose probe would now answer otherwise keeps the recorded one."""
+    import nfdseg.distill.trainer as trainer
+
+    cfg = _small_run(iters=4, ckpt_every=2, amp="auto")
+    monkeypatch.setattr(trainer, "amp_choice", lambda *a, **k: (torch.bfloat16, "stand-in: bf16 was faster"))
+    trainer.train_stage(cfg, "teacher", tmp_path / "t", progress=False, stop_after=2)
+    assert torch.load(tmp_path / "t/last.pt", weights_only=False)["amp"] == "bf16"
+    monkeypatch.setattr(trainer, "amp_choice", lambda *a, **k: (None, "stand-in: fp32 now"))
+    m = trainer.train_stage(cfg, "teacher", tmp_path / "t", progress=False)
+    assert m.metrics["amp"] == "bf16" and m.metrics["amp_reason"] == "stand-in: bf16 was faster (kept on resume)"
 
 
 def test_the_cpu_probe_reads_flags_and_the_onednn_cap():
@@ -211,12 +251,12 @@ def test_the_cpu_probe_reads_flags_and_the_onednn_cap():
 def test_amp_dtype_on_a_mocked_gpu(monkeypatch, gpu, native_bf16, expected):
     """No GPU needed: a cuda device object and torch's bf16 query are mocked. On a GPU without bf16 units torch
     still reports bf16 'supported' (emulated, slower than fp16): auto must pick fp16 there."""
-    from nfdseg.distill.trainer import amp_dtype
+    from nfdseg.distill.amp import amp_choice
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: True if including_emulation else native_bf16)
     cuda = torch.device("cuda", 0)
-    assert {mode: amp_dtype(mode, cuda) for mode in expected} == expected, gpu
+    assert {mode: amp_choice(mode, cuda)[0] for mode in expected} == expected, gpu
 
 
 # ----------------------------------------------------------------------------- gradient accumulation
@@ -259,3 +299,41 @@ def test_grad_accum_2x2_gives_the_update_of_one_batch_of_4(tmp_path, monkeypatch
         torch.testing.assert_close(accum[k], full[k], rtol=0, atol=1e-5 * max(step, 1.0))
     far = max((half[k] - full[k]).abs().max().item() for k in w0)
     assert far > 100 * max((accum[k] - full[k]).abs().max().item() for k in w0), "the test tells the cases apart"
+
+
+# ----------------------------------------------------------------------------- training curves
+def test_tensorboard_curves_hold_the_loss_terms_lr_miou_and_speed(tmp_path):
+    """Every stage writes TensorBoard event files when tensorboard is installed; their scalars are history.json's."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nfdseg.distill.trainer import train_stage
+
+    train_stage(_small_run(iters=4, eval_every=2, log_every=2), "teacher", tmp_path / "t", progress=False)
+    acc = EventAccumulator(str(tmp_path / "t" / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/ce", "train/distill", "train/lr", "train/images_per_s", "val/miou"} <= tags
+    history = json.loads((tmp_path / "t" / "history.json").read_text())
+    assert [e.step for e in acc.Scalars("val/miou")] == [h["iter"] for h in history["eval"]] == [2, 4]
+    # event files hold float32; history.json rounds to 5 decimals
+    assert [e.value for e in acc.Scalars("val/miou")] == pytest.approx([h["miou"] for h in history["eval"]], abs=1e-3)
+    assert [e.value for e in acc.Scalars("train/ce")] == pytest.approx([h["ce"] for h in history["train"]], abs=1e-4)
+    assert all(e.value > 0 for e in acc.Scalars("train/images_per_s"))
+
+
+def test_without_tensorboard_training_says_where_curves_would_go(tmp_path, monkeypatch, caplog):
+    import importlib.util
+
+    from nfdseg.distill import curves
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(curves.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with caplog.at_level("INFO", logger="nfdseg.distill.curves"):
+        c = curves.Curves(tmp_path)
+        c.add(1, train={"ce": 1.0})
+        c.close()
+    assert not (tmp_path / "tensorboard").exists()
+    assert any("nfdseg[tensorboard]" in r.getMessage() for r in caplog.records)
