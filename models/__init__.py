@@ -49,6 +49,10 @@ ARCHS: dict[str, ArchSpec] = {
     # Scaled-down variants for the built-in quick default on small inputs (96 px) and CPUs.
     "deeplabv3_resnet18_w32": ArchSpec("deeplabv3_resnet", "basic", (2, 2, 2, 2), (32, 64, 128, 256), 128, (2, 4, 6),
                                        description="quick-default teacher: ResNet-18 layout at half width"),
+    "deeplabv3_resnet18_w32_os16": ArchSpec("deeplabv3_resnet", "basic", (2, 2, 2, 2), (32, 64, 128, 256), 128,
+                                            (2, 4, 6), output_stride=16,
+                                            description="the half-width ResNet-18 teacher at output stride 16: a third "
+                                                        "of the FLOPs at the same parameters"),
     "deeplabv3_resnet10_w8": ArchSpec("deeplabv3_resnet", "basic", (1, 1, 1, 1), (8, 16, 32, 64), 32, (2, 4, 6),
                                       description="quick-default student: ResNet-10 layout at 1/8 width"),
     "deeplabv3_resnet_tiny": ArchSpec("deeplabv3_resnet", "basic", (1, 1, 1, 1), (4, 8, 8, 16), 8, (1, 2, 3),
