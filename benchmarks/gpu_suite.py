@@ -109,7 +109,8 @@ def make_dataset(root: Path, p: dict) -> Path:
                                                       "palette": [list(c) for c in SYNTHETIC_CLASSES.palette]}))
     jobs = [(i, p["train_hw"], root, "train") for i in range(p["train_n"])]
     jobs += [(i, p["val_hw"], root, "val") for i in range(p["val_n"])]
-    with ProcessPoolExecutor(max(1, min(16, (os.cpu_count() or 2) - 1))) as pool:
+    # initializer: a spawned or forkserver worker (Python 3.14's default) does not inherit the checkout mapping
+    with ProcessPoolExecutor(max(1, min(16, (os.cpu_count() or 2) - 1)), initializer=use_checkout) as pool:
         list(pool.map(_scene, jobs))
     (root / "done").write_text("")
     return root

@@ -90,6 +90,30 @@ def test_dry_run_goes_through_the_product_from_a_plain_checkout(tmp_path):
     assert "a CUDA GPU (--dry-run" in d["tensorrt"]["skipped"]
 
 
+@pytest.mark.parametrize("start", ["forkserver", "spawn"])
+def test_data_workers_import_nfdseg_from_a_plain_checkout_under_any_start_method(tmp_path, start):
+    """Python 3.14 starts workers with forkserver: they do not inherit the parent's checkout mapping."""
+    script = tmp_path / "data.py"
+    script.write_text(f"""
+import multiprocessing, sys
+from pathlib import Path
+sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
+import gpu_suite
+if __name__ == "__main__":
+    multiprocessing.set_start_method({start!r})
+    gpu_suite.use_checkout()
+    p = dict(gpu_suite.DRY, train_n=2, val_n=1, train_hw=(16, 24), val_hw=(16, 24))
+    root = gpu_suite.make_dataset(Path({str(tmp_path / 'data')!r}), p)
+    print(len(list((root / "images" / "train").glob("*.png"))))
+""")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_INSTALL)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(site)})
+    assert r.returncode == 0 and r.stdout.strip() == "2", r.stderr[-2000:]
+
+
 def _suite_module():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu_suite
