@@ -135,9 +135,12 @@ def backend_mismatch(report: dict, expect: dict) -> str:
 
 def missing_for_tensorrt(importable: Callable[[str], bool], gpu: bool) -> list[str]:
     """What the TensorRT section needs and does not find: TensorRT, cuda-python's bindings, a GPU."""
+    from nfdseg.serve.backends.trt_compat import tensorrt_pip_spec  # the product's one rule (after use_checkout)
+
     missing = []
     if not importable("tensorrt"):
-        missing.append("TensorRT (NVIDIA's container, JetPack, or pip install 'tensorrt>=10,<11')")
+        missing.append(f"TensorRT (NVIDIA's container, JetPack, or pip install '{tensorrt_pip_spec(12)}' on a CUDA 12 "
+                       f"driver, '{tensorrt_pip_spec(13)}' on CUDA 13; an existing engine needs its exact release)")
     if not (importable("cuda.bindings") or importable("cuda.cudart")):
         missing.append("CUDA bindings (pip install 'nfdseg[trt]' or 'nfdseg[trt-cu13]': cuda-python)")
     if not gpu:
