@@ -103,3 +103,60 @@ def test_cuda_libraries_are_preloaded_so_a_provider_without_runpath_loads(tmp_pa
                        env={**env, "NFDSEG_CUDA_LIB_DIRS": f"/absent:{wheel}"})
     assert r.returncode == 0 and "provider says 113" in r.stdout, r.stdout
     assert f"loaded {wheel / 'libcublasLt.so.13'}" in r.stdout
+
+
+TRT_HEADERS = ROOT.parent / "shared" / "third_party" / "tensorrt"  # NVIDIA's public headers (see its README)
+
+
+def cuda_runtime_include() -> Path | None:
+    """CUDA's runtime headers from NVIDIA's pip wheels (nvidia-cuda-runtime, which a CUDA build of torch installs;
+    crt/ comes with nvidia-cuda-crt): the first nvidia/*/include holding both."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for inc in sorted(Path(root).glob("*/include")):
+            if (inc / "cuda_runtime_api.h").is_file() and (inc / "crt" / "host_defines.h").is_file():
+                return inc
+    return None
+
+
+@pytest.mark.parametrize("release", ["10.16", "11.1"])
+def test_the_tensorrt_backend_compiles_against_the_public_headers(tmp_path, release):
+    """-DNFDSEG_WITH_TENSORRT: backend_tensorrt.cpp compiled to an object, warnings as errors in our code (the
+    third-party headers are system headers). Its undefined symbols are TensorRT's and CUDA's runtime entry points,
+    which linking against libnvinfer and libcudart would resolve (not done here: no libnvinfer)."""
+    gxx = _gxx()
+    trt = TRT_HEADERS / release / "include"
+    if not (trt / "NvInfer.h").is_file():
+        pytest.skip(f"TensorRT {release}'s public headers are not at {trt} (see ../shared/third_party/tensorrt/README.md)")
+    cuda = cuda_runtime_include()
+    if cuda is None:
+        pytest.skip("CUDA's runtime headers are not installed: pip install nvidia-cuda-runtime nvidia-cuda-crt "
+                    "(a CUDA build of torch brings the first; crt/ needs the second)")
+    obj = tmp_path / f"backend_tensorrt_{release}.o"
+    r = subprocess.run([gxx, "-std=c++17", "-c", "-O0", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
+                        "-DNFDSEG_WITH_TENSORRT=1", "-isystem", str(trt), "-isystem", str(cuda), "-I", str(CPP / "src"),
+                        str(CPP / "src" / "backend_tensorrt.cpp"), "-o", str(obj)],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-4000:]
+    version = re.search(r"#define TRT_MAJOR_ENTERPRISE (\d+)", (trt / "NvInferVersion.h").read_text()).group(1)
+    assert version == release.split(".")[0]
+    nm = shutil.which("nm")
+    if nm:
+        syms = subprocess.run([nm, "-C", str(obj)], capture_output=True, text=True, timeout=60).stdout
+        assert re.search(r" T open_tensorrt\(", syms), "the entry point main.cpp calls is not defined"
+        undefined = {line.split()[-1] for line in syms.splitlines() if line.strip().startswith("U ")}
+        assert {"createInferRuntime_INTERNAL", "getInferLibVersion", "cudaSetDevice", "cudaStreamCreate"} <= undefined
+
+
+def test_main_compiles_with_the_tensorrt_backend_enabled(tmp_path):
+    gxx = _gxx()
+    probe = subprocess.run([gxx, "-std=c++17", "-E", "-x", "c++", "-"], input="#include <nlohmann/json.hpp>\n",
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip("nlohmann/json.hpp is not installed (apt-get install nlohmann-json3-dev)")
+    r = subprocess.run([gxx, "-std=c++17", "-c", "-O0", "-Wall", "-Wextra", "-Werror", "-DNFDSEG_WITH_TENSORRT=1",
+                        "-I", str(CPP / "src"), str(CPP / "src" / "main.cpp"), "-o", str(tmp_path / "main.o")],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-4000:]
