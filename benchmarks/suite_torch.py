@@ -236,7 +236,7 @@ def latency_section(p: dict, num_classes: int, device: str, out: dict, budget: B
     untimed = []
     for arch in LATENCY_ARCHS:
         torch.manual_seed(0)
-        model = build_model(arch, num_classes)
+        model = build_model(arch, num_classes).to(device)  # TorchBackend serves an in-memory model where it is
         rows[arch] = {"params": sum(t.numel() for t in model.parameters())}
         eager_labels = None
         for graphs in (False, True):
