@@ -95,6 +95,17 @@ def test_the_bare_core_brings_no_onnxruntime(tmp_path):
     assert {"numpy", "pillow", "pyyaml", "tqdm"} <= set(dists)
 
 
+def test_this_machines_pip_configuration_does_not_decide(tmp_path, monkeypatch):
+    """A constraints file in pip's configuration (this machine caps torch through one) would make every
+    resolution answer for this machine instead of a user's: one that forbids numpy must change nothing."""
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("numpy<0\n")
+    monkeypatch.setenv("PIP_CONSTRAINT", str(constraints))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    dists = _resolve([str(ROOT)], tmp_path)
+    assert "numpy" in dists and not dists["numpy"]["version"].startswith("0")
+
+
 def _stub_wheel(folder: Path, name: str, version: str, tag: str, requires: tuple[str, ...] = (),
                 requires_python: str = "") -> Path:
     """A minimal valid wheel (metadata only) standing in for the Jetson AI Lab index's onnxruntime-gpu."""
