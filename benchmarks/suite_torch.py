@@ -125,7 +125,8 @@ def train_section(p: dict, data: Path, work: Path, device: str, out: dict, budge
     budget.check("the served student")
     fits = int((budget.left() - 10) * res["bf16_channels_last"]["images_per_s"] / p["batch"])
     n = max(min(p["serve_iters"], fits), min(p["serve_iters"], 20))
-    cfg = run_config(p, data, device, {"iters": n, "eval_every": n, "ckpt_every": n, **TRAIN_MODES["bf16_channels_last"]})
+    served = {"iters": n, "eval_every": n, "ckpt_every": n, **TRAIN_MODES["bf16_channels_last"]}
+    cfg = run_config(p, data, device, served)
     m = trainer.train_stage(cfg, "student", work / "served", teacher_dir=work / "teacher", resume=False,
                             progress=False)
     res["served_student"] = {"iters": n, "val_miou": m.metrics["miou"], "dir": str(work / "served")}
@@ -170,8 +171,10 @@ def measure(seg, images: list, source, p: dict, ref_labels: list | None, budget:
     return res, labels
 
 
+# name, precision, TF32, CUDA graphs
 TORCH_VARIANTS = [("fp32_tf32_off", "fp32", False, False), ("fp32", "fp32", True, False),
-                  ("fp16", "fp16", True, False), ("bf16", "bf16", True, False), ("fp16_cuda_graphs", "fp16", True, True)]
+                  ("fp16", "fp16", True, False), ("bf16", "bf16", True, False),
+                  ("fp16_cuda_graphs", "fp16", True, True)]
 
 
 def torch_section(student: Path, p: dict, device: str, out: dict, budget: Budget, dry_run: bool,

@@ -129,7 +129,8 @@ def test_the_tensorrt_backend_compiles_against_the_public_headers(tmp_path, rele
     gxx = _gxx()
     trt = TRT_HEADERS / release / "include"
     if not (trt / "NvInfer.h").is_file():
-        pytest.skip(f"TensorRT {release}'s public headers are not at {trt} (see ../shared/third_party/tensorrt/README.md)")
+        pytest.skip(f"TensorRT {release}'s public headers are not at {trt} "
+                    "(see ../shared/third_party/tensorrt/README.md)")
     cuda = cuda_runtime_include()
     if cuda is None:
         pytest.skip("CUDA's runtime headers are not installed: pip install nvidia-cuda-runtime nvidia-cuda-crt "

@@ -178,7 +178,8 @@ def test_threads_started_before_the_first_capture_get_the_eager_results():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs; torch sees fewer here")
 def test_graphs_on_the_second_gpu_replay_each_new_input():
     torch.cuda.set_device(0)  # cuda:0 current, the model on cuda:1: the case that captured an empty graph
-    graphs, eager = _backend("cuda:1", graphs=True, precision="fp16"), _backend("cuda:1", graphs=False, precision="fp16")
+    graphs = _backend("cuda:1", graphs=True, precision="fp16")
+    eager = _backend("cuda:1", graphs=False, precision="fp16")
     rng = np.random.default_rng(2)
     for _ in range(3):
         x = rng.standard_normal((1, 3, 64, 96)).astype(np.float32)

@@ -19,8 +19,8 @@ import numpy as np
 
 from nfdseg.errors import ArtifactError, EngineNotRunnableHere, InputError
 from nfdseg.manifest import Manifest
-from nfdseg.serve.backends.trt_compat import (GpuInfo, TrtModule, cuda_check, cuda_device_index, cuda_runtime, current_gpu,
-                               engine_version_problem, import_tensorrt, tensorrt_pip_spec)
+from nfdseg.serve.backends.trt_compat import (GpuInfo, TrtModule, cuda_check, cuda_device_index, cuda_runtime,
+                                              current_gpu, engine_version_problem, import_tensorrt, tensorrt_pip_spec)
 
 from .base import Backend
 
