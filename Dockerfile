@@ -1,6 +1,6 @@
 # nfdseg GPU image: NVIDIA's TensorRT container + nfdseg with every stage and the GPU runtime
 # ([all-cu13]: train, export, cuda-python 13, demo, video, onnxruntime-gpu for CUDA 13: one onnxruntime build only).
-#   docker build -t nfdseg .                                   # default base below (TensorRT 11, CUDA 13)
+#   docker build -t nfdseg .                                   # default base below (TensorRT 10, CUDA 13)
 #   docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:24.08-py3 --build-arg NFDSEG_EXTRAS=all-cu12 \
 #     --build-arg TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cu126" -t nfdseg:trt10 .
 #                                                              # TensorRT 10 on CUDA 12.6: CUDA 12 everything
@@ -9,7 +9,8 @@
 # --user: run as the owner of the mounted runs/ so the container can write there (the entrypoint gives such a
 # uid a writable HOME, and warns when runs/ is not writable). Without --user it runs as uid 10001.
 # A runtime-only image (no torch): --build-arg TORCH_SPEC= --build-arg NFDSEG_EXTRAS=gpu-cu13,demo (or cpu,demo).
-# The base image brings CUDA, cuDNN and TensorRT (10 or 11, by tag); engines built inside it must be
+# The base image brings CUDA, cuDNN and TensorRT, by tag (25.10: TensorRT 10; TensorRT 11.0 GA is dated 2026-06-02
+# in NVIDIA/TensorRT's CHANGELOG, so no tag before 26.06 holds it); engines built inside it must be
 # served by the same TensorRT version on the same GPU architecture (see docs/deploying.md).
 ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
 FROM ${BASE_IMAGE}

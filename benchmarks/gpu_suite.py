@@ -4,23 +4,28 @@
     python benchmarks/gpu_suite.py --dry-run --out /tmp/gpu_dry.json   # the same plumbing, tiny, on the CPU
 
 1. train: the student stage (`train_stage`, NFD from a ResNet-101 teacher to a ResNet-18 student, 512x512
-   crops) with AMP bf16 + channels_last against fp32 with TF32 off; images/s as train_stage records it
-   (the whole run: data, steps, one evaluation).
-2. torch: a trained student served by `Segmenter(backend="torch")` at 1024x2048 in fp32 (TF32 off: the
+   crops) in fp32 with TF32 off, AMP bf16, and AMP bf16 + channels_last; images/s as train_stage records it
+   (the whole run: data, steps, one evaluation). A row counts only when the trainer's own record (amp in its
+   AMP_LABELS spelling, device, channels_last) matches the label.
+2. torch: the trained student served by `Segmenter(backend="torch")` at 1024x2048 in fp32 (TF32 off: the
    reference), fp32 (TF32 on, torch's default for convolutions), fp16, bf16 and fp16 + CUDA graphs: label
    agreement with the reference and mIoU on the validation images, end-to-end `predict` latency p50/p99
-   (preprocessing, copies and label map included) at batch 1 and 4.
-3. onnxruntime CUDA and TensorRT: exported with `run_export`, served by `Segmenter`, when onnxruntime-gpu /
+   (preprocessing, copies and label map included) at batch 1 and 4; then its mIoU on the CPU (fp32) beside them.
+3. latency: the torch backend's own latency, CUDA graphs off and on, for the quick student's architecture and
+   DeepLabV3-ResNet-18 at 1024x2048, batch 1, fp16 (the graph replay's labels checked against eager).
+4. onnxruntime CUDA and TensorRT: exported with `run_export`, served by `Segmenter`, when onnxruntime-gpu /
    TensorRT and the [export] tools are installed; otherwise skipped with the reason.
 
 Writes benchmarks/results/gpu_<gpu>.json (--dry-run writes only --out). Without a GPU it refuses (exit 2).
 Every section has its own time budget (SECTION_BUDGETS_S; `--budget SECTION=SECONDS`), all of them capped by
---budget-s (default 450); the export (ONNX, FP16 scan, TensorRT build, parity) runs in a child process with its
-budget as time-out. The JSON is written atomically after every section (`sections` says done / skipped /
-over_budget / failed with the reason; `complete` turns true at the end), so a kill keeps what finished. Before
-timing anything a section checks that the Segmenter's own report (`describe()`) shows the backend, provider,
-device and precision of its label, and skips with what it saw otherwise; the TensorRT section first checks
-TensorRT, cuda-python's bindings and the GPU (suite_sections.py).
+--budget-s (default 460, under the 8 minutes a lent GPU gets); the export (ONNX, FP16 scan, TensorRT build,
+parity) runs in a child process with its budget as time-out. The JSON is written atomically after every section
+(`sections` says done / skipped / over_budget / failed with the reason), so a kill keeps what finished.
+`complete` turns true, and the exit status is 0, only when every section of REQUIRED (the ones that need torch
+alone) measured what it is labelled with: a run that measured nothing says why in `incomplete` and exits 1.
+Before timing anything a section checks that the Segmenter's own report (`describe()`) shows the backend,
+provider, device and precision of its label, and skips with what it saw otherwise; the TensorRT section first
+checks TensorRT, cuda-python's bindings and the GPU (suite_sections.py).
 """
 
 from __future__ import annotations
@@ -28,19 +33,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, git_rev, machine  # noqa: E402
-from suite_sections import (Budget, OverBudget, Recorder, SkipSection, backend_mismatch,  # noqa: E402
-                            missing_for_tensorrt, parse_budgets, runtime_plan, torch_expectation)
+from suite_sections import (Budget, OverBudget, Recorder, SkipSection, backend_mismatch,  # noqa: E402,F401
+                            missing_for_tensorrt, parse_budgets, runtime_plan)
+from suite_torch import (TRAIN_MODES, _TF32_DEFAULTS, latency_section, measure, run_config,  # noqa: E402,F401
+                         set_tf32, torch_section, train_section)
 
 log = logging.getLogger("gpu_suite")
 
@@ -51,7 +56,10 @@ DRY = dict(train_n=8, val_n=4, train_hw=(64, 128), val_hw=(64, 128), crop=(64, 6
            scale=(0.75, 1.25), teacher="deeplabv3_resnet_tiny", student="deeplabv3_resnet10_w8", batch=2,
            teacher_iters=2, speed_iters=2, warm_iters=0, serve_iters=2, lat_iters=2, warmup=1, max_val=2)
 # Seconds per section (GPU sizes; the dry run's tiny sections take a fraction). Their sum is the default --budget-s.
-SECTION_BUDGETS_S = {"data": 40, "train": 170, "torch": 110, "export": 80, "onnxruntime_cuda": 25, "tensorrt": 25}
+SECTION_BUDGETS_S = {"data": 30, "train": 170, "torch": 90, "latency": 40, "export": 80, "onnxruntime_cuda": 25,
+                     "tensorrt": 25}
+# The sections that need only torch: a run where any of them did not measure is not complete (exit 1).
+REQUIRED = ("data", "train", "torch", "latency")
 
 
 def use_checkout() -> None:
@@ -101,167 +109,11 @@ def make_dataset(root: Path, p: dict) -> Path:
                                                       "palette": [list(c) for c in SYNTHETIC_CLASSES.palette]}))
     jobs = [(i, p["train_hw"], root, "train") for i in range(p["train_n"])]
     jobs += [(i, p["val_hw"], root, "val") for i in range(p["val_n"])]
-    with ProcessPoolExecutor(max(1, min(16, (os.cpu_count() or 2) - 1))) as pool:
+    # initializer: a spawned or forkserver worker (Python 3.14's default) does not inherit the checkout mapping
+    with ProcessPoolExecutor(max(1, min(16, (os.cpu_count() or 2) - 1)), initializer=use_checkout) as pool:
         list(pool.map(_scene, jobs))
     (root / "done").write_text("")
     return root
-
-
-def run_config(p: dict, data: Path, device: str, student: dict, teacher_iters: int | None = None):
-    from nfdseg.distill.config import load_run_config
-
-    workers = min(12, max(0, (os.cpu_count() or 2) - 2)) if multiprocessing.get_start_method() == "fork" else 0
-    train = {"batch_size": p["batch"], "device": device, "workers": workers, "log_every": 10}
-    optim = {"name": "sgd", "lr": 0.01}  # from scratch at these widths: the quick preset's 0.05 is for tiny models
-    over = {"data": {"format": "folder", "root": str(data), "crop_size": list(p["crop"]),
-                     "input_size": list(p["input"]), "scale_range": list(p["scale"]), "max_val_images": p["max_val"]},
-            "teacher": {"model": {"arch": p["teacher"]}, "optim": optim,
-                        "train": {**train, "iters": teacher_iters or p["teacher_iters"], "amp": "bf16",
-                                  "channels_last": True, "eval_every": 10**6, "ckpt_every": 10**6}},
-            "student": {"model": {"arch": p["student"]}, "optim": optim, "train": {**train, **student}}}
-    return load_run_config("quick", over)
-
-
-_TF32_DEFAULTS: dict = {}
-
-
-def set_tf32(on: bool) -> None:
-    """on: torch's defaults (TF32 for convolutions); off: IEEE fp32 for convolutions and matmuls. torch >= 2.9
-    has per-backend `fp32_precision` and refuses a mix with the legacy allow_tf32 flags: only one API is used."""
-    import torch
-
-    conv, mm = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
-    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision"):
-        if not _TF32_DEFAULTS:
-            _TF32_DEFAULTS.update(api="fp32_precision", conv=conv.fp32_precision, matmul=mm.fp32_precision)
-        conv.fp32_precision = _TF32_DEFAULTS["conv"] if on else "ieee"
-        mm.fp32_precision = _TF32_DEFAULTS["matmul"] if on else "ieee"
-        return
-    if not _TF32_DEFAULTS:
-        _TF32_DEFAULTS.update(api="allow_tf32", conv=torch.backends.cudnn.allow_tf32, matmul=mm.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = _TF32_DEFAULTS["conv"] if on else False
-    mm.allow_tf32 = _TF32_DEFAULTS["matmul"] if on else False
-
-
-def train_section(p: dict, data: Path, work: Path, device: str, out: dict, budget: Budget) -> Path:
-    """Teacher once, then the student stage in fp32 (TF32 off) and AMP bf16 + channels_last, same iterations;
-    then a longer bf16 student for the serving section, as long as the section's budget allows. Returns that
-    student's directory."""
-    from nfdseg.distill.trainer import train_stage
-
-    t0 = time.perf_counter()
-    cfg = run_config(p, data, device, {"iters": p["speed_iters"]})
-    train_stage(cfg, "teacher", work / "teacher", progress=False)
-    res = out["train"] = {"teacher_s": round(time.perf_counter() - t0, 1), "crop": list(p["crop"]),
-                          "batch": p["batch"], "iters": p["speed_iters"], "teacher": p["teacher"],
-                          "student": p["student"],
-                          "images_per_s_is": "images / wall time of the whole train_stage loop (data, steps, one "
-                                             "evaluation)"}
-    modes = {"fp32_tf32_off": {"amp": "off", "channels_last": False},
-             "amp_bf16_channels_last": {"amp": "bf16", "channels_last": True}}
-    for warm in (True, False):  # a short unmeasured run of each mode first: CUDA/cuDNN start-up is nobody's speed
-        for name, train in modes.items():
-            if warm and not p["warm_iters"]:
-                continue
-            budget.check(f"the {'warm-up' if warm else 'timed'} {name} student")
-            set_tf32(name != "fp32_tf32_off")
-            iters = p["warm_iters"] if warm else p["speed_iters"]
-            cfg = run_config(p, data, device, {"iters": iters, "eval_every": iters, "ckpt_every": iters, **train})
-            m = train_stage(cfg, "student", work / name, teacher_dir=work / "teacher", resume=False, progress=False)
-            if not warm:
-                res[name] = {"images_per_s": m.metrics["images_per_s"], "train_time_s": m.metrics["train_time_s"],
-                             "amp_used": m.metrics["amp"], "device": m.metrics["device"], "requested": train}
-                # the trainer's own record must match the label (the CPU of the dry run trains fp32 only)
-                expect = {"amp": "off", "device": "cpu"} if device == "cpu" else {"amp": train["amp"], "device": "cuda"}
-                wrong = backend_mismatch({"amp": m.metrics["amp"], "device": m.metrics["device"]}, expect)
-                if wrong:
-                    res[name] = {"skipped": wrong.replace("Segmenter", "trainer"), "record": res[name]}
-                    continue
-                log.info("train %s: %.1f images/s", name, m.metrics["images_per_s"])
-    set_tf32(True)
-    if not all("images_per_s" in res[name] for name in modes):
-        raise SkipSection("a training mode did not run as labelled: " + "; ".join(
-            res[n].get("skipped", "") for n in modes if "skipped" in res[n]))
-    res["speedup"] = round(res["amp_bf16_channels_last"]["images_per_s"] / res["fp32_tf32_off"]["images_per_s"], 3)
-    # the served student trains as long as this section's budget allows (up to serve_iters; 10 s for its evaluation)
-    budget.check("the served student")
-    fits = int((budget.left() - 10) * res["amp_bf16_channels_last"]["images_per_s"] / p["batch"])
-    n = max(min(p["serve_iters"], fits), min(p["serve_iters"], 20))
-    cfg = run_config(p, data, device, {"iters": n, "eval_every": n, "ckpt_every": n, "amp": "bf16",
-                                       "channels_last": True})
-    m = train_stage(cfg, "student", work / "served", teacher_dir=work / "teacher", resume=False, progress=False)
-    res["served_student"] = {"iters": n, "val_miou": m.metrics["miou"], "dir": str(work / "served")}
-    return work / "served"
-
-
-def measure(seg, images: list, source, p: dict, ref_labels: list | None, budget: Budget | None = None,
-            expect: dict | None = None) -> tuple[dict, list | None]:
-    """Label maps + mIoU on the validation images (nfdseg.serve.evaluate), agreement with `ref_labels`, and
-    end-to-end predict latency at batch 1 and 4. First, when `expect` is given, the Segmenter's own report must
-    agree with it (backend_mismatch): otherwise nothing is run and the row says what was seen."""
-    import numpy as np
-
-    from nfdseg.serve.bench import percentiles
-    from nfdseg.serve.evaluate import evaluate
-
-    report = seg.describe()
-    wrong = backend_mismatch(report, expect or {})
-    if wrong:
-        log.warning("not timed: %s", wrong)
-        return {"skipped": wrong, "expected": expect, "backend": report}, None
-    labels: list = []
-    ev = evaluate(seg, source, batch=1, limit=len(images), progress=False,
-                  on_batch=lambda start, out, preds: labels.extend(pr.labels for pr in preds))
-    res = {"miou": ev["miou"], "backend": report, "expected": expect}
-    if ref_labels is not None:
-        agree = [float((a == b).mean() * 100) for a, b in zip(labels, ref_labels)]
-        res["label_agreement_pct"] = round(float(np.mean(agree)), 4)
-        res["label_agreement_min_image_pct"] = round(min(agree), 4)
-    for batch in (1, 4):
-        if budget:
-            budget.check(f"latency at batch {batch}")
-        xs = [images[i % len(images)] for i in range(batch)]
-        for _ in range(p["warmup"]):
-            seg.predict(xs)
-        ms = []
-        for _ in range(p["lat_iters"]):
-            t = time.perf_counter()
-            seg.predict(xs)
-            ms.append((time.perf_counter() - t) * 1e3)
-        res[f"batch{batch}"] = {**percentiles(ms), "images_per_s": round(batch * 1e3 / float(np.median(ms)), 2)}
-    return res, labels
-
-
-def torch_section(student: Path, p: dict, device: str, out: dict, budget: Budget, dry_run: bool,
-                  state: dict) -> None:
-    from nfdseg.serve import Segmenter
-    from nfdseg.serve.evaluate import load_eval_source
-
-    variants = [("fp32_tf32_off", "fp32", False, False), ("fp32", "fp32", True, False), ("fp16", "fp16", True, False),
-                ("bf16", "bf16", True, False), ("fp16_cuda_graphs", "fp16", True, True)]
-    rows: dict = {}
-    out["torch"] = {"input_hw": list(p["input"]), "reference": "fp32_tf32_off", "tf32_defaults": _TF32_DEFAULTS,
-                    "variants": rows}
-    ref, images = None, None
-    try:
-        for name, precision, tf32, graphs in variants:
-            budget.check(f"variant {name}")
-            set_tf32(tf32)
-            seg = Segmenter(student, backend="torch", device=device, precision=precision, cuda_graphs=graphs)
-            try:
-                source = load_eval_source(seg, "default", "folder", "val")
-                images = images or [source.load(i)[0] for i in range(len(source))]
-                rows[name], labels = measure(seg, images, source, p, ref, budget,
-                                             torch_expectation(precision, graphs, dry_run))
-            finally:
-                seg.close()
-            if name == "fp32_tf32_off" and labels is not None:
-                ref = labels
-            if "batch1" in rows[name]:
-                log.info("torch %s: p50 %.2f ms (batch 1)", name, rows[name]["batch1"]["p50_ms"])
-    finally:
-        set_tf32(True)
-        state.update(ref=ref, images=images)
 
 
 def export_job(student: str, export: str, engine: str, summary_path: str) -> int:
@@ -331,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="JSON path (default benchmarks/results/gpu_<gpu>.json; required with --dry-run)")
     ap.add_argument("--work", help="scratch directory (default benchmarks/work/gpu_suite[_dry])")
     ap.add_argument("--budget-s", type=float, default=float(sum(SECTION_BUDGETS_S.values())),
-                    help="wall-clock budget of the whole suite in seconds (default: the sections' sum, 450)")
+                    help="wall-clock budget of the whole suite in seconds (default: the sections' sum, 460)")
     ap.add_argument("--budget", action="append", default=[], metavar="SECTION=SECONDS",
                     help=f"one section's budget (defaults: {', '.join(f'{k}={v:g}' for k, v in SECTION_BUDGETS_S.items())})")
     ap.add_argument("--export-job", nargs=4, help=argparse.SUPPRESS)  # the export section's child process
@@ -356,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     use_checkout()
+    from nfdseg.data.synthetic import SYNTHETIC_CLASSES
+
     p, device = (DRY, "cpu") if args.dry_run else (GPU, "cuda")
     work = Path(args.work or ROOT / "benchmarks" / "work" / ("gpu_suite_dry" if args.dry_run else "gpu_suite"))
     work.mkdir(parents=True, exist_ok=True)
@@ -381,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                       lambda b: train_section(p, need("the dataset", data, "train"), work, device, out, b))
     rec.run("torch", budgets["torch"], lambda b: torch_section(need("the trained student", student, "torch"), p,
                                                               device, out, b, args.dry_run, state))
+    rec.run("latency", budgets["latency"], lambda b: latency_section(p, SYNTHETIC_CLASSES.num_classes, device, out, b,
+                                                                    args.dry_run))
     summary = rec.run("export", budgets["export"],
                       lambda b: export_section(need("the trained student", student, "export"), work, out, b, plan))
     done = summary is not None
@@ -395,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     rec.run("tensorrt", budgets["tensorrt"], lambda b: served_section(
         "tensorrt", "tensorrt", {"backend": "tensorrt", "device": "cuda", "precision": "fp16", "fallback": ""},
         trt_why, work, p, out, b, state))
-    rec.finish()
-    log.info("wrote %s in %.0f s", path, out["wall_s"])
-    return 1 if rec.failed else 0
+    complete = rec.finish(REQUIRED)
+    log.info("wrote %s in %.0f s%s", path, out["wall_s"], "" if complete else f": INCOMPLETE, {out['incomplete']}")
+    return 0 if complete and not rec.failed else 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ the Segmenter's own report contradicts.
 - `Budget`: a section's seconds; `check(what)` raises `OverBudget` once they are spent (between steps: a
   step that cannot be interrupted, such as the export, runs in a child process with the budget as time-out).
 - `Recorder.run(name, budget_s, fn)`: runs one section, records `{status, wall_s, budget_s}` under
-  `sections[name]` (done | skipped | over_budget | failed, with the reason), writes the JSON.
+  `sections[name]` (done | skipped | over_budget | failed, with the reason), writes the JSON. `finish(required)`
+  sets `complete` only when every required section is done: a run that measured nothing is not complete.
 - `backend_mismatch(report, expect)`: '' when `Segmenter.describe()` shows the backend, provider, device and
   precision the section is about to label its figures with, else what differs.
 """
@@ -66,7 +67,7 @@ class Recorder:
     def __init__(self, path: Path, out: dict, total_s: float):
         self.path, self.out, self.t0, self.total_s = path, out, time.perf_counter(), total_s
         out.setdefault("sections", {})
-        out["complete"] = False  # true only once every section has been recorded
+        out["complete"] = False  # true only once every required section has measured (finish)
         self.failed = False
         self.write()
 
@@ -104,9 +105,17 @@ class Recorder:
         self.write()
         return result
 
-    def finish(self) -> None:
-        self.out["complete"] = True
+    def finish(self, required: tuple[str, ...] = ()) -> bool:
+        """Every section is recorded; `complete` is true only when each `required` section is done (measured
+        under its label). Otherwise `incomplete` says which were not, and why. Returns `complete`."""
+        missing = {name: self.out["sections"].get(name, {}).get("reason") or
+                   self.out["sections"].get(name, {}).get("status", "not run") for name in required
+                   if self.out["sections"].get(name, {}).get("status") != "done"}
+        self.out["complete"] = not missing
+        if missing:
+            self.out["incomplete"] = missing
         self.write()
+        return not missing
 
 
 def backend_mismatch(report: dict, expect: dict) -> str:
@@ -126,9 +135,12 @@ def backend_mismatch(report: dict, expect: dict) -> str:
 
 def missing_for_tensorrt(importable: Callable[[str], bool], gpu: bool) -> list[str]:
     """What the TensorRT section needs and does not find: TensorRT, cuda-python's bindings, a GPU."""
+    from nfdseg.serve.backends.trt_compat import tensorrt_pip_spec  # the product's one rule (after use_checkout)
+
     missing = []
     if not importable("tensorrt"):
-        missing.append("TensorRT (NVIDIA's container, JetPack, or pip install 'tensorrt>=10,<11')")
+        missing.append(f"TensorRT (NVIDIA's container, JetPack, or pip install '{tensorrt_pip_spec(12)}' on a CUDA 12 "
+                       f"driver, '{tensorrt_pip_spec(13)}' on CUDA 13; an existing engine needs its exact release)")
     if not (importable("cuda.bindings") or importable("cuda.cudart")):
         missing.append("CUDA bindings (pip install 'nfdseg[trt]' or 'nfdseg[trt-cu13]': cuda-python)")
     if not gpu:
@@ -144,27 +156,41 @@ def torch_expectation(precision: str, graphs: bool, dry_run: bool) -> dict:
     return {"backend": "torch", "device": "cuda", "precision": precision, "cuda_graphs": graphs, "fallback": ""}
 
 
-def runtime_plan(dry_run: bool, _importable: Callable[[str], bool]) -> dict:
-    """What the export / onnxruntime_cuda / tensorrt sections can do here, decided before any of them starts."""
-    import torch
+EXPORT_PACKAGES = ("onnx", "onnxslim", "onnxconverter_common", "onnxruntime")  # onnxruntime: the parity check
 
-    missing = [m for m in ("onnx", "onnxslim", "onnxconverter_common", "onnxruntime") if not _importable(m)]
-    if missing:
-        reason = f"not installed here: {', '.join(missing)} (pip install 'nfdseg[all-cu13]', or [all-cu12])"
-        return {"skip_export": reason, "ort_why_not": reason, "trt_why_not": reason, "tensorrt_ok": False}
-    import onnxruntime as ort
 
-    gpu = torch.cuda.is_available() and not dry_run
-    ort_why_not = "" if "CUDAExecutionProvider" in ort.get_available_providers() else (
-        f"onnxruntime {ort.__version__} has no CUDA provider (the CPU build: pip install 'nfdseg[gpu-cu13]' or "
-        "[gpu-cu12], alone)")
-    if not ort_why_not and not gpu:
-        ort_why_not = "no CUDA GPU in this run" + (" (--dry-run)" if dry_run else "")
+def runtime_plan(dry_run: bool, _importable: Callable[[str], bool], gpu: bool | None = None) -> dict:
+    """What the export / onnxruntime_cuda / tensorrt sections can do here, decided before any of them starts.
+    Each reason names what that section itself lacks first (TensorRT's section: TensorRT, the CUDA bindings, a
+    GPU), then what the export it serves needs. `gpu`: stands in for torch's answer in tests."""
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    gpu = gpu and not dry_run
+    no_gpu = "a CUDA GPU" + (" (--dry-run runs on the CPU)" if dry_run else "")
+    export_missing = [m for m in EXPORT_PACKAGES if not _importable(m)]
+    export_why = (f"the ONNX export needs {', '.join(export_missing)} (pip install 'nfdseg[export]')"
+                  if export_missing else "")
+    if not _importable("onnxruntime"):
+        ort_why = "onnxruntime-gpu is not installed (pip install 'nfdseg[gpu-cu13]', or [gpu-cu12], alone)"
+    else:
+        import onnxruntime as ort
+
+        ort_why = "" if "CUDAExecutionProvider" in ort.get_available_providers() else (
+            f"onnxruntime {ort.__version__} has no CUDA provider (the CPU build: pip install 'nfdseg[gpu-cu13]' "
+            "or [gpu-cu12], alone)")
+        if not ort_why and not gpu:
+            ort_why = f"no {no_gpu} in this run"
     trt_missing = missing_for_tensorrt(_importable, gpu)
-    trt_why_not = f"the TensorRT section needs {'; '.join(trt_missing)}" if trt_missing else ""
-    skip_export = "nothing to serve on the GPU: " + "; ".join((ort_why_not, trt_why_not)) if (
-        ort_why_not and trt_why_not) else ""
-    return {"skip_export": skip_export, "ort_why_not": ort_why_not, "trt_why_not": trt_why_not,
+    if dry_run and trt_missing and trt_missing[-1] == "a CUDA GPU":
+        trt_missing[-1] = no_gpu
+    trt_why = f"the TensorRT section needs {'; '.join(trt_missing)}" if trt_missing else ""
+    ort_reason = "; ".join(r for r in (ort_why, export_why) if r)
+    trt_reason = "; ".join(r for r in (trt_why, export_why) if r)
+    skip_export = export_why or ("nothing to serve on the GPU: " + "; ".join((ort_why, trt_why))
+                                 if ort_why and trt_why else "")
+    return {"skip_export": skip_export, "ort_why_not": ort_reason, "trt_why_not": trt_reason,
             "tensorrt_ok": not trt_missing}
 
 

@@ -83,3 +83,17 @@ def test_dockerfile_installs_one_gpu_runtime_and_documents_the_user_and_cuda12_e
     assert "--user $(id -u):$(id -g)" in text and "-v $PWD/runs:/work/runs" in text
     docs = (ROOT / "docs" / "deploying.md").read_text()
     assert "--user $(id -u):$(id -g)" in docs and "NFDSEG_EXTRAS=all-cu12" in docs
+
+
+def test_no_base_image_older_than_tensorrt_11_is_said_to_hold_it():
+    """TensorRT 11.0 GA is dated 2026-06-02 (NVIDIA/TensorRT CHANGELOG): a container tag before 26.06 holds
+    TensorRT 10, whatever its CUDA. Each paragraph naming such a tag must not call it TensorRT 11."""
+    import re
+
+    wrong = []
+    for path in (ROOT / "Dockerfile", ROOT / "docs" / "deploying.md", ROOT / "README.md"):
+        for para in re.split(r"\n\s*\n|\n#\s*\n", path.read_text()):
+            tags = [(int(y), int(m)) for y, m in re.findall(r"tensorrt:(\d\d)\.(\d\d)", para)]
+            if any(t < (26, 6) for t in tags) and re.search(r"TensorRT 11(?![.\d]*\s*GA)", para):
+                wrong.append(f"{path.name}: {para.strip()[:160]}")
+    assert not wrong, wrong

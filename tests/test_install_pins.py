@@ -35,3 +35,39 @@ def test_extras_keep_the_installed_torch(tmp_path, extras):
     wanted.pop("nfdseg", None)
     assert "torch" not in wanted and "torchvision" not in wanted, (
         f"pip would replace torch {torch.__version__} to satisfy nfdseg[{extras}]: {wanted}")
+
+
+def test_each_gpu_runtime_extra_is_bounded_to_its_cuda_major():
+    """An open range lets a future build for another CUDA major land under the old extra's name (a CUDA-14
+    onnxruntime-gpu under `gpu-cu13`): each GPU extra's onnxruntime-gpu range is closed, and the ranges are
+    disjoint. Which CUDA each range's releases are built for is read from their metadata by
+    tests/test_install_targets.py."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    ranges = {}
+    for extra in ("gpu-cu12", "gpu-cu13"):
+        (req,) = [Requirement(r) for r in extras[extra] if r.startswith("onnxruntime-gpu")]
+        assert any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier), f"{extra}: {req} has no upper bound"
+        ranges[extra] = req.specifier
+    releases = [f"1.{minor}.{patch}" for minor in range(15, 60) for patch in range(4)]
+    both = [v for v in releases if v in ranges["gpu-cu12"] and v in ranges["gpu-cu13"]]
+    assert not both, f"onnxruntime-gpu {both[:3]} would satisfy both CUDA 12 and CUDA 13 extras"
+    assert "1.40.0" not in ranges["gpu-cu13"]
+
+
+def test_the_tensorrt_hint_names_the_build_for_the_drivers_cuda_and_the_exact_release():
+    from nfdseg.serve.backends.trt_compat import INSTALL_HINT, tensorrt_pip_spec
+
+    assert tensorrt_pip_spec(12) == "tensorrt-cu12>=10,<11" and tensorrt_pip_spec(13, 11) == "tensorrt-cu13>=11,<12"
+    assert tensorrt_pip_spec(12, exact="10.13.0.35") == "tensorrt-cu12==10.13.0.*"
+    assert "'tensorrt>=10,<11'" not in INSTALL_HINT, "the bare metapackage installs the CUDA 13 build since 10.13.2"
+    assert "tensorrt-cu12>=10,<11" in INSTALL_HINT and "tensorrt-cu13>=10,<11" in INSTALL_HINT
+    assert "exact release" in INSTALL_HINT
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from suite_sections import missing_for_tensorrt
+
+    (hint,) = missing_for_tensorrt(lambda name: name != "tensorrt", gpu=True)
+    assert "tensorrt-cu12>=10,<11" in hint and "'tensorrt>=10,<11'" not in hint and "exact release" in hint

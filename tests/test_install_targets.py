@@ -9,6 +9,10 @@ built for CUDA 12 / CUDA 13 for `gpu-cu12` / `gpu-cu13` (the CUDA major read fro
 aarch64 / Python 3.10 (JetPack 6) against a stand-in for NVIDIA's Jetson AI Lab index (not reachable here),
 and without that index must fail rather than fall back to a CPU build.
 
+pip runs `--isolated` (this machine's constraints file and local wheel folder do not decide), and `all-cu12` is also
+resolved for Python 3.10 (the 24.08 image) and 3.12 (the default image). The Jetson stand-in carries the real
+onnxruntime-gpu 1.23.0's requirements, read from PyPI. The TensorRT install hint is resolved too.
+
 Slow (pip asks the package index for metadata); skips with the reason when the index cannot be reached.
 """
 
@@ -33,7 +37,9 @@ OFFLINE = ("Failed to establish", "Temporary failure", "Network is unreachable",
 
 
 def _pip(args: list[str], timeout: int = 420) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+    # --isolated: this machine's pip configuration (a constraints file capping torch, a local wheel folder, extra
+    # indexes) must not decide what a user's machine would get
+    cmd = [sys.executable, "-m", "pip", "install", "--isolated", "--dry-run", "--ignore-installed", "--quiet",
            "--disable-pip-version-check", *args]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -89,10 +95,25 @@ def test_the_bare_core_brings_no_onnxruntime(tmp_path):
     assert {"numpy", "pillow", "pyyaml", "tqdm"} <= set(dists)
 
 
-def _stub_wheel(folder: Path, name: str, version: str, tag: str) -> Path:
+def test_this_machines_pip_configuration_does_not_decide(tmp_path, monkeypatch):
+    """A constraints file in pip's configuration (this machine caps torch through one) would make every
+    resolution answer for this machine instead of a user's: one that forbids numpy must change nothing."""
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("numpy<0\n")
+    monkeypatch.setenv("PIP_CONSTRAINT", str(constraints))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    dists = _resolve([str(ROOT)], tmp_path)
+    assert "numpy" in dists and not dists["numpy"]["version"].startswith("0")
+
+
+def _stub_wheel(folder: Path, name: str, version: str, tag: str, requires: tuple[str, ...] = (),
+                requires_python: str = "") -> Path:
     """A minimal valid wheel (metadata only) standing in for the Jetson AI Lab index's onnxruntime-gpu."""
     dist = f"{name.replace('-', '_')}-{version}"
-    files = {f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    meta += f"Requires-Python: {requires_python}\n" if requires_python else ""
+    meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files = {f"{dist}.dist-info/METADATA": meta,
              f"{dist}.dist-info/WHEEL": f"Wheel-Version: 1.0\nGenerator: stub\nRoot-Is-Purelib: false\nTag: {tag}\n"}
     record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
                      f"{len(t)}\n" for p, t in files.items()) + f"{dist}.dist-info/RECORD,,\n"
@@ -121,14 +142,53 @@ JETSON = ["--only-binary=:all:", "--platform", "linux_aarch64", "--platform", "m
           "--python-version", "3.10", "--implementation", "cp"]
 
 
+def real_metadata(requirement: str, tmp_path: Path, python: str | None = "3.10") -> dict:
+    """The metadata pip reads for `requirement` (no dependencies followed) on x86-64 Linux for `python` (a
+    wheel), or for this interpreter (None: sdists too, such as NVIDIA's TensorRT metapackages)."""
+    report = tmp_path / "meta.json"
+    target = ["--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+              "--target", str(tmp_path / "meta")] if python else []
+    r = _pip(["--no-deps", *target, "--report", str(report), requirement])
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(report.read_text())["install"][0]["metadata"]
+
+
 def test_jetson_resolves_to_the_jetson_build_only(tmp_path, nfdseg_wheel):
+    # The Jetson AI Lab wheel is built from the same source as PyPI's onnxruntime-gpu 1.23.0: the stand-in carries
+    # that release's requirements and Python requirement, so a conflict with them shows here
+    meta = real_metadata("onnxruntime-gpu==1.23.0", tmp_path)
     index = tmp_path / "jetson-ai-lab"
     index.mkdir()
-    _stub_wheel(index, "onnxruntime-gpu", "1.23.0", "cp310-cp310-linux_aarch64")
+    _stub_wheel(index, "onnxruntime-gpu", "1.23.0", "cp310-cp310-linux_aarch64",
+                tuple(meta.get("requires_dist") or ()), meta.get("requires_python") or "")
     dists = _resolve([*JETSON, "--target", str(tmp_path / "t"), "--find-links", str(index),
                       f"nfdseg[jetson] @ {nfdseg_wheel.as_uri()}"], tmp_path)
     assert onnxruntime_builds(dists) == ["onnxruntime-gpu"] and dists["onnxruntime-gpu"]["version"] == "1.23.0"
     assert dists["cuda-python"]["version"].startswith("12."), "JetPack 6 has a CUDA 12 driver: cuda-python 12"
+    assert {"numpy", "protobuf", "sympy"} <= set(dists), "the stand-in's own requirements were resolved"
+
+
+@pytest.mark.parametrize("python", ["3.10", "3.12"])  # the 24.08 image's Python, the default image's Python
+def test_all_cu12_resolves_on_the_images_pythons(tmp_path, nfdseg_wheel, python):
+    dists = _resolve(["--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+                      "--target", str(tmp_path / "t"), f"nfdseg[all-cu12] @ {nfdseg_wheel.as_uri()}"], tmp_path)
+    assert onnxruntime_builds(dists) == ["onnxruntime-gpu"] and cuda_major(dists["onnxruntime-gpu"]) == 12
+    assert dists["cuda-python"]["version"].startswith("12.") and "torch" in dists
+    assert {n for n in dists if n.startswith("nvidia-cudnn")} == {"nvidia-cudnn-cu12"}
+
+
+@pytest.mark.parametrize("cuda", [12, 13])
+def test_the_tensorrt_hint_installs_the_build_for_the_drivers_cuda(tmp_path, cuda):
+    """trt_compat's hint for a CUDA 12 driver must not bring the CUDA 13 build (the bare `tensorrt` metapackage
+    does since 10.13.2, which is why the hint names tensorrt-cu12 / -cu13)."""
+    from nfdseg.serve.backends.trt_compat import tensorrt_pip_spec
+
+    meta = real_metadata(tensorrt_pip_spec(cuda), tmp_path, python=None)
+    reqs = [r for r in meta.get("requires_dist") or () if "extra ==" not in r]
+    assert meta["version"].startswith("10.") and reqs
+    assert all(r.lower().replace("-", "_").startswith(f"tensorrt_cu{cuda}_") for r in reqs), reqs
+    bare = real_metadata("tensorrt>=10,<11", tmp_path, python=None)
+    assert any(r.replace("-", "_").startswith("tensorrt_cu13") for r in bare["requires_dist"]), bare["requires_dist"]
 
 
 def test_jetson_without_its_index_fails_instead_of_taking_a_cpu_build(tmp_path, nfdseg_wheel):

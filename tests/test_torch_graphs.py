@@ -9,7 +9,9 @@ eager results (skipped here with the reason).
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -55,6 +57,92 @@ def test_with_graphs_the_copy_in_runs_under_the_capture_lock():
     assert labels.shape == (2, 16, 24) and held == [True], "the host-to-device copy ran outside the lock"
 
 
+class _TwoDeviceCuda:
+    """Stands in for torch.cuda on a machine with two GPUs, as far as capture needs: streams know their
+    device, `graph()` without `stream=` uses one process-wide stream made on the device current at its first use
+    (PyTorch's `default_capture_stream`), and a capture while another is open fails as PyTorch's does."""
+
+    def __init__(self):
+        self.current, self.default_stream, self.open, self.captures = 0, None, 0, []
+
+    class Stream:
+        def __init__(self, device=None):
+            self.device = device.index if isinstance(device, torch.device) else device
+
+        def wait_stream(self, other):
+            pass
+
+    def current_stream(self, device=None):
+        return self.Stream(self.current if device is None else device)
+
+    @contextlib.contextmanager
+    def device(self, dev):
+        before, self.current = self.current, dev.index
+        try:
+            yield
+        finally:
+            self.current = before
+
+    @contextlib.contextmanager
+    def stream(self, s):
+        with self.device(torch.device("cuda", s.device)):
+            yield
+
+    def CUDAGraph(self):  # noqa: N802 - torch's name
+        return types.SimpleNamespace(replay=lambda: None)
+
+    @contextlib.contextmanager
+    def graph(self, g, pool=None, stream=None, capture_error_mode="global"):
+        if stream is None:
+            self.default_stream = self.default_stream or self.Stream(self.current)
+            stream = self.default_stream
+        if self.open:
+            raise RuntimeError("Cannot capture: another capture is under way in this process")
+        self.open += 1
+        try:
+            time.sleep(0.05)  # a capture takes a while: another thread's would overlap
+            yield
+        finally:
+            self.open -= 1
+        self.captures.append({"stream_device": stream.device, "current_device": self.current})
+
+
+def _on_fake_device(index: int, cuda: _TwoDeviceCuda) -> TorchBackend:
+    b = _backend("cpu", graphs=False)
+    b.dev, b.cuda_graphs = torch.device("cuda", index), True
+    b.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in ("uint8", "float32", "inference_mode")},
+                                    cuda=cuda)
+    return b
+
+
+def test_capture_on_a_second_device_uses_that_devices_stream_one_capture_at_a_time(monkeypatch):
+    import nfdseg.serve.backends.torch_backend as tb
+
+    cuda = _TwoDeviceCuda()
+    monkeypatch.setattr(tb, "_STREAMS", {}, raising=False)
+    first, second = _on_fake_device(0, cuda), _on_fake_device(1, cuda)
+    x = torch.zeros(1, 3, 8, 8)
+    first._graph_for(x)  # cuda:0 current, as in a process that touched cuda:0 first
+    second._graph_for(x)
+    assert [c["stream_device"] for c in cuda.captures] == [0, 1], "cuda:1's graph was captured on cuda:0's stream"
+    assert cuda.captures[1]["current_device"] == 1 and cuda.current == 0
+    errors = []
+
+    def capture(b, shape):
+        try:
+            b._graph_for(torch.zeros(shape))
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=capture, args=(b, (2, 3, 8, 8 + i))) for i, b in enumerate((first, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors  # two backends' captures must not overlap (separate locks used to allow it)
+    assert len(cuda.captures) == 4 and len(tb._STREAMS) == 2
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; torch sees none here")
 def test_threads_started_before_the_first_capture_get_the_eager_results():
@@ -84,3 +172,15 @@ def test_threads_started_before_the_first_capture_get_the_eager_results():
     assert len(graphs._graphs) == 2 and len(results) == 48
     for j, got in results:
         assert (got == want[j]).mean() >= 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs; torch sees fewer here")
+def test_graphs_on_the_second_gpu_replay_each_new_input():
+    torch.cuda.set_device(0)  # cuda:0 current, the model on cuda:1: the case that captured an empty graph
+    graphs = _backend("cuda:1", graphs=True, precision="fp16")
+    eager = _backend("cuda:1", graphs=False, precision="fp16")
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        x = rng.standard_normal((1, 3, 64, 96)).astype(np.float32)
+        assert (graphs.infer_labels(x) == eager.infer_labels(x)).mean() >= 0.999

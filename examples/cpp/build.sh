@@ -9,7 +9,9 @@
 #
 # Usage: examples/cpp/build.sh [extra cmake args, e.g. -DNFDSEG_WITH_TENSORRT=ON]
 # Environment: BUILD_DIR (default examples/cpp/build), PYTHON (the interpreter whose onnxruntime to link),
-#              ORT_INCLUDE_DIR (headers you already have: skips the download), ORT_LIB (a libonnxruntime.so.*).
+#              ORT_INCLUDE_DIR (headers you already have: skips the download), ORT_LIB (a libonnxruntime.so.*),
+#              CUDA_LIB_DIRS (':'-separated CUDA/cuDNN library folders the program preloads for --device cuda;
+#              default: $PYTHON's nvidia/*/lib wheel folders; NFDSEG_CUDA_LIB_DIRS overrides it when running).
 # Prints the path of the built program on its last line.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -41,6 +43,25 @@ lib_version=${ORT_LIB##*libonnxruntime.so.}
 mkdir -p "$BUILD/ort/lib"
 ln -sf "$ORT_LIB" "$BUILD/ort/lib/libonnxruntime.so.1"
 ln -sf "$ORT_LIB" "$BUILD/ort/lib/libonnxruntime.so"
+# ONNX Runtime loads its provider libraries (libonnxruntime_providers_shared.so, _cuda.so, _tensorrt.so) from the
+# folder it was loaded from, which is this one: link each beside it.
+for provider in "$(dirname "$ORT_LIB")"/libonnxruntime_providers_*.so; do
+  [ -f "$provider" ] && ln -sf "$provider" "$BUILD/ort/lib/$(basename "$provider")"
+done
+# The CUDA provider (1.28+) has no RUNPATH: the program preloads NVIDIA's CUDA/cuDNN libraries from the pip wheels'
+# folders (as Python's onnxruntime.preload_dlls does). CUDA_LIB_DIRS overrides what is found in $PYTHON.
+CUDA_LIB_DIRS=${CUDA_LIB_DIRS-$("$PYTHON" -c 'import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+dirs = sorted({os.path.dirname(p) for root in nvidia.__path__ for p in glob.glob(os.path.join(root, "*", "lib", "lib*.so*"))})
+print(":".join(dirs))' 2>/dev/null || true)}
+if [ -n "${NFDSEG_LAYOUT_ONLY:-}" ]; then  # tests: the library folder and preload list, without building
+  echo "cuda_lib_dirs=$CUDA_LIB_DIRS"
+  echo "$BUILD/ort/lib"
+  exit 0
+fi
 
 # 2. The headers: Debian's libonnxruntime-dev, downloaded (signature-checked by apt) and unpacked, once.
 if [ -z "${ORT_INCLUDE_DIR:-}" ]; then
@@ -77,7 +98,7 @@ lib_minor=$(echo "$lib_version" | cut -d. -f2)
 
 # 4. Configure and build.
 cmake -S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DORT_INCLUDE_DIR="$ORT_INCLUDE_DIR" \
-  -DORT_LIB_DIR="$BUILD/ort/lib" "$@" >"$BUILD/cmake.log" 2>&1 || { cat "$BUILD/cmake.log" >&2; exit 1; }
+  -DORT_LIB_DIR="$BUILD/ort/lib" -DNFDSEG_CUDA_LIB_DIRS="$CUDA_LIB_DIRS" "$@" >"$BUILD/cmake.log" 2>&1 || { cat "$BUILD/cmake.log" >&2; exit 1; }
 cmake --build "$BUILD" -j "${JOBS:-2}" >"$BUILD/build.log" 2>&1 || { cat "$BUILD/build.log" >&2; exit 1; }
 echo "built with ONNX Runtime headers API $api ($(cat "$ORT_INCLUDE_DIR/FROM" 2>/dev/null || echo "$ORT_INCLUDE_DIR")), library $lib_version" >&2
 echo "$BUILD/nfdseg_cpp"

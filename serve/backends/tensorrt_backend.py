@@ -19,8 +19,8 @@ import numpy as np
 
 from nfdseg.errors import ArtifactError, EngineNotRunnableHere, InputError
 from nfdseg.manifest import Manifest
-from nfdseg.serve.backends.trt_compat import (GpuInfo, TrtModule, cuda_check, cuda_device_index, cuda_runtime, current_gpu,
-                               engine_version_problem, import_tensorrt)
+from nfdseg.serve.backends.trt_compat import (GpuInfo, TrtModule, cuda_check, cuda_device_index, cuda_runtime,
+                                              current_gpu, engine_version_problem, import_tensorrt, tensorrt_pip_spec)
 
 from .base import Backend
 
@@ -42,7 +42,9 @@ def check_engine_compatible(manifest: Manifest, tm: TrtModule, gpu: GpuInfo | No
             f"engine {manifest.artifact} was built with {info.tensorrt_flavor} {info.tensorrt_version}; "
             f"this machine has {tm.flavor} {tm.version}",
             fix="TensorRT loads only engines of its own release: rebuild the engine here "
-                "(`nfdseg export CHECKPOINT --engine on`), or install the matching TensorRT",
+                "(`nfdseg export CHECKPOINT --engine on`), or install that exact release "
+                f"(`pip install '{tensorrt_pip_spec(12, exact=info.tensorrt_version)}'` on a CUDA 12 driver, "
+                "-cu13 on CUDA 13; a looser range picks another release, which cannot load it)",
         )
     warnings = [warning] if warning else []
     if gpu is None:

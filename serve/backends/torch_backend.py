@@ -9,10 +9,17 @@ every device operation of a call (the host-to-device copy, capture, replay, the 
 one lock, so no thread touches the GPU while another captures; capture also uses
 `capture_error_mode="thread_local"`, so work that other code in the process (another backend, a trainer)
 issues from its own threads does not invalidate a capture.
+
+PyTorch allows one capture at a time per process, and `torch.cuda.graph` without `stream=` captures on one
+process-wide stream made on whichever device was current when it was first used: a model on cuda:1 captured
+there records an empty graph whose replays return the capture-time output. So each device gets its own capture
+stream (`capture_stream`), every capture in the process holds one lock (`CAPTURE_LOCK`), and capture and replay
+run with the backend's device current.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -26,6 +33,18 @@ from . import PRECISIONS
 from .base import Backend
 
 log = logging.getLogger(__name__)
+
+CAPTURE_LOCK = threading.Lock()  # one CUDA graph capture at a time in the process (PyTorch's rule)
+_STREAMS: dict[str, object] = {}  # "cuda:N" -> that device's capture stream
+_STREAMS_LOCK = threading.Lock()
+
+
+def capture_stream(torch, dev):
+    """The capture stream of device `dev` (a torch.device with an index), made once, on that device."""
+    with _STREAMS_LOCK:
+        if str(dev) not in _STREAMS:
+            _STREAMS[str(dev)] = torch.cuda.Stream(dev)
+        return _STREAMS[str(dev)]
 
 
 class TorchBackend(Backend):
@@ -104,29 +123,34 @@ class TorchBackend(Backend):
                 return (labels if labels_only else logits).cpu().numpy()
             # The graph's static tensors are shared by all callers, and a capture (first call of a shape) must not
             # overlap another thread's device work: the copy in, capture, replay and copy out all hold the lock.
-            with self._lock:
+            with self._lock, self._on_device():
                 x = self._to_device(batch)
                 graph, static_in, static_out = self._graph_for(x)
                 static_in.copy_(x)
                 graph.replay()
                 return static_out[1 if labels_only else 0].cpu().numpy()
 
+    def _on_device(self):
+        """The backend's device made current (CUDA), so streams, capture and replay are all on it."""
+        return self.torch.cuda.device(self.dev) if self.dev.type == "cuda" else contextlib.nullcontext()
+
     def _graph_for(self, x):
-        """The CUDA graph for x's shape: captured on first use (after a warm-up on a side stream), in the
-        backend's one memory pool so that several shapes do not each hold their own activations."""
+        """The CUDA graph for x's shape: captured on first use (after a warm-up on the device's capture stream),
+        in the backend's one memory pool so that several shapes do not each hold their own activations."""
         torch = self.torch
         key = tuple(x.shape)
         if key not in self._graphs:
             static_in = x.clone()
-            s = torch.cuda.Stream(self.dev)
-            s.wait_stream(torch.cuda.current_stream(self.dev))
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    self._forward(static_in)
-            torch.cuda.current_stream(self.dev).wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                static_out = self._forward(static_in)
+            with CAPTURE_LOCK, torch.cuda.device(self.dev):
+                s = capture_stream(torch, self.dev)
+                s.wait_stream(torch.cuda.current_stream(self.dev))
+                with torch.cuda.stream(s):
+                    for _ in range(2):
+                        self._forward(static_in)
+                torch.cuda.current_stream(self.dev).wait_stream(s)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self._pool, stream=s, capture_error_mode="thread_local"):
+                    static_out = self._forward(static_in)
             self._graphs[key] = (graph, static_in, static_out)
             log.info("captured a CUDA graph for input %s (%d shapes share one pool)", key, len(self._graphs))
         return self._graphs[key]

@@ -16,13 +16,6 @@ from nfdseg.errors import ArtifactError, BrokenDependencyError, MissingDependenc
 
 log = logging.getLogger(__name__)
 
-# A bare `pip install tensorrt` now brings TensorRT 11; where TensorRT 10 is meant (JetPack 6, engines built by
-# TensorRT 10, the 24.08 container) the pin says so. TensorRT 11 is supported too (strongly typed builds only).
-INSTALL_HINT = ("install TensorRT: use NVIDIA's TensorRT container or JetPack, or `pip install 'tensorrt>=10,<11'` "
-                "for TensorRT 10 (`'tensorrt>=11,<12'` for TensorRT 11; needs NVIDIA's package host); tests may use "
-                "`pip install tensorrt-rtx`")
-
-
 def version_tuple(version: str) -> tuple[int, ...]:
     """'10.13.2.6' -> (10, 13, 2, 6); non-numeric parts (e.g. 'rc1') end the tuple."""
     out = []
@@ -34,6 +27,28 @@ def version_tuple(version: str) -> tuple[int, ...]:
         if len(digits) < len(part):
             break
     return tuple(out)
+
+
+def tensorrt_pip_spec(cuda_major: int, tensorrt_major: int = 10, exact: str = "") -> str:
+    """The pip requirement for TensorRT on a host whose driver runs CUDA `cuda_major`: NVIDIA's per-CUDA package
+    (`tensorrt-cu12` / `tensorrt-cu13`). The bare `tensorrt` metapackage requires `tensorrt_cu13` on Linux since
+    10.13.2, which a CUDA 12 driver cannot run. `exact`: an engine's TensorRT version, pinned to its release
+    (==X.Y.Z.*), since TensorRT loads only engines of its own major.minor.patch (engine_version_problem)."""
+    if exact:
+        v = version_tuple(exact)
+        return f"tensorrt-cu{cuda_major}==" + ".".join(str(n) for n in v[:3]) + ".*"
+    return f"tensorrt-cu{cuda_major}>={tensorrt_major},<{tensorrt_major + 1}"
+
+
+# Where TensorRT 10 is meant (JetPack 6, engines built by TensorRT 10, the 24.08 container) the range says so;
+# TensorRT 11 is supported too (strongly typed builds only). A range picks the newest release in it: an engine
+# built by another release will not load, so an existing engine needs its exact version.
+INSTALL_HINT = ("install TensorRT: use NVIDIA's TensorRT container or JetPack, or pip the build for your driver's "
+                f"CUDA: `pip install '{tensorrt_pip_spec(12)}'` (CUDA 12 driver) or `'{tensorrt_pip_spec(13)}'` "
+                f"(CUDA 13; `'{tensorrt_pip_spec(13, 11)}'` for TensorRT 11); not the bare `tensorrt`, which "
+                "installs the CUDA 13 build since 10.13.2. To load an existing engine pin its exact release "
+                f"(e.g. `'{tensorrt_pip_spec(12, exact='10.13.0.35')}'`): TensorRT refuses engines of any other "
+                "version. Tests may use `pip install tensorrt-rtx`")
 
 
 @dataclass(frozen=True)

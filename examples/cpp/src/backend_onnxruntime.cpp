@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "backend.hpp"
+#include "cuda_preload.hpp"
 #include "error.hpp"
 
 namespace {
@@ -39,12 +40,20 @@ class OnnxRuntimeBackend : public Backend {
     if (device.rfind("cuda", 0) == 0) {
       OrtCUDAProviderOptions cuda{};
       cuda.device_id = device.size() > 5 ? std::stoi(device.substr(5)) : 0;
+      // The provider loads libonnxruntime_providers_shared.so / _cuda.so from the folder libonnxruntime.so was
+      // loaded from (build.sh links them there) and, having no RUNPATH, finds CUDA's libraries only if loaded.
+      const PreloadResult pre = preload_cuda_libraries(cuda_library_dirs());
       try {
         opts.AppendExecutionProvider_CUDA(cuda);
       } catch (const Ort::Exception& e) {
-        throw NfdsegError("ONNX Runtime could not add the CUDA execution provider", e.what(),
-                          "build against onnxruntime-gpu's library (ORT_LIB=.../onnxruntime/capi/libonnxruntime.so.X.Y.Z "
-                          "from `pip install onnxruntime-gpu`) on a machine with a CUDA GPU, or pass --device cpu");
+        std::string seen = e.what();
+        seen += "; preloaded " + std::to_string(pre.loaded.size()) + " CUDA libraries from '" + cuda_library_dirs() + "'";
+        if (!pre.failed.empty()) seen += " (failed: " + pre.failed.front() + ")";
+        throw NfdsegError("ONNX Runtime could not add the CUDA execution provider", seen,
+                          "build with build.sh against onnxruntime-gpu (`pip install 'nfdseg[gpu-cu13]'`; it links "
+                          "libonnxruntime_providers_*.so beside the library) in the Python that has NVIDIA's CUDA/cuDNN "
+                          "wheels, or set NFDSEG_CUDA_LIB_DIRS to the folders holding libcublasLt.so / libcudnn.so; "
+                          "or pass --device cpu");
       }
       provider_ = "CUDAExecutionProvider (device " + std::to_string(cuda.device_id) + ")";
     }

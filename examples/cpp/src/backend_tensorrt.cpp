@@ -1,9 +1,10 @@
-// TensorRT 10 backend (C++ runtime API): deserialize the engine `nfdseg export --engine on` built, check it
+// TensorRT 10/11 backend (C++ runtime API): deserialize the engine `nfdseg export --engine on` built, check it
 // against its manifest (TensorRT release, GPU compute capability, tensor names, types and profile), then per
 // image setInputShape, setTensorAddress and enqueueV3 on a CUDA stream.
 //
-// Built only with -DNFDSEG_WITH_TENSORRT=ON (NvInfer.h, libnvinfer, the CUDA runtime). Not compiled or run on
-// the machine that wrote it (no TensorRT headers there): see docs/deploying.md for the build steps.
+// Built only with -DNFDSEG_WITH_TENSORRT=ON (NvInfer.h, libnvinfer, the CUDA runtime). Compiled to objects in the
+// tests against NVIDIA's public TensorRT 10.16 and 11.1 headers (tests/test_cpp_tensorrt.py); never linked or run
+// on the machine that wrote it (no libnvinfer, no GPU): see docs/deploying.md for the build steps.
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
 
@@ -137,7 +138,7 @@ class TensorRTBackend : public Backend {
  private:
   // TensorRT loads only engines of its own major.minor.patch (nfdseg.trt_compat.engine_version_problem).
   void check_version() const {
-    const int32_t v = getInferLibVersion();  // TensorRT 10: major * 10000 + minor * 100 + patch
+    const int32_t v = getInferLibVersion();  // TensorRT 10 and 11: (major * 100 + minor) * 100 + patch
     const std::string here = std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
     std::string built = manifest_.trt_version;
     int dots = 0;
