@@ -73,7 +73,7 @@ def trainer_expectation(requested: dict, device: str) -> dict:
     amp_choice: on a GPU bf16 is bf16; on a CPU the record says what that CPU ran), the device, channels_last."""
     import torch
 
-    from nfdseg.distill.trainer import amp_choice, amp_label
+    from nfdseg.distill.amp import amp_choice, amp_label
 
     dtype, _ = amp_choice(requested["amp"], torch.device(device))
     return {"amp": amp_label(dtype), "device": device, "channels_last": requested["channels_last"]}

@@ -62,7 +62,7 @@ def test_refuses_without_a_gpu(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_goes_through_the_product_from_a_plain_checkout(tmp_path):
-    from nfdseg.distill.trainer import amp_choice, amp_label
+    from nfdseg.distill.amp import amp_choice, amp_label
 
     out = tmp_path / "dry.json"
     r = _run(["--dry-run", "--out", str(out), "--work", str(tmp_path / "work")], tmp_path, timeout=600,
@@ -202,7 +202,7 @@ class _StandInTrainer:
         self.spell, self.calls = spell, []
 
     def __call__(self, cfg, stage, out_dir, **kwargs):
-        from nfdseg.distill.trainer import amp_choice
+        from nfdseg.distill.amp import amp_choice
 
         t = getattr(cfg, stage).train
         dtype, why = amp_choice(t.amp, torch.device("cuda"))
