@@ -57,14 +57,14 @@ def probe_cpu_bf16(model: torch.nn.Module, batch_shape: tuple[int, ...], channel
     """Median seconds of a forward + backward pass of a copy of `model` (weights untouched; plus the forward of
     `frozen`, the teacher, when given) on a random batch, in fp32 and in bf16 autocast: (fp32 s, bf16 s).
     `timer(model, frozen, x, dtype)` stands in for the clock in tests."""
+    rng = torch.get_rng_state()  # the probe's batch and dropout must not shift the training's random stream
     probe = copy.deepcopy(model).train()
-    x = torch.randn(*batch_shape)
-    if channels_last:
-        probe = probe.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    rng = torch.get_rng_state()  # dropout in the probe must not shift the training's random stream
     times: dict[torch.dtype | None, list[float]] = {None: [], torch.bfloat16: []}
     try:
+        x = torch.randn(*batch_shape)
+        if channels_last:
+            probe = probe.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         for dtype in times:
             timer(probe, frozen, x, dtype)  # warm-up: oneDNN builds its primitives
         for _ in range(PROBE_STEPS):

@@ -187,6 +187,7 @@ def test_amp_auto_on_cpu_takes_bf16_only_where_it_has_units_and_is_faster(caplog
     cpu, model = torch.device("cpu"), build_model("deeplabv3_resnet_tiny", 5)
     timer, calls = _stand_in_timer(1.0, 1.0 / bf16_speedup)
     before = [p.detach().clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
     with caplog.at_level("WARNING", logger="nfdseg.distill.amp"):
         auto, why = amp.amp_choice("auto", cpu, bf16_units=units, model=model, batch_shape=(2, 3, 32, 32),
                                    timer=timer)
@@ -196,6 +197,7 @@ def test_amp_auto_on_cpu_takes_bf16_only_where_it_has_units_and_is_faster(caplog
         fp16, fp16_why = amp.amp_choice("fp16", cpu, bf16_units=units)
     assert (auto, off, bf16, fp16) == (expected_auto, None, torch.bfloat16, None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "the probe trains a copy"
+    assert torch.equal(rng, torch.get_rng_state()), "probing or not leaves the same random stream to training"
     if units:
         assert len(calls) == 2 * (1 + amp.PROBE_STEPS) and calls[0][1] == (2, 3, 32, 32)
         assert f"({bf16_speedup:.2f}x)" in why and all(u in why for u in units)
