@@ -385,6 +385,10 @@ def _setup_nets(cfg: RunConfig, sc: StageConfig, stage: str, data: _Data, proc: 
     h, w = cfg.data.crop_size
     amp, amp_reason = amp_choice(sc.train.amp, device, model=model, batch_shape=(sc.train.batch_size, 3, h, w),
                                  channels_last=sc.train.channels_last, frozen=teacher if teacher_forward else None)
+    if proc.world > 1:  # a timed choice can differ between processes: every rank trains in rank 0's precision
+        choice = [amp_label(amp), amp_reason]
+        torch.distributed.broadcast_object_list(choice, src=0)
+        amp, amp_reason = DTYPE_OF_LABEL[choice[0]], choice[1]
     if proc.main:
         log.info("%s: training %s (%s)", stage, "fp32" if amp is None else f"{amp_label(amp)} autocast", amp_reason)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
