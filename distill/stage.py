@@ -8,6 +8,9 @@ teacher's sha256) hash to a run key, recorded in last.pt and checkpoint.json. Gi
 - a run of other inputs is stale: `on_stale="restart"` deletes it and trains from the start, `"refuse"` stops
   with an error that says how to restart (the CLI's default, so no run is discarded without being asked);
 - `force` deletes the folder and trains from the start.
+
+The run key itself (what a stage depends on) is distill/runkey.py's, which the trainer records too; this module
+imports the trainer and the trainer never imports it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from nfdseg.artifacts import CHECKPOINT_MANIFEST, RESUME_STATE
-from nfdseg.errors import ArtifactError, ConfigError
+from nfdseg.errors import ConfigError
 from nfdseg.manifest import Manifest
+from nfdseg.models.checkpoint import manifest_of
+
+from .runkey import stage_complete, stage_run_key, stale_error
+from .trainer import train_stage
 
 log = logging.getLogger(__name__)
 STALE_POLICIES = ("refuse", "restart")
@@ -37,10 +46,6 @@ class StageOutcome:
 
 def stage_key(cfg, stage: str, teacher_dir: str | Path | None) -> str:
     """The run key of `stage` under `cfg` (a student's includes its teacher's sha256)."""
-    from nfdseg.models.checkpoint import manifest_of
-
-    from .trainer import stage_run_key
-
     if stage == "teacher":
         return stage_run_key(cfg, stage, "")
     if teacher_dir is None or not (Path(teacher_dir) / CHECKPOINT_MANIFEST).is_file():
@@ -50,17 +55,8 @@ def stage_key(cfg, stage: str, teacher_dir: str | Path | None) -> str:
     return stage_run_key(cfg, stage, manifest_of(teacher_dir).sha256)
 
 
-def stale_error(out: Path, stage: str) -> ArtifactError:
-    return ArtifactError(f"{out} holds a {stage} run with other inputs (its data, {stage} settings"
-                         + (", distillation settings or teacher)" if stage != "teacher" else ")"),
-                         fix="pass --restart to rerun the stages whose inputs changed (the others are kept), "
-                             "or use a new --out directory")
-
-
 def saved_run_key(out: Path) -> str | None:
     """The run key of the resumable state in `out` (None when there is none)."""
-    import torch
-
     last = out / RESUME_STATE
     if not last.is_file():
         return None
@@ -70,8 +66,6 @@ def saved_run_key(out: Path) -> str | None:
 def run_stage(cfg, stage: str, out_dir: str | Path, teacher_dir: str | Path | None = None,
               on_stale: Literal[STALE_POLICIES] = "refuse", force: bool = False, progress: bool = True) -> StageOutcome:
     """Keep, resume, restart or refuse the stage in out_dir as the module docstring says; train when needed."""
-    from .trainer import stage_complete, train_stage
-
     if on_stale not in STALE_POLICIES:
         raise ConfigError(f"unknown stale-run policy '{on_stale}'", fix=f"one of {', '.join(STALE_POLICIES)}")
     out = Path(out_dir)
@@ -80,8 +74,6 @@ def run_stage(cfg, stage: str, out_dir: str | Path, teacher_dir: str | Path | No
         log.info("%s: --force, starting %s over", stage, out)
         shutil.rmtree(out)
     if stage_complete(out, key):
-        from nfdseg.models.checkpoint import manifest_of
-
         return StageOutcome(manifest_of(out), "up to date")
     saved = saved_run_key(out)
     if saved is not None and saved != key:

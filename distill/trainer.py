@@ -8,6 +8,7 @@ resumed from last.pt ends exactly where an uninterrupted run would (on the same 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -19,25 +20,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from nfdseg.artifacts import BEST_METRICS, CHECKPOINT, CHECKPOINT_MANIFEST, HISTORY, RESUME_STATE, STAGE_CONFIG
-from nfdseg.errors import ArtifactError, ConfigError
-from nfdseg.fsutil import sha256_json, write_json_atomic, write_text_atomic
-from nfdseg.manifest import Manifest, TensorSpec, runtime_versions, write_manifest
-
-from nfdseg.models.checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
-from .config import RunConfig, StageConfig, identity_dict
 from nfdseg.data import build_source, preprocess_spec, require_clean_data
 from nfdseg.data.balance import class_weights
+from nfdseg.errors import ArtifactError, ConfigError
+from nfdseg.fsutil import write_json_atomic, write_text_atomic
+from nfdseg.manifest import Manifest, TensorSpec, runtime_versions, write_manifest
+from nfdseg.models import build_model, count_parameters
+from nfdseg.models.checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
+
 from .amp import DTYPE_OF_LABEL, amp_choice, amp_label
+from .config import RunConfig, StageConfig
 from .curves import Curves
 from .dataset import SegDataset
 from .losses import KDLoss, build_loss
 from .losses.ce import SegCrossEntropy
 from .losses.guard import RunawayGuard
-from nfdseg.models import build_model, count_parameters, resolved_pretrained
+from .runkey import saved_config_text, stage_run_key, stale_error
 
 log = logging.getLogger(__name__)
 
@@ -164,80 +165,6 @@ def evaluate(model: torch.nn.Module, source, manifest: Manifest, device: torch.d
     finally:
         model.train(was_training)
     return {k: m[k] for k in ("miou", "pixel_accuracy", "per_class_iou", "gt_pixels", "images")}
-
-
-# The DistillConfig fields each loss reads (losses.build_loss). The runaway guard's thresholds (max_ratio,
-# guard_iters, max_abs_logit) are in none of them: they can only stop a run, never change a finished student.
-LOSS_FIELDS = {"nfd": ("weight", "layers", "norm", "reduction"), "kd": ("weight", "temperature"),
-               "cwd": ("weight", "cwd_tau"), "none": ()}
-
-
-def saved_config_text(cfg: RunConfig, stage: str) -> str:
-    """The config.yaml beside a stage: the fully resolved run config with `base: none`, so that it loads on its own
-    (`nfdseg distill --config <this file>` reproduces the run) after the run folder moves to another machine and the
-    files it was built on are gone; what it was built on stays as a comment, which the loader does not read."""
-    built_on = " ".join(str(cfg.base).splitlines())  # a comment holds one line
-    return (f"# {stage} stage: the resolved run config, complete in itself (base: none)\n"
-            f"# built on: {built_on}\n"
-            + yaml.safe_dump({"base": "none", **{k: v for k, v in cfg.to_dict().items() if k != "base"}},
-                             sort_keys=False))
-
-
-def distill_identity(d) -> dict[str, Any]:
-    """The distillation settings that shape a student: its loss and the fields that loss reads, plus logits KD
-    (logits_kd_weight, temperature) where logits_kd_weight > 0 adds it to a loss other than kd. So nfd's settings
-    do not retrain a kd, cwd or baseline ('none') student, and the guard's thresholds retrain none."""
-    from nfdseg.config import to_dict
-
-    out = {"loss": d.loss} | {k: to_dict(getattr(d, k)) for k in LOSS_FIELDS[d.loss]}
-    if d.logits_kd_weight > 0 and d.loss != "kd":  # the trainer adds logits KD on top of every loss but kd
-        out |= {"logits_kd_weight": d.logits_kd_weight, "temperature": d.temperature}
-    return out
-
-
-def stage_inputs(cfg: RunConfig, stage: str, teacher_sha: str = "") -> dict[str, Any]:
-    """What a stage's result depends on, and nothing else. Teacher: the data and its own stage config. Student:
-    the data, its stage config, the distillation config and the teacher's weights (sha256). So a student setting,
-    another loss or a re-export never changes the teacher's identity."""
-    d = identity_dict(cfg)
-    for sc in (d["teacher"], d["student"]):  # how often to log and save changes nothing the stage produces
-        for key in ("log_every", "ckpt_every"):
-            sc["train"].pop(key, None)
-        if sc["model"]["pretrained"] == "torchvision_cached":  # what it loads here: the weights may appear later
-            loads = resolved_pretrained(sc["model"]["arch"], "torchvision_cached") or "random"
-            sc["model"]["pretrained"] = f"torchvision_cached -> {loads}"
-    if stage == "teacher":
-        return {"stage": "teacher", "data": d["data"], "teacher": d["teacher"]}
-    return {"stage": stage, "data": d["data"], "student": d["student"], "distill": distill_identity(cfg.distill),
-            "teacher_sha256": teacher_sha}
-
-
-def stage_run_key(cfg: RunConfig, stage: str, teacher_sha: str = "") -> str:
-    """The hash of stage_inputs: equal keys mean the stage would produce the same run."""
-    return sha256_json(stage_inputs(cfg, stage, teacher_sha))
-
-
-def up_to_date(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: str | Path | None = None) -> Manifest | None:
-    """The manifest of out_dir's finished run when its inputs equal this config's (the stage can be skipped)."""
-    from nfdseg.models.checkpoint import manifest_of
-
-    if stage != "teacher" and (teacher_dir is None or not (Path(teacher_dir) / CHECKPOINT_MANIFEST).is_file()):
-        return None
-    teacher_sha = manifest_of(teacher_dir).sha256 if stage != "teacher" else ""
-    return manifest_of(out_dir) if stage_complete(out_dir, stage_run_key(cfg, stage, teacher_sha)) else None
-
-
-def stage_complete(out_dir: str | Path, run_key: str) -> bool:
-    """True when out_dir holds a finished run (checkpoint.json) of exactly this run key."""
-    import json
-
-    path = Path(out_dir) / CHECKPOINT_MANIFEST
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("config", {}).get("run_key") == run_key
-    except (OSError, ValueError):
-        return False
 
 
 def build_ce(sc: StageConfig, train_ds: SegDataset, classes) -> SegCrossEntropy:
@@ -403,8 +330,6 @@ def _resume(nets: _Nets, last: Path, run_key: str, stage: str, resume: bool, pro
         return _Progress()
     state = torch.load(last, map_location="cpu", weights_only=False)
     if state.get("run_key") != run_key:
-        from .stage import stale_error
-
         raise stale_error(last.parent, stage)
     nets.model.load_state_dict(state["model"])
     if nets.distill is not None:
@@ -578,8 +503,6 @@ def train_stage(cfg: RunConfig, stage: str, out_dir: str | Path, teacher_dir: st
 def _write_deliverables(out, cfg, sc, stage, classes, spec, model, teacher_manifest, teacher_dir, elapsed, device,
                         amp, amp_reason, world, run_key, ce_record) -> Manifest:
     """best.pt was saved at the best evaluation; now its manifest, checkpoint.json, and history.json."""
-    import json
-
     best_metrics = json.loads((out / BEST_METRICS).read_text())
     images = sc.train.iters * sc.train.batch_size * sc.train.grad_accum * world
     h, w = spec.input_size

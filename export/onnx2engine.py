@@ -6,8 +6,10 @@ the fp32 ONNX with the FP16 builder flag. The optimisation profile comes from co
 the size the runtime resizes to;
 INT8: always from the Q/DQ model.int8.onnx (explicit quantization; implicit calibrators are deprecated): strongly
 typed on TensorRT 11 and TensorRT-RTX and >= 10.12 (the Q/DQ nodes and types define the precision), the
-BuilderFlag.INT8 (with FP16 for the layers left float) on older TensorRT 10; the timing cache is loaded, checked, reused and saved; the builder
-log (INFO and up) is kept in <engine>.log; the manifest records the precision and path actually built.
+BuilderFlag.INT8 (with FP16 for the layers left float) on older TensorRT 10; the timing cache is loaded, checked,
+reused and saved; the builder log (INFO and up) is kept in <engine>.log; the manifest records the precision and
+path actually built. `onnx2engine` reads top to bottom: setup, the network, the build, the deliverables (the file
+names are nfdseg/artifacts.py's).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from nfdseg.artifacts import ENGINE_LOG_SUFFIX, ENGINE_SUFFIX, manifest_path
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import sha256_file, write_bytes_atomic, write_text_atomic
 from nfdseg.manifest import EngineInfo, Manifest, write_manifest
@@ -98,7 +102,7 @@ class _CapturingLogger:
 
 
 def engine_name(manifest: Manifest, precision: str, trt_short: str, sm: str) -> str:
-    return f"{manifest.architecture}_{precision}_trt{trt_short}_{sm}.engine"
+    return f"{manifest.architecture}_{precision}_trt{trt_short}_{sm}{ENGINE_SUFFIX}"
 
 
 def attach_timing_cache(config, path: Path | None, flavor: str) -> tuple[object | None, str]:
@@ -146,6 +150,119 @@ def int8_build(trt, tm, config, int8_onnx: Path | None) -> tuple[Path, str, str,
     return Path(int8_onnx), "int8_builder_flag", "int8", False
 
 
+@dataclass
+class _Build:
+    """The TensorRT objects one build goes through: the logger that keeps its log, the builder and its config."""
+
+    trt: Any
+    logger: Any
+    builder: Any
+    config: Any
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What the network is parsed from and how it gets its precision: the ONNX file, the path taken ("" for fp32,
+    "strongly_typed", "builder_flag", "fallback_fp32", "int8_strongly_typed", "int8_builder_flag"), the precision
+    that path builds, and whether the network is strongly typed (its types are the precision)."""
+
+    path: Path
+    fp16_path: str
+    precision_built: str
+    strongly_typed: bool
+
+
+def _start_build(trt, workspace_mb: int) -> _Build:
+    """A builder whose log is captured, and a builder config with the workspace limit."""
+    logger = _CapturingLogger(trt)
+    builder = trt.Builder(logger)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    return _Build(trt, logger, builder, config)
+
+
+def _choose_source(tm, b: _Build, precision: str, fp32_onnx: Path, fp16_onnx: Path | None,
+                   int8_onnx: Path | None) -> _Source:
+    """The network source and precision path by TensorRT generation (the module docstring); sets the builder
+    flags the path needs."""
+    strongly_typed = tm.strongly_typed_only
+    if precision == "int8":
+        source, fp16_path, built, strongly_typed = int8_build(b.trt, tm, b.config, int8_onnx)
+        return _Source(source, fp16_path, built, strongly_typed)
+    if precision != "fp16":
+        return _Source(Path(fp32_onnx), "", "fp32", strongly_typed)
+    fp16_path = fp16_build_path(tm, fp16_onnx is not None and Path(fp16_onnx).is_file())
+    if fp16_path == "strongly_typed":
+        return _Source(Path(fp16_onnx), fp16_path, "fp16", True)
+    if getattr(b.builder, "platform_has_fast_fp16", True):
+        b.config.set_flag(b.trt.BuilderFlag.FP16)
+        return _Source(Path(fp32_onnx), fp16_path, "fp16", strongly_typed)
+    log.warning("FALLBACK: this GPU has no fast FP16; building an fp32 engine (recorded in the manifest)")
+    return _Source(Path(fp32_onnx), "fallback_fp32", "fp32", strongly_typed)
+
+
+def _parse_network(b: _Build, src: _Source, shapes: dict[str, tuple[tuple[int, ...], ...]]):
+    """The network parsed from the source ONNX, and the optimisation profile added to the config."""
+    trt = b.trt
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if src.strongly_typed else 0
+    network = b.builder.create_network(flags)
+    parser = trt.OnnxParser(network, b.logger)
+    if not parser.parse(src.path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise ArtifactError(f"TensorRT could not parse {src.path}", seen=errors[:500],
+                            fix="check the opset (17-20) and that the ONNX passes `nfdseg check`")
+    opt_profile = b.builder.create_optimization_profile()
+    for name, (lo, mid, hi) in shapes.items():
+        opt_profile.set_shape(name, lo, mid, hi)
+    b.config.add_optimization_profile(opt_profile)
+    return network
+
+
+def _build_serialized(b: _Build, network) -> tuple[bytes, float]:
+    """The serialized engine and the seconds the build took; a failed build raises with the log's tail."""
+    t0 = time.perf_counter()
+    serialized = b.builder.build_serialized_network(network, b.config)
+    seconds = time.perf_counter() - t0
+    if serialized is None:
+        tail = "\n".join(b.logger.lines[-10:])
+        raise ArtifactError("TensorRT failed to build the engine", seen=tail[-800:],
+                            fix="read the build log; try --engine-precision fp32 or a smaller profile")
+    return serialized, seconds
+
+
+def _engine_manifest(fp32_manifest: Manifest, tm, gpu, src: _Source, precision: str, name: str,
+                     shapes: dict, timing_cache: Path | None, cache_attached: bool, cache_state: str,
+                     seconds: float, log_lines_dropped: int) -> Manifest:
+    """The engine's manifest (written beside it as <engine>.json): what was asked, what was built, on what."""
+    info = EngineInfo(
+        tensorrt_version=tm.version, tensorrt_flavor=tm.flavor, gpu_name=gpu.name if gpu else "",
+        compute_capability=gpu.compute_capability if gpu else "", precision_requested=precision,
+        precision_built=src.precision_built, strongly_typed=src.strongly_typed,
+        profile={k: [list(s) for s in v] for k, v in shapes.items()},
+        timing_cache=str(timing_cache or "") if cache_attached else "", timing_cache_reused=cache_state == "reused",
+    )
+    return replace(fp32_manifest, kind="engine", artifact=name, precision=src.precision_built, engine=info,
+                   sha256="", created="", parent=src.path.name, parent_sha256=sha256_file(src.path),
+                   metrics={**fp32_manifest.metrics, "engine_build_s": round(seconds, 2)},
+                   config={**fp32_manifest.config, "engine_build": {
+                       "fp16_path": src.fp16_path, "timing_cache": cache_state,
+                       "log_lines_dropped": log_lines_dropped}},
+                   versions={**fp32_manifest.versions, tm.flavor: tm.version})
+
+
+def _write_engine(out_dir: Path, name: str, serialized: bytes, log_lines: list[str], manifest: Manifest,
+                  timing_cache: Path | None, cache_blob: bytes | None) -> Manifest:
+    """The engine, its build log and its manifest, then the timing cache: all written only after the build."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine_path = out_dir / name
+    write_bytes_atomic(engine_path, bytes(serialized))
+    write_text_atomic(engine_path.with_suffix(ENGINE_LOG_SUFFIX), "\n".join(log_lines) + "\n")
+    manifest = write_manifest(manifest, manifest_path(engine_path))
+    if cache_blob is not None:
+        write_bytes_atomic(Path(timing_cache), cache_blob)
+    return manifest
+
+
 def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precision: str = "fp16",
                 fp16_onnx: Path | None = None, profile: EngineProfile = EngineProfile(),
                 timing_cache: Path | None = None, workspace_mb: int = 2048, allow_rtx: bool = True,
@@ -159,75 +276,28 @@ def onnx2engine(fp32_onnx: Path, fp32_manifest: Manifest, out_dir: Path, precisi
         raise ConfigError(f"engine precision '{precision}' is not supported",
                           fix=f"use {' or '.join(ENGINE_PRECISIONS)}")
     shapes = profile.shapes(fp32_manifest)  # refuse a profile the runtime could never use before any work
+
+    # --- setup: TensorRT, the GPU, a builder that keeps its log
     tm = import_tensorrt(allow_rtx)
-    trt = tm.module
     gpu = current_gpu()
-    logger = _CapturingLogger(trt)
-    builder = trt.Builder(logger)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    b = _start_build(tm.module, workspace_mb)
 
-    # choose the network source and precision path by API generation
-    precision_built, source, fp16_path = "fp32", Path(fp32_onnx), ""
-    has_fp16_onnx = fp16_onnx is not None and Path(fp16_onnx).is_file()
-    strongly_typed = tm.strongly_typed_only
-    if precision == "fp16":
-        fp16_path = fp16_build_path(tm, has_fp16_onnx)
-        if fp16_path == "strongly_typed":
-            strongly_typed, source, precision_built = True, Path(fp16_onnx), "fp16"
-        elif getattr(builder, "platform_has_fast_fp16", True):
-            config.set_flag(trt.BuilderFlag.FP16)
-            precision_built = "fp16"
-        else:
-            fp16_path = "fallback_fp32"
-            log.warning("FALLBACK: this GPU has no fast FP16; building an fp32 engine (recorded in the manifest)")
-    elif precision == "int8":
-        source, fp16_path, precision_built, strongly_typed = int8_build(trt, tm, config, int8_onnx)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(source.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise ArtifactError(f"TensorRT could not parse {source}", seen=errors[:500],
-                            fix="check the opset (17-20) and that the ONNX passes `nfdseg check`")
-    opt_profile = builder.create_optimization_profile()
-    for name, (lo, mid, hi) in shapes.items():
-        opt_profile.set_shape(name, lo, mid, hi)
-    config.add_optimization_profile(opt_profile)
-    cache, cache_state = attach_timing_cache(config, timing_cache, tm.flavor)
+    # --- the network: its source and precision path by API generation, parsed, with the profile
+    src = _choose_source(tm, b, precision, fp32_onnx, fp16_onnx, int8_onnx)
+    network = _parse_network(b, src, shapes)
+    cache, cache_state = attach_timing_cache(b.config, timing_cache, tm.flavor)
 
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - t0
-    if serialized is None:
-        tail = "\n".join(logger.lines[-10:])
-        raise ArtifactError("TensorRT failed to build the engine", seen=tail[-800:],
-                            fix="read the build log; try --engine-precision fp32 or a smaller profile")
-    cache_blob = serialized_timing_cache(config) if cache is not None else None
+    # --- build, then take the timing cache
+    serialized, seconds = _build_serialized(b, network)
+    cache_blob = serialized_timing_cache(b.config) if cache is not None else None
     if cache is not None and cache_blob is None:
         cache_state += "; not saved (TensorRT returned no cache)"
-    sm = gpu.sm if gpu else "nogpu"
-    name = engine_name(fp32_manifest, precision_built, tm.short_version, sm)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    engine_path = out_dir / name
-    info = EngineInfo(
-        tensorrt_version=tm.version, tensorrt_flavor=tm.flavor, gpu_name=gpu.name if gpu else "",
-        compute_capability=gpu.compute_capability if gpu else "", precision_requested=precision,
-        precision_built=precision_built, strongly_typed=strongly_typed,
-        profile={k: [list(s) for s in v] for k, v in shapes.items()},
-        timing_cache=str(timing_cache or "") if cache is not None else "", timing_cache_reused=cache_state == "reused",
-    )
-    manifest = replace(fp32_manifest, kind="engine", artifact=name, precision=precision_built, engine=info,
-                       sha256="", created="", parent=source.name, parent_sha256=sha256_file(source),
-                       metrics={**fp32_manifest.metrics, "engine_build_s": round(seconds, 2)},
-                       config={**fp32_manifest.config, "engine_build": {
-                           "fp16_path": fp16_path, "timing_cache": cache_state, "log_lines_dropped": logger.dropped}},
-                       versions={**fp32_manifest.versions, tm.flavor: tm.version})
-    write_bytes_atomic(engine_path, bytes(serialized))
-    write_text_atomic(engine_path.with_suffix(".log"), "\n".join(logger.lines) + "\n")
-    manifest = write_manifest(manifest, engine_path.with_suffix(".json"))
-    if cache_blob is not None:
-        write_bytes_atomic(Path(timing_cache), cache_blob)
-    log.info("built %s (%s, %s) in %.1fs; timing cache: %s", name, precision_built, fp16_path or "fp32", seconds,
-             cache_state)
+
+    # --- deliverables: the engine, its log, its manifest, the timing cache
+    name = engine_name(fp32_manifest, src.precision_built, tm.short_version, gpu.sm if gpu else "nogpu")
+    manifest = _engine_manifest(fp32_manifest, tm, gpu, src, precision, name, shapes, timing_cache,
+                                cache is not None, cache_state, seconds, b.logger.dropped)
+    manifest = _write_engine(out_dir, name, serialized, b.logger.lines, manifest, timing_cache, cache_blob)
+    log.info("built %s (%s, %s) in %.1fs; timing cache: %s", name, src.precision_built, src.fp16_path or "fp32",
+             seconds, cache_state)
     return manifest

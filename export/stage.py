@@ -19,14 +19,16 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from nfdseg.artifacts import CHECKPOINT, ENGINE_SUFFIX, EXPORT_SUMMARY, PARITY_REPORT
+from nfdseg.artifacts import CHECKPOINT, ENGINE_LOG_SUFFIX, ENGINE_SUFFIX, EXPORT_SUMMARY, PARITY_REPORT, TIMING_CACHE
 from nfdseg.errors import ArtifactError
 from nfdseg.fsutil import sha256_file, sha256_json, write_json_atomic
+
+from .parity import format_report
 
 log = logging.getLogger(__name__)
 # What an export writes into its folder (model*.onnx and their model*.json manifests, engines with their .json
 # and build .log, the timing cache, parity.json, export_summary.json, atomic-write leftovers).
-EXPORT_PATTERNS = ("model*.onnx", "model*.json", "*" + ENGINE_SUFFIX, "*.json", "*.log", "timing.cache",
+EXPORT_PATTERNS = ("model*.onnx", "model*.json", "*" + ENGINE_SUFFIX, "*.json", "*" + ENGINE_LOG_SUFFIX, TIMING_CACHE,
                    PARITY_REPORT, EXPORT_SUMMARY, ".*.tmp*", "*.tmp")
 
 
@@ -88,7 +90,5 @@ def export_stage(ckpt_dir: str | Path, out_dir: str | Path, cfg, force: bool = F
 
 def recorded_parity_text(out: Path) -> str:
     """The parity table of a kept export, from its parity.json."""
-    from .parity import format_report
-
     path = Path(out) / PARITY_REPORT
     return format_report(json.loads(path.read_text())) if path.is_file() else ""

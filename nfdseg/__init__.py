@@ -7,4 +7,4 @@ subpackages, kept in the top-level folders of the repository: nfdseg.distill (di
 what each may import: docs/architecture.md.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it from here

@@ -6,7 +6,8 @@ A run folder, as the stages write it (docs/architecture.md):
                                     state), config.yaml, history.json, best_metrics.json
     export/                         model.onnx + model.json, model.fp16.onnx + model.fp16.json,
                                     model.int8.onnx + model.int8.json,
-                                    <engine>.engine + <engine>.json, parity.json, export_summary.json
+                                    <engine>.engine + <engine>.json + <engine>.log (the build log), timing.cache,
+                                    parity.json, export_summary.json
     triton/                         <name>_onnx/ and <name>_trt/ (config.pbtxt, 1/model.onnx|model.plan, 1/manifest.json)
     pipeline.json, choice.json, bench.json, report.md, report.json, deploy/
 """
@@ -28,6 +29,8 @@ CURVES_DIR = "tensorboard"  # TensorBoard event files (loss terms, lr, val mIoU,
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}  # precision -> file
 ONNX_FP32, ONNX_FP16, ONNX_INT8 = ONNX_FILES["fp32"], ONNX_FILES["fp16"], ONNX_FILES["int8"]
 ENGINE_SUFFIX = ".engine"
+ENGINE_LOG_SUFFIX = ".log"  # <engine>.log beside each engine: TensorRT's build log (INFO and up)
+TIMING_CACHE = "timing.cache"  # TensorRT's tactic timings, reused by the next build on the same GPU and version
 PARITY_REPORT = "parity.json"
 EXPORT_SUMMARY = "export_summary.json"
 TRITON_MANIFEST = "manifest.json"  # the manifest copied into a Triton model's version folder

@@ -255,7 +255,7 @@ def test_an_all_ignored_crop_gives_zero_not_nan():
 
 def test_ohem_settings_enter_the_run_key_only_when_ohem_is_on():
     from nfdseg.distill.config import load_run_config
-    from nfdseg.distill.trainer import stage_run_key
+    from nfdseg.distill.runkey import stage_run_key
 
     def key(**train):
         return stage_run_key(load_run_config("quick", {"teacher": {"train": train}}), "teacher")

@@ -9,7 +9,7 @@ import pytest
 
 from nfdseg.config import deep_update
 from nfdseg.distill.config import load_run_config
-from nfdseg.distill.trainer import stage_run_key
+from nfdseg.distill.runkey import stage_run_key
 from nfdseg.manifest import read_manifest
 
 from conftest import TINY_OVERRIDES

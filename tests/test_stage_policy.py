@@ -121,7 +121,7 @@ def test_pipeline_export_settings_come_from_the_config(tiny_cfg, tmp_path):
 
 def test_export_settings_are_in_no_training_identity(tiny_cfg):
     from nfdseg.distill.config import identity_dict
-    from nfdseg.distill.trainer import stage_run_key
+    from nfdseg.distill.runkey import stage_run_key
 
     changed = dataclasses.replace(tiny_cfg, export={"fp16": False})
     assert identity_dict(changed) == identity_dict(tiny_cfg)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from nfdseg.errors import ConfigError
+from nfdseg.models import default_pairs
 
 from ..config import LOSSES
-from .base import DistillLoss
+from .base import DEFAULT_WEIGHTS, DistillLoss
 from .cwd import CWDLoss
 from .kd import KDLoss
 from .nfd import NFDLoss
 from .none import NoDistillLoss
 
-# The one home of the default weights (distill.weight unset; the loss constructors read them too): for each
-# loss, the best of a small sweep on the synthetic "tune" split, never on the reported "val" split.
-# nfd's is for its default reading (norm squared, reduction element), chosen at two widths (the quick pair and
-# ResNet-50 -> ResNet-18): benchmarks/results/distill_tune_cpu2.json. kd/cwd: the earlier sweep, same file.
-DEFAULT_WEIGHTS = {"nfd": 10.0, "kd": 3.0, "cwd": 10.0, "none": 0.0}
+# The DistillConfig fields each loss reads: build_loss hands a loss these and no others, so this table is also what
+# a student's run key holds of the distillation settings (distill/runkey.py). The runaway guard's thresholds
+# (max_ratio, guard_iters, max_abs_logit) are in none of them: they can only stop a run, never change a finished
+# student.
+LOSS_FIELDS = {"nfd": ("weight", "layers", "norm", "reduction"), "kd": ("weight", "temperature"),
+               "cwd": ("weight", "cwd_tau"), "none": ()}
 
 
 def parse_pairs(layers) -> tuple[tuple[str, str], ...]:
@@ -31,23 +33,21 @@ def build_loss(cfg, s_channels: dict[str, int], t_channels: dict[str, int], stud
                teacher_family: str = "") -> DistillLoss:
     """cfg is a DistillConfig; the channel dicts are the models' `feature_channels`, the families their
     `family` (used for nfd's default pairs when distill.layers is empty)."""
-    weight = cfg.weight if cfg.weight is not None else DEFAULT_WEIGHTS.get(cfg.loss, 0.0)
+    if cfg.loss not in LOSS_FIELDS:
+        raise ConfigError(f"unknown distillation loss '{cfg.loss}'", fix=f"choose one of {', '.join(LOSSES)}")
+    read = {k: getattr(cfg, k) for k in LOSS_FIELDS[cfg.loss]}  # the loss sees only the fields its key holds
+    if "weight" in read and read["weight"] is None:  # distill.weight unset: the loss's default, resolved here once
+        read["weight"] = DEFAULT_WEIGHTS[cfg.loss]
     if cfg.loss == "nfd":
-        if cfg.layers:
-            pairs = parse_pairs(cfg.layers)
-        else:
-            from nfdseg.models import default_pairs
-
-            pairs = default_pairs(teacher_family, student_family)
-        return NFDLoss(pairs, s_channels, t_channels, weight=weight, norm=cfg.norm, reduction=cfg.reduction)
+        pairs = parse_pairs(read["layers"]) if read["layers"] else default_pairs(teacher_family, student_family)
+        return NFDLoss(pairs, s_channels, t_channels, weight=read["weight"], norm=read["norm"],
+                       reduction=read["reduction"])
     if cfg.loss == "kd":
-        return KDLoss(weight=weight, temperature=cfg.temperature)
+        return KDLoss(weight=read["weight"], temperature=read["temperature"])
     if cfg.loss == "cwd":
-        return CWDLoss(weight=weight, tau=cfg.cwd_tau)
-    if cfg.loss == "none":
-        return NoDistillLoss()
-    raise ConfigError(f"unknown distillation loss '{cfg.loss}'", fix=f"choose one of {', '.join(LOSSES)}")
+        return CWDLoss(weight=read["weight"], tau=read["cwd_tau"])
+    return NoDistillLoss()
 
 
-__all__ = ["DEFAULT_WEIGHTS", "DistillLoss", "NFDLoss", "KDLoss", "CWDLoss", "NoDistillLoss", "build_loss", "LOSSES",
-           "parse_pairs"]
+__all__ = ["DEFAULT_WEIGHTS", "LOSS_FIELDS", "DistillLoss", "NFDLoss", "KDLoss", "CWDLoss", "NoDistillLoss",
+           "build_loss", "LOSSES", "parse_pairs"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import DistillLoss, Features, resize_like
+from .base import DEFAULT_WEIGHTS, DistillLoss, Features, resize_like
 
 
 def cwd_kl(s_map: torch.Tensor, t_map: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
@@ -25,11 +25,9 @@ def cwd_kl(s_map: torch.Tensor, t_map: torch.Tensor, tau: float = 4.0) -> torch.
 class CWDLoss(DistillLoss):
     name = "cwd"
 
-    def __init__(self, weight: float | None = None, tau: float = 4.0, **_: object):
+    def __init__(self, weight: float = DEFAULT_WEIGHTS["cwd"], tau: float = 4.0, **_: object):
         super().__init__()
-        from . import DEFAULT_WEIGHTS
-
-        self.weight = DEFAULT_WEIGHTS["cwd"] if weight is None else weight
+        self.weight = weight
         self.tau = tau
 
     def forward(self, s_logits: torch.Tensor, s_feats: Features, t_logits: torch.Tensor, t_feats: Features) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import DistillLoss, Features, resize_like
+from .base import DEFAULT_WEIGHTS, DistillLoss, Features, resize_like
 
 
 def kd_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -19,11 +19,9 @@ def kd_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1
 class KDLoss(DistillLoss):
     name = "kd"
 
-    def __init__(self, weight: float | None = None, temperature: float = 1.0, **_: object):
+    def __init__(self, weight: float = DEFAULT_WEIGHTS["kd"], temperature: float = 1.0, **_: object):
         super().__init__()
-        from . import DEFAULT_WEIGHTS
-
-        self.weight = DEFAULT_WEIGHTS["kd"] if weight is None else weight
+        self.weight = weight
         self.temperature = temperature
 
     def forward(self, s_logits: torch.Tensor, s_feats: Features, t_logits: torch.Tensor, t_feats: Features) -> torch.Tensor:

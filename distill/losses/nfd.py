@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import torch
 
+from nfdseg.errors import ConfigError
+
 from ..config import NORMS, REDUCTIONS
-from .base import DistillLoss, Features, make_connectors, pair_key, resize_like
+from .base import DEFAULT_WEIGHTS, DistillLoss, Features, make_connectors, pair_key, resize_like
 
 
 
@@ -60,20 +62,16 @@ class NFDLoss(DistillLoss):
 
     name = "nfd"
 
-    def __init__(self, layers, s_channels: dict[str, int], t_channels: dict[str, int], weight: float | None = None,
-                 norm: str = "squared", reduction: str = "element"):
+    def __init__(self, layers, s_channels: dict[str, int], t_channels: dict[str, int],
+                 weight: float = DEFAULT_WEIGHTS["nfd"], norm: str = "squared", reduction: str = "element"):
         super().__init__()
-        from nfdseg.errors import ConfigError
-
-        from . import DEFAULT_WEIGHTS
-
         if norm not in NORMS:
             raise ConfigError("distill.norm must be 'squared' or 'euclidean'", seen=repr(norm))
         if reduction not in REDUCTIONS:
             raise ConfigError("distill.reduction must be 'element' or 'spatial'", seen=repr(reduction))
         self.pairs = tuple((p, p) if isinstance(p, str) else (p[0], p[1]) for p in layers)
         self.layers = tuple(s if s == t else f"{s}:{t}" for s, t in self.pairs)
-        self.weight = DEFAULT_WEIGHTS["nfd"] if weight is None else weight
+        self.weight = weight
         self.norm, self.reduction = norm, reduction
         self.connectors = make_connectors(self.pairs, s_channels, t_channels)
 

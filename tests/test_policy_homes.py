@@ -1,0 +1,132 @@
+"""Each policy and value has one home: distill/ imports in one direction (no module of it imports, even from
+inside a function, a module that imports it back), build_loss reads exactly the config fields LOSS_FIELDS
+names (the fields a student's run key holds), and the package version is written once."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_name(path: Path) -> str:
+    parts = ["nfdseg", *path.relative_to(ROOT).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The modules of `modules` that `path` (module `name`) imports anywhere in its body, functions included."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from . import trainer` names a module
+    return {m for m in found if m in modules and m != name}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_distill_modules_import_each_other_in_one_direction():
+    files = {_module_name(p): p for p in sorted((ROOT / "distill").rglob("*.py"))}
+    graph = {name: _imports(path, name, set(files)) for name, path in files.items()}
+    assert "nfdseg.distill.trainer" in graph["nfdseg.distill.stage"], "the stage decides, then calls the trainer"
+    assert _cycle(graph) is None, f"import circle: {' -> '.join(_cycle(graph))}"
+
+
+def test_the_cycle_finder_finds_a_planted_circle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+class _Recorder:
+    """A DistillConfig that notes each field read."""
+
+    def __init__(self, cfg):
+        object.__setattr__(self, "_cfg", cfg)
+        object.__setattr__(self, "read", set())
+
+    def __getattr__(self, key):
+        self.read.add(key)
+        return getattr(self._cfg, key)
+
+
+@pytest.mark.parametrize("loss", ["nfd", "kd", "cwd", "none"])
+def test_build_loss_reads_the_fields_loss_fields_names_and_no_others(loss):
+    from nfdseg.distill.config import DistillConfig
+    from nfdseg.distill.losses import LOSS_FIELDS, build_loss
+
+    rec = _Recorder(DistillConfig(loss=loss, layers=["head"]))
+    build_loss(rec, {"head": 4}, {"head": 4})
+    assert rec.read - {"loss"} == set(LOSS_FIELDS[loss])
+
+
+def test_the_default_weight_is_resolved_where_the_loss_is_built():
+    from nfdseg.distill.config import DistillConfig
+    from nfdseg.distill.losses import DEFAULT_WEIGHTS, build_loss
+
+    built = build_loss(DistillConfig(loss="nfd", layers=["head"]), {"head": 4}, {"head": 4})
+    assert built.weight == DEFAULT_WEIGHTS["nfd"]
+    chosen = dataclasses.replace(DistillConfig(loss="kd"), weight=0.5)
+    assert build_loss(chosen, {}, {}).weight == 0.5
+
+
+def test_the_version_is_written_once_in_the_package(tmp_path):
+    """pyproject.toml takes the version from nfdseg/__init__.py: a copy with another __version__ builds metadata of
+    that version."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import tomllib
+
+    import nfdseg
+    from nfdseg.layout import PACKAGE_DIRS
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "nfdseg.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", nfdseg.__version__)
+
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "nfdseg", tmp_path / "nfdseg", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in set(PACKAGE_DIRS.values()) - {"nfdseg"}:  # the other packages' folders, empty: only names count
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    init = tmp_path / "nfdseg" / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{nfdseg.__version__}"', '__version__ = "9.8.7"'))
+    r = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "\nVersion: 9.8.7\n" in (tmp_path / "nfdseg.egg-info" / "PKG-INFO").read_text()
