@@ -14,6 +14,7 @@ from pathlib import Path
 from nfdseg.cliargs import add_config_args, add_out_arg, add_quiet_arg
 from nfdseg.distill.config import LOSSES
 from nfdseg.errors import NfdsegError, missing_extra
+from nfdseg.redact import install_log_redaction
 
 log = logging.getLogger("nfdseg")
 
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    install_log_redaction()  # no stream URL's password in any log line (nfdseg/redact.py)
     try:
         return int(args.func(args) or 0)
     except NfdsegError as e:

@@ -13,6 +13,9 @@ class NfdsegError(Exception):
     """
 
     def __init__(self, what: str, seen: str | None = None, fix: str | None = None):
+        from .redact import redact  # a stream URL's password never reaches a message (nfdseg/redact.py)
+
+        what, seen, fix = redact(what), redact(seen), redact(fix)
         self.what, self.seen, self.fix = what, seen, fix
         parts = [what]
         if seen:

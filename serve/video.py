@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 
 from nfdseg.errors import InputError, MissingDependencyError
 from nfdseg.fsutil import atomic_path
+from nfdseg.redact import redact
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".y4m", ".flv", ".wmv")
@@ -266,7 +266,7 @@ def open_source(source: Any, live: bool | None = None) -> FrameSource:
     if isinstance(source, (str, Path)):
         text = str(source)
         if text.lower().startswith(URL_SCHEMES):
-            safe = re.sub(r"//[^/@]*@", "//***@", text)  # never print credentials
+            safe = redact(text)  # never print credentials
             options = {"rtsp_transport": "tcp"} if text.lower().startswith("rtsp") else {}
             return AVSource(text, safe, live=True if live is None else live, options=options)
         path = Path(text)
