@@ -44,3 +44,34 @@ def test_json_files_are_redacted(tmp_path):
 
     write_json_atomic(tmp_path / "s.json", {"source": URL})
     assert json.loads((tmp_path / "s.json").read_text())["source"] == "rtsp://***@127.0.0.1:9/x"
+
+
+def test_output_stems_are_unique_for_sources_with_the_same_name(tmp_path):
+    from nfdseg.serve.predict_video import output_stems
+
+    stems = output_stems(["clips/normal.mp4", "clips2/normal.mp4", "x/d/a.png", "y/d/a.png", "b.png", "0"])
+    assert stems == {"clips/normal.mp4": "clips_normal", "clips2/normal.mp4": "clips2_normal",
+                     "x/d/a.png": "d_a", "y/d/a.png": "d_a_2", "b.png": "b", "0": "camera0"}
+
+
+def test_predict_keeps_every_output_when_stems_collide(exported, tmp_path):
+    pytest.importorskip("av", reason="PyAV is not installed (pip install 'nfdseg[video]')")
+    import numpy as np
+    from PIL import Image
+    from videofiles import scene_frames, write_clip
+
+    for folder, n in (("clips", 6), ("clips2", 3)):
+        (tmp_path / folder).mkdir()
+        write_clip(tmp_path / folder / "normal.mp4", scene_frames(n))
+        Image.fromarray(np.full((40, 50, 3), 30 * n, np.uint8)).save(tmp_path / folder / "a.png")
+    srcs = [tmp_path / f / name for name in ("normal.mp4", "a.png") for f in ("clips", "clips2")]
+    r = _cli("predict", exported, *srcs, "--backend", "onnxruntime", "--out", tmp_path / "o", "--json")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "o"
+    for stem in ("clips_normal", "clips2_normal"):
+        assert (out / f"{stem}_overlay.mp4").is_file()
+        assert json.loads((out / f"{stem}_video.json").read_text())["output_stem"] == stem
+    for stem in ("clips_a", "clips2_a"):
+        assert (out / f"{stem}_overlay.png").is_file() and (out / f"{stem}_labels.png").is_file()
+    assert f"{srcs[0]} -> clips_normal" in r.stdout
+    assert json.loads((out / "outputs.json").read_text())["outputs"][str(srcs[1])] == "clips2_normal"
