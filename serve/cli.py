@@ -74,13 +74,26 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """`nfdseg predict`; an output that cannot be written (a folder under a file, no permission, a full disk, a
+    file-size limit mid-encode) is one OutputError (exit 2), never a traceback."""
+    from nfdseg.errors import output_error
+
+    try:
+        return _predict(args)
+    except OSError as e:
+        err = output_error(args.out, e)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _predict(args) -> int:
     import numpy as np
     from PIL import Image
 
     from nfdseg.errors import ConfigError, InputError
+    from nfdseg.fsutil import atomic_path, write_json_atomic
     from nfdseg.preprocess import load_image, overlay
-
-    from nfdseg.fsutil import write_json_atomic
 
     from .predict_video import output_stems, source_stem
     from .video import is_video_source
@@ -93,9 +106,9 @@ def cmd_predict(args) -> int:
     if args.labels_every < 0 or args.max_frames < 0:
         raise ConfigError("--labels-every and --max-frames must be 0 or more",
                           seen=f"{args.labels_every}, {args.max_frames}")
-    seg = _segmenter(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # before the model loads: an unwritable --out fails at once
+    seg = _segmenter(args)
     if args.json:
         write_json_atomic(out / "outputs.json", {"outputs": stems, "renamed": renamed})
     bad = 0
@@ -110,8 +123,10 @@ def cmd_predict(args) -> int:
             continue
         pred = seg.predict(img)
         stem = stems[str(path)]
-        Image.fromarray(pred.labels).save(out / f"{stem}_labels.png")
-        Image.fromarray(overlay(img, pred.labels, seg.palette, args.alpha)).save(out / f"{stem}_overlay.png")
+        for name, pixels in ((f"{stem}_labels.png", pred.labels),
+                             (f"{stem}_overlay.png", overlay(img, pred.labels, seg.palette, args.alpha))):
+            with atomic_path(out / name) as tmp:  # a full disk leaves no truncated PNG under the final name
+                Image.fromarray(pixels).save(tmp, format="PNG")
         shares = np.bincount(pred.labels.ravel(), minlength=len(seg.class_names)) / pred.labels.size * 100
         top = ", ".join(f"{seg.class_names[i]} {shares[i]:.1f}%" for i in np.argsort(-shares)[:3] if shares[i] > 0)
         print(f"{path}: {top} ({pred.timings_ms['infer_ms']:.1f} ms infer)")

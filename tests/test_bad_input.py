@@ -75,3 +75,37 @@ def test_predict_keeps_every_output_when_stems_collide(exported, tmp_path):
         assert (out / f"{stem}_overlay.png").is_file() and (out / f"{stem}_labels.png").is_file()
     assert f"{srcs[0]} -> clips_normal" in r.stdout
     assert json.loads((out / "outputs.json").read_text())["outputs"][str(srcs[1])] == "clips2_normal"
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_out_is_one_clear_error(exported, tmp_path, where):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "o" if where == "under_a_file" else "/proc/nfdseg_x"
+    r = _cli("predict", exported, tmp_path / "a.png", "--backend", "onnxruntime", "--out", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot write the output" in r.stderr and "seen:" in r.stderr and "fix:" in r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as set here is Linux behaviour")
+def test_an_encode_that_fails_midway_is_one_clear_error_and_leaves_no_video(exported, tmp_path):
+    pytest.importorskip("av", reason="PyAV is not installed (pip install 'nfdseg[video]')")
+    import resource
+
+    import numpy as np
+    from videofiles import write_clip
+
+    rng = np.random.default_rng(0)
+    write_clip(tmp_path / "long.mp4", [rng.integers(0, 255, (96, 128, 3), np.uint8) for _ in range(30)])
+    limit = (tmp_path / "long.mp4").stat().st_size // 3  # the overlay of noise outgrows a third of the source
+
+    def small_files():  # like `ulimit -f`: a write past the limit fails with EFBIG (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = _cli("predict", exported, tmp_path / "long.mp4", "--backend", "onnxruntime", "--out", tmp_path / "o",
+             preexec_fn=small_files)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "file-size limit" in r.stderr and "fix:" in r.stderr
+    assert not list((tmp_path / "o").glob("*.mp4")) and not list((tmp_path / "o").glob(".*.tmp"))
