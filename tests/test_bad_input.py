@@ -109,3 +109,25 @@ def test_an_encode_that_fails_midway_is_one_clear_error_and_leaves_no_video(expo
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "file-size limit" in r.stderr and "fix:" in r.stderr
     assert not list((tmp_path / "o").glob("*.mp4")) and not list((tmp_path / "o").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("argv", [["data", "check", "--format", "camvid", "ROOT"],
+                                  ["data", "check", "ROOT", "--format", "camvid"],
+                                  ["data", "--format", "camvid", "check", "ROOT"]])
+def test_options_before_or_after_positionals(argv):
+    from nfdseg.app.cli import build_parser
+    from nfdseg.cliargs import parse_command_line
+
+    args = parse_command_line(build_parser(), argv)
+    assert (args.action, args.root, args.format) == ("check", "ROOT", "camvid")
+
+
+def test_predict_options_anywhere_and_unknown_options_still_refused():
+    from nfdseg.app.cli import build_parser
+    from nfdseg.cliargs import parse_command_line
+
+    args = parse_command_line(build_parser(), ["predict", "--out", "o", "EXP", "--alpha", "0.3", "a.png", "b.png"])
+    assert (args.artifact, args.images, args.out, args.alpha) == ("EXP", ["a.png", "b.png"], "o", 0.3)
+    with pytest.raises(SystemExit) as e:
+        parse_command_line(build_parser(), ["data", "check", "ROOT", "--no-such-flag"])
+    assert e.value.code == 2
