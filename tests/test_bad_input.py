@@ -131,3 +131,24 @@ def test_predict_options_anywhere_and_unknown_options_still_refused():
     with pytest.raises(SystemExit) as e:
         parse_command_line(build_parser(), ["data", "check", "ROOT", "--no-such-flag"])
     assert e.value.code == 2
+
+
+def test_every_command_a_message_names_exists():
+    """Each `nfdseg WORD [WORD]` quoted in the code's messages is a real command (and sub-action)."""
+    import re
+    from pathlib import Path
+
+    from nfdseg.app.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    root = Path(__file__).resolve().parents[1]
+    seen = []
+    for folder in ("app", "data", "demo", "distill", "export", "models", "nfdseg", "serve"):
+        for path in (root / folder).rglob("*.py"):
+            for m in re.finditer(r"`nfdseg ([a-z][\w-]*)(?: ([a-z][\w-]*))?", path.read_text()):
+                seen.append(m.group(0))
+                assert m.group(1) in commands, f"{path.name}: {m.group(0)}` names no command"
+                if m.group(1) == "data":
+                    assert m.group(2) in ("check",), f"{path.name}: {m.group(0)}` names no data action"
+    assert len(seen) > 5
