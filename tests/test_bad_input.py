@@ -152,3 +152,13 @@ def test_every_command_a_message_names_exists():
                 if m.group(1) == "data":
                     assert m.group(2) in ("check",), f"{path.name}: {m.group(0)}` names no data action"
     assert len(seen) > 5
+
+
+def test_int8_without_an_int8_model_says_to_export_it(exported):
+    from nfdseg.errors import ArtifactError
+    from nfdseg.serve import Segmenter
+
+    assert not (exported / "model.int8.onnx").exists()
+    with pytest.raises(ArtifactError) as e:
+        Segmenter(exported, precision="int8")  # backend auto
+    assert "nfdseg export" in e.value.fix and "--int8" in e.value.fix and "pip install" not in e.value.fix
