@@ -162,3 +162,17 @@ def test_int8_without_an_int8_model_says_to_export_it(exported):
     with pytest.raises(ArtifactError) as e:
         Segmenter(exported, precision="int8")  # backend auto
     assert "nfdseg export" in e.value.fix and "--int8" in e.value.fix and "pip install" not in e.value.fix
+
+
+def test_parity_rule_text_reads_as_a_pass_on_passing_rows():
+    from nfdseg.export.parity import ParityBudget, judge
+
+    budget = ParityBudget()
+    ok, rule = judge({"precision": "fp32", "pixel_agreement_pct": 100.0}, budget)
+    assert ok and "< " not in rule and ">=" in rule and rule.endswith("passed")
+    ok, rule = judge({"precision": "fp32", "pixel_agreement_pct": 50.0}, budget)
+    assert not ok and "<" in rule and "FAILED" in rule
+    ok, rule = judge({"precision": "fp16", "delta_miou": 0.0}, budget)
+    assert ok and "> " not in rule and rule.endswith("passed")
+    ok, rule = judge({"precision": "int8", "delta_miou": 0.0, "finite": False}, budget)
+    assert not ok and "non-finite" in rule
