@@ -96,7 +96,7 @@ def _predict(args) -> int:
     from nfdseg.preprocess import load_image, overlay
 
     from .predict_video import output_stems, source_stem
-    from .video import is_video_source
+    from .video import audio_input_error, is_video_source
 
     stems = output_stems(args.images)  # one naming rule: no output overwrites another
     renamed = {src: stem for src, stem in stems.items() if stem != source_stem(src)}
@@ -116,6 +116,9 @@ def _predict(args) -> int:
         bad += _predict_stream(seg, src, out, args, stems[str(src)])
     for path in (p for p in args.images if p not in streams):
         try:
+            audio = audio_input_error(path)
+            if audio is not None:
+                raise audio
             img = load_image(path)
         except InputError as e:
             print(f"skipped: {e}")

@@ -176,3 +176,29 @@ def test_parity_rule_text_reads_as_a_pass_on_passing_rows():
     assert ok and "> " not in rule and rule.endswith("passed")
     ok, rule = judge({"precision": "int8", "delta_miou": 0.0, "finite": False}, budget)
     assert not ok and "non-finite" in rule
+
+
+def test_a_wav_is_reported_as_audio(exported, tmp_path):
+    import wave
+
+    with wave.open(str(tmp_path / "song.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(b"\x00\x01" * 800)
+    r = _cli("predict", exported, tmp_path / "song.wav", "--backend", "onnxruntime", "--out", tmp_path / "o")
+    assert r.returncode == 1 and "is an audio file, not an image or a video" in r.stdout + r.stderr, r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_raw_h264_is_accepted_as_video(tmp_path):
+    pytest.importorskip("av", reason="PyAV is not installed (pip install 'nfdseg[video]')")
+    from videofiles import scene_frames, write_clip
+
+    from nfdseg.serve.video import is_video_source, open_source
+
+    path = write_clip(tmp_path / "raw.h264", scene_frames(5), fmt="h264") or tmp_path / "raw.h264"
+    assert is_video_source(path)
+    src = open_source(path)
+    try:
+        assert len(list(src)) == 5
+    finally:
+        src.close()
