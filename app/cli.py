@@ -11,9 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-from nfdseg.cliargs import add_config_args, add_out_arg, add_quiet_arg
+from nfdseg.cliargs import add_config_args, add_out_arg, add_quiet_arg, parse_command_line
 from nfdseg.distill.config import LOSSES
 from nfdseg.errors import NfdsegError, missing_extra
+from nfdseg.redact import install_log_redaction
 
 log = logging.getLogger("nfdseg")
 
@@ -100,9 +101,10 @@ def _extra_commands():
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)  # options before or after positionals (nfdseg/cliargs.py)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    install_log_redaction()  # no stream URL's password in any log line (nfdseg/redact.py)
     try:
         return int(args.func(args) or 0)
     except NfdsegError as e:

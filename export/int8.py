@@ -115,7 +115,8 @@ def calibration_set(ckpt: Manifest, onnx_manifest: Manifest, n: int) -> Calibrat
         except (DataError, OSError, ValueError) as e:
             raise DataError(f"INT8 calibration image {i} of the training split cannot be read",
                             seen=f"{name}: {getattr(e, 'what', e)}",
-                            fix="replace or remove the file (`nfdseg data-check` lists every bad pair)") from None
+                            fix=f"replace or remove the file; `nfdseg data check {data_cfg.root or 'ROOT'} --format "
+                                f"{data_cfg.format} --full` lists every bad pair") from None
         digest.update(name.encode() + b"\0" + np.ascontiguousarray(img).tobytes())
         images.append(img)
         names.append(name)

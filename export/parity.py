@@ -216,13 +216,19 @@ def score_backend(backend, label: str, ref: Reference, budget: ParityBudget) -> 
 
 
 def judge(res: dict[str, Any], budget: ParityBudget) -> tuple[bool, str]:
-    """(passed, the rule as text) for one result: fp32 by pixel agreement, fp16 and int8 by |ΔmIoU|."""
+    """(passed, the rule as text) for one result: fp32 by pixel agreement, fp16 and int8 by |ΔmIoU|. The text
+    states what held: a pass reads "... >= budget: passed", a breach "... < budget: FAILED"."""
     if res["precision"] == "fp32":
-        ok = res["pixel_agreement_pct"] >= budget.fp32_min_agreement
-        return bool(ok), f"pixel agreement {res['pixel_agreement_pct']:.3f}% < {budget.fp32_min_agreement}%"
+        ok = bool(res["pixel_agreement_pct"] >= budget.fp32_min_agreement)
+        cmp = ">=" if ok else "<"
+        return ok, (f"pixel agreement {res['pixel_agreement_pct']:.3f}% {cmp} {budget.fp32_min_agreement}%: "
+                    f"{'passed' if ok else 'FAILED'}")
     limit = budget.int8_max_delta_miou if res["precision"] == "int8" else budget.fp16_max_delta_miou
-    ok = abs(res["delta_miou"]) <= limit and res.get("finite", True)
-    return bool(ok), f"|ΔmIoU| {abs(res['delta_miou']):.3f} > {limit} (or non-finite output)"
+    finite = res.get("finite", True)
+    ok = bool(abs(res["delta_miou"]) <= limit and finite)
+    if not finite:
+        return False, f"non-finite output (|ΔmIoU| {abs(res['delta_miou']):.3f}, budget {limit}): FAILED"
+    return ok, f"|ΔmIoU| {abs(res['delta_miou']):.3f} {'<=' if ok else '>'} {limit}: {'passed' if ok else 'FAILED'}"
 
 
 def per_class_table(res: dict[str, Any], reference: dict[str, Any]) -> list[dict[str, Any]]:

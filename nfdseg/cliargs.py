@@ -4,6 +4,7 @@ in `nfdseg distill`, `nfdseg pipeline`, `nfdseg data check`, `nfdseg eval` and t
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 PRESETS_HELP = "a built-in name (quick, camvid_cpu, cityscapes_r101_r18, ...)"
@@ -33,3 +34,25 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
     from .config import parse_overrides
 
     return parse_overrides(getattr(args, "overrides", []) or [])
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The one argument convention of `nfdseg`: every subcommand takes its options before or after its
+    positionals, in any order (`nfdseg data check --format camvid ROOT` = `nfdseg data check ROOT --format camvid`).
+
+    Plain argparse binds an optional positional (nargs='?') at the first positional chunk, so one given after
+    an option is "unrecognized". When that happens, the command's own parser reads its arguments again with
+    parse_intermixed_args (options first, then positionals), which is what a user means."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(argv)
+    if not rest:
+        return args
+    command = getattr(args, "command", None)
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if command is None or not subparsers or command not in argv:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    sub = subparsers[0].choices[command]
+    again = sub.parse_intermixed_args(argv[argv.index(command) + 1:])  # errors exit 2 with the command's usage
+    for key, value in vars(again).items():
+        setattr(args, key, value)
+    return args

@@ -13,6 +13,9 @@ class NfdsegError(Exception):
     """
 
     def __init__(self, what: str, seen: str | None = None, fix: str | None = None):
+        from .redact import redact  # a stream URL's password never reaches a message (nfdseg/redact.py)
+
+        what, seen, fix = redact(what), redact(seen), redact(fix)
         self.what, self.seen, self.fix = what, seen, fix
         parts = [what]
         if seen:
@@ -38,6 +41,33 @@ class EngineNotRunnableHere(ArtifactError):
     """A sound engine that this machine cannot run: another TensorRT release or flavor, another GPU
     architecture, no GPU, or TensorRT-RTX's own validity check said INVALID. Parity lists such an engine as
     "not run here" instead of failing it; anything else wrong with an engine stays a plain ArtifactError."""
+
+
+class OutputError(NfdsegError):
+    """An output that cannot be written: a folder under a file, no permission, a full disk, a file-size limit."""
+
+
+# errno values that mean "this output cannot be written here" (output_error); any other OSError is not ours to word.
+_WRITE_ERRNOS = {"ENOSPC": "the disk is full", "EDQUOT": "the disk quota is used up",
+                 "EFBIG": "a file grew past the file-size limit (ulimit -f) or the file system's maximum",
+                 "EACCES": "no permission to write there", "EPERM": "no permission to write there",
+                 "EROFS": "the file system is read-only", "ENOTDIR": "a part of the path is a file, not a folder",
+                 "EEXIST": "a part of the path is a file, not a folder", "ENOENT": "the path cannot be created"}
+
+
+def output_error(target: object, error: OSError) -> OutputError | None:
+    """The OutputError for an OSError raised while writing under `target`, or None when the OSError's errno is
+    not a write failure (so the caller re-raises it unchanged)."""
+    import errno as errno_mod
+
+    name = errno_mod.errorcode.get(error.errno or -1, "")
+    why = _WRITE_ERRNOS.get(name)
+    if why is None:
+        return None
+    return OutputError(f"cannot write the output under {target}: {why}",
+                       seen=f"{name}: {error.strerror or error} ({getattr(error, 'filename', None) or target})",
+                       fix="pass an --out folder you can write, on a disk with room (df -h; ulimit -f); nothing "
+                           "half-written is left under its final name")
 
 
 class InputError(NfdsegError):

@@ -48,7 +48,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Every JSON file nfdseg writes (reports, summaries, manifests): a stream URL's password is redacted first."""
+    from .redact import redact
+
+    write_text_atomic(path, json.dumps(redact(obj), indent=2, sort_keys=False) + "\n")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -5,7 +5,9 @@ each caller its own result.
 Decoding and preprocessing happen in the caller's thread (in parallel, and a bad image fails its own
 caller at once); the worker only stacks, infers and post-processes. The queue is bounded (BusyError
 when full), each request has a deadline (TimeoutError), and `close()` answers every queued request:
-it finishes them (drain=True) or rejects them with a clear error.
+it finishes them (drain=True) or rejects them with a clear error. When the backend raises on a batch, each of
+its requests is retried once, alone, so one poisoned input or a transient fault fails only the request it belongs
+to; stats["retried"] counts them, and a request is never run more than twice.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class MicroBatcher:
         self._q: queue.Queue[_Request] = queue.Queue(maxsize=max_queue)
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self.stats = {"requests": 0, "batches": 0, "images": 0, "busy": 0, "timeouts": 0, "errors": 0}
+        self.stats = {"requests": 0, "batches": 0, "images": 0, "busy": 0, "timeouts": 0, "errors": 0,
+                      "retried": 0}
         self._worker = threading.Thread(target=self._run, name="nfdseg-batcher", daemon=True)
         self._worker.start()
 
@@ -155,21 +158,41 @@ class MicroBatcher:
             if not live:
                 continue
             try:
-                out = self.seg.backend_infer_batch(np.stack([r.x for r in live]))
-                for r, o in zip(live, out):
-                    pred = self.seg.postprocess(o[None], [r.size], r.with_probs)[0]
-                    pred.timings_ms = {"queue_ms": (now - r.enqueued) * 1e3, "batch_size": len(live)}
-                    r.future.set_result(pred)
-            except Exception as e:  # a backend failure answers every caller of the batch, the worker lives on
-                log.exception("batch of %d failed", len(live))
+                self._answer(live, now)
+            except Exception as e:  # a backend failure: retry each unanswered request of the batch once, alone
+                failed = [r for r in live if not r.future.done()]
+                log.warning("batch of %d failed (%s: %s); retrying its %d unanswered requests one by one, once",
+                            len(live), type(e).__name__, e, len(failed))
                 with self._lock:
-                    self.stats["errors"] += len(live)
-                for r in live:
-                    if not r.future.done():
-                        r.future.set_exception(e)
+                    self.stats["retried"] += len(failed)
+                for r in failed:
+                    try:
+                        self._answer([r], now)
+                    except Exception as e1:  # failed alone too: this request's own error reaches its caller
+                        log.exception("request failed again when retried alone")
+                        with self._lock:
+                            self.stats["errors"] += 1
+                        if not r.future.done():
+                            r.future.set_exception(e1)
             with self._lock:
                 self.stats["batches"] += 1
                 self.stats["images"] += len(live)
+
+    def _answer(self, reqs: list[_Request], now: float) -> None:
+        """One backend call for `reqs` and each caller's result (raises what the backend or postprocess raises)."""
+        out = self.seg.backend_infer_batch(np.stack([r.x for r in reqs]))
+        for r, o in zip(reqs, out):
+            pred = self.seg.postprocess(o[None], [r.size], r.with_probs)[0]
+            pred.timings_ms = {"queue_ms": (now - r.enqueued) * 1e3, "batch_size": len(reqs)}
+            r.future.set_result(pred)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings and counters: requests, batches, images, busy, timeouts, errors (requests that failed) and
+        retried (requests of a failed batch run again alone, once each)."""
+        with self._lock:
+            stats = dict(self.stats)
+        return {"max_batch": self.max_batch, "max_wait_ms": self.max_wait * 1e3, "timeout_s": self.timeout_s,
+                "max_queue": self._q.maxsize, **stats}
 
     # ------------------------------------------------------------------ shutdown
     def _reject_pending(self) -> None:

@@ -74,53 +74,80 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """`nfdseg predict`; an output that cannot be written (a folder under a file, no permission, a full disk, a
+    file-size limit mid-encode) is one OutputError (exit 2), never a traceback."""
+    from nfdseg.errors import output_error
+
+    try:
+        return _predict(args)
+    except OSError as e:
+        err = output_error(args.out, e)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _predict(args) -> int:
     import numpy as np
     from PIL import Image
 
     from nfdseg.errors import ConfigError, InputError
+    from nfdseg.fsutil import atomic_path, write_json_atomic
     from nfdseg.preprocess import load_image, overlay
 
-    from .video import is_video_source
+    from .predict_video import output_stems, source_stem
+    from .video import audio_input_error, is_video_source
 
+    stems = output_stems(args.images)  # one naming rule: no output overwrites another
+    renamed = {src: stem for src, stem in stems.items() if stem != source_stem(src)}
+    for src, stem in renamed.items():
+        print(f"output name: {src} -> {stem}_* (another source has the same name)")
     streams = [src for src in args.images if is_video_source(src)]
     if args.labels_every < 0 or args.max_frames < 0:
         raise ConfigError("--labels-every and --max-frames must be 0 or more",
                           seen=f"{args.labels_every}, {args.max_frames}")
-    seg = _segmenter(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # before the model loads: an unwritable --out fails at once
+    seg = _segmenter(args)
+    if args.json:
+        write_json_atomic(out / "outputs.json", {"outputs": stems, "renamed": renamed})
     bad = 0
     for src in streams:
-        bad += _predict_stream(seg, src, out, args)
+        bad += _predict_stream(seg, src, out, args, stems[str(src)])
     for path in (p for p in args.images if p not in streams):
         try:
+            audio = audio_input_error(path)
+            if audio is not None:
+                raise audio
             img = load_image(path)
         except InputError as e:
             print(f"skipped: {e}")
             bad += 1
             continue
         pred = seg.predict(img)
-        stem = Path(path).stem
-        Image.fromarray(pred.labels).save(out / f"{stem}_labels.png")
-        Image.fromarray(overlay(img, pred.labels, seg.palette, args.alpha)).save(out / f"{stem}_overlay.png")
+        stem = stems[str(path)]
+        for name, pixels in ((f"{stem}_labels.png", pred.labels),
+                             (f"{stem}_overlay.png", overlay(img, pred.labels, seg.palette, args.alpha))):
+            with atomic_path(out / name) as tmp:  # a full disk leaves no truncated PNG under the final name
+                Image.fromarray(pixels).save(tmp, format="PNG")
         shares = np.bincount(pred.labels.ravel(), minlength=len(seg.class_names)) / pred.labels.size * 100
         top = ", ".join(f"{seg.class_names[i]} {shares[i]:.1f}%" for i in np.argsort(-shares)[:3] if shares[i] > 0)
         print(f"{path}: {top} ({pred.timings_ms['infer_ms']:.1f} ms infer)")
     return 1 if bad else 0
 
 
-def _predict_stream(seg, source: str, out: Path, args) -> int:
+def _predict_stream(seg, source: str, out: Path, args, stem: str) -> int:
     """One video, camera or stream URL: overlay MP4 (+ label maps), then a summary line; 0 when it went well."""
     from nfdseg.fsutil import write_json_atomic
 
-    from .predict_video import VideoJob, format_summary, segment_video, source_stem
+    from .predict_video import VideoJob, format_summary, segment_video
 
     job = VideoJob(out, alpha=args.alpha, labels_every=args.labels_every, max_frames=args.max_frames,
                    live=True if args.live else None, pipelined=not args.plain_loop)
-    summary = segment_video(seg, source, job)
+    summary = segment_video(seg, source, job, stem)
     print(format_summary(summary))
     if args.json:
-        write_json_atomic(out / f"{source_stem(source)}_video.json", summary)
+        write_json_atomic(out / f"{stem}_video.json", summary)
     return 0
 
 
@@ -202,5 +229,6 @@ def register(sub) -> None:
     p.add_argument("--plain-loop", action="store_true",
                    help="streams: decode, infer and encode one frame after another in one thread (for comparison; "
                         "the default overlaps them)")
-    p.add_argument("--json", action="store_true", help="streams: also write <stem>_video.json with the summary")
+    p.add_argument("--json", action="store_true", help="also write outputs.json (each source -> its output "
+                   "name) and, per stream, <stem>_video.json with the summary")
     p.set_defaults(func=cmd_predict)

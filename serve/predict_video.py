@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from nfdseg.errors import InputError
 
@@ -51,6 +51,32 @@ def source_stem(source: Any) -> str:
     if "://" in text:
         return re.sub(r"[^\w.-]+", "_", text.split("://", 1)[1].rsplit("/", 1)[-1] or "stream")
     return Path(text).stem
+
+
+def output_stems(sources: Iterable[Any]) -> dict[str, str]:
+    """The one naming rule for `nfdseg predict`'s outputs: each source's file-name stem (source_stem), made unique
+    over all `sources` so no output overwrites another. Sources whose stems collide (clips/normal.mp4 and
+    clips2/normal.mp4; a.png in two folders) are prefixed with their parent folder's name (clips_normal,
+    clips2_normal), and numbered (_2, _3, ...) when that still collides. Keys are str(source)."""
+    texts = list(dict.fromkeys(str(s) for s in sources))
+    base = {t: source_stem(t) for t in texts}
+    counts: dict[str, int] = {}
+    for stem in base.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    named: dict[str, str] = {}
+    taken: set[str] = set()
+    for t in texts:
+        stem = base[t]
+        if counts[stem] > 1 and "://" not in t and not t.isdigit():
+            parent = re.sub(r"[^\w.-]+", "_", Path(t).resolve().parent.name) or "root"
+            stem = f"{parent}_{stem}"
+        unique, n = stem, 1
+        while unique.lower() in taken:  # case-insensitive: A.png and a.png collide on macOS and Windows
+            n += 1
+            unique = f"{stem}_{n}"
+        taken.add(unique.lower())
+        named[t] = unique
+    return named
 
 
 def segment_video(seg: "Segmenter", source: Any, job: VideoJob, stem: str | None = None) -> dict[str, Any]:
@@ -99,7 +125,7 @@ def segment_video(seg: "Segmenter", source: Any, job: VideoJob, stem: str | None
                          fix="check the camera or stream; for a file, re-copy or re-encode it")
     summary = stats.summary()
     summary["latency_ms"].update(percentiles({"encode_ms": encode_ms}))  # the plain loop's includes the overlay
-    summary.update(source=src.label, live=src.live, pipelined=job.pipelined, interrupted=interrupted,
+    summary.update(source=src.label, output_stem=stem, live=src.live, pipelined=job.pipelined, interrupted=interrupted,
                    video=str(video) if video else None,
                    labels_dir=str(labels_dir) if job.labels_every and labels_dir.is_dir() else None)
     return summary

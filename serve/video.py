@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -29,9 +28,12 @@ import numpy as np
 
 from nfdseg.errors import InputError, MissingDependencyError
 from nfdseg.fsutil import atomic_path
+from nfdseg.redact import redact
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".y4m", ".flv", ".wmv")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".y4m", ".flv", ".wmv",
+                  ".h264", ".264", ".h265", ".265", ".hevc")  # raw elementary streams: ffmpeg probes them
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma", ".aiff", ".aif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
@@ -58,6 +60,15 @@ def _av():
         raise MissingDependencyError("reading and writing video needs PyAV (FFmpeg bindings)",
                                      seen="`import av` failed", fix="pip install 'nfdseg[video]'") from None
     return av
+
+
+def audio_input_error(source: Any) -> InputError | None:
+    """The InputError for a source that is an audio file by its name (predict segments images and videos), or None."""
+    suffix = Path(str(source)).suffix.lower()
+    if isinstance(source, int) or suffix not in AUDIO_SUFFIXES:
+        return None
+    return InputError(f"{source} is an audio file, not an image or a video", seen=f"suffix {suffix}",
+                      fix="pass an image (PNG, JPEG, ...), a video (MP4, MKV, ..., raw .h264), a camera or a stream URL")
 
 
 def is_video_source(source: Any) -> bool:
@@ -266,7 +277,7 @@ def open_source(source: Any, live: bool | None = None) -> FrameSource:
     if isinstance(source, (str, Path)):
         text = str(source)
         if text.lower().startswith(URL_SCHEMES):
-            safe = re.sub(r"//[^/@]*@", "//***@", text)  # never print credentials
+            safe = redact(text)  # never print credentials
             options = {"rtsp_transport": "tcp"} if text.lower().startswith("rtsp") else {}
             return AVSource(text, safe, live=True if live is None else live, options=options)
         path = Path(text)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nfdseg.errors import BusyError, InputError
+from nfdseg.preprocess import prepare_batch
 from nfdseg.serve import MicroBatcher, RequestTimeout, Segmenter, ShutdownError
 
 
@@ -128,12 +129,11 @@ def test_bad_input_fails_only_its_caller(seg):
 def test_backend_failure_reaches_callers_and_worker_survives(exported):
     seg = Segmenter(exported, backend="onnxruntime")
     real = seg.backend.infer
-    fail = threading.Event()
-    fail.set()
+    failures = [2]  # the batch and its one retry fail; the request is not run a third time
 
     def flaky(x):
-        if fail.is_set():
-            fail.clear()
+        if failures[0]:
+            failures[0] -= 1
             raise RuntimeError("device lost")
         return real(x)
 
@@ -142,6 +142,37 @@ def test_backend_failure_reaches_callers_and_worker_survives(exported):
         with pytest.raises(RuntimeError, match="device lost"):
             mb.predict(_images(1)[0])
         assert mb.predict(_images(1)[0]).labels.shape == (48, 48)
+        assert mb.describe()["retried"] == 1 and mb.describe()["errors"] == 1
+
+
+def test_a_poisoned_input_fails_alone_and_its_batch_mates_are_retried_once(exported):
+    seg = Segmenter(exported, backend="onnxruntime")
+    real = seg.backend.infer
+    calls = []
+    poison = 7  # a stand-in backend that raises on any batch holding this one input
+
+    def picky(x):
+        calls.append(len(x))
+        if np.any(np.all(x.reshape(len(x), -1) == poison, axis=1)):
+            raise RuntimeError("bad tensor")
+        return real(x)
+
+    good, want = _distinct_images(seg, 3)
+    seg.backend.infer = picky
+    xs = [prepare_batch([im], seg.manifest.preprocess, seg.normalize_in_graph)[0] for im in good]
+    bad = np.full_like(xs[0], poison)
+    with MicroBatcher(seg, max_batch=4, max_wait_ms=10_000) as mb:  # the four requests form one batch
+        futs = [mb.submit_prepared(x, im.shape[:2]) for x, im in zip(xs[:2], good)]
+        futs.append(mb.submit_prepared(bad, (48, 48)))
+        futs.append(mb.submit_prepared(xs[2], good[2].shape[:2]))
+        with pytest.raises(RuntimeError, match="bad tensor"):
+            futs[2].result(timeout=30)
+        got = [f.result(timeout=30).labels for f in futs[:2] + futs[3:]]
+        d, calls = mb.describe(), list(calls)
+    for labels, w in zip(got, want):
+        assert np.array_equal(labels, w)
+    assert calls[0] == 4 and calls[1:5] == [1, 1, 1, 1], calls  # one batch, then each request once, alone
+    assert d["retried"] == 4 and d["errors"] == 1
 
 
 class GatedBackend:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nfdseg.artifacts import (CHECKPOINT, CHECKPOINT_MANIFEST, ENGINE_SUFFIX, ONNX_FILES, ONNX_FP16, ONNX_FP32, ONNX_INT8,
                               manifest_path)
-from nfdseg.errors import RUNTIME_INSTALL_HINT, ArtifactError, ConfigError, NfdsegError
+from nfdseg.errors import RUNTIME_INSTALL_HINT, ArtifactError, ConfigError, MissingDependencyError, NfdsegError
 from nfdseg.manifest import Manifest, read_manifest
 
 from .base import Backend
@@ -72,7 +72,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
     path = Path(path)
     cands = _candidates(path)
     order = [backend] if backend != "auto" else ["tensorrt", "onnxruntime", "torch"]
-    reasons = []
+    reasons, artifact_errors = [], []
     for name in order:
         files = cands.get(name, [])
         if not files:
@@ -84,12 +84,16 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
             if backend != "auto":
                 raise
             reasons.append(f"{name}: {e.what}")
+            if not isinstance(e, MissingDependencyError):  # the artifact, not the install, is what is wrong
+                artifact_errors.append(e)
             continue
         if backend == "auto":
             log.info("backend auto -> %s on %s (%s)%s", b.name, b.device, b.precision,
                      f"; skipped {'; '.join(reasons)}" if reasons else "")
         _note_cuda_graphs(b, kwargs)
         return b
+    if artifact_errors:  # e.g. --precision int8 without model.int8.onnx: the fix is an export, not an install
+        raise ArtifactError(f"no backend can serve {path}", seen="; ".join(reasons), fix=artifact_errors[0].fix)
     raise ArtifactError(f"no backend can serve {path}", seen="; ".join(reasons),
                         fix=f"{RUNTIME_INSTALL_HINT}; or pass an artifact the chosen backend can load")
 
@@ -122,7 +126,8 @@ def _open_onnxruntime(files: list[Path], device: str, precision: str, kwargs) ->
 
 def _open_torch(files: list[Path], device: str, precision: str, kwargs) -> Backend:
     if precision == "int8":
-        raise ArtifactError("the torch backend cannot run INT8", fix="export with --int8")
+        raise ArtifactError("the torch backend cannot run INT8",
+                            fix=f"`nfdseg export CHECKPOINT --int8` writes {ONNX_INT8}; serve it with --backend onnxruntime")
     from .torch_backend import TorchBackend
 
     f = files[0]

@@ -1,0 +1,204 @@
+"""Issue 27: bad input to the CLI and the runtime gives one clear message, no secret, no lost output."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from nfdseg.errors import InputError
+from nfdseg.redact import RedactingFilter, redact
+
+URL = "rtsp://bob:s3cret@127.0.0.1:9/x"
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "nfdseg.app.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def test_redact_hides_userinfo_in_text_lists_and_dicts():
+    assert redact(f"Connection refused: '{URL}'") == "Connection refused: 'rtsp://***@127.0.0.1:9/x'"
+    assert redact({"source": [URL], "n": 3}) == {"source": ["rtsp://***@127.0.0.1:9/x"], "n": 3}
+    assert redact("runs/a@b/c.mp4 and http://host/p@q") == "runs/a@b/c.mp4 and http://host/p@q"
+    record = logging.LogRecord("nfdseg", logging.INFO, __file__, 1, "opening %s", (URL,), None)
+    RedactingFilter().filter(record)
+    assert "s3cret" not in record.getMessage()
+
+
+def test_every_error_message_is_redacted():
+    e = InputError(f"stream {URL} cannot be opened", seen=f"refused: '{URL}'", fix=URL)
+    assert "s3cret" not in str(e) and "s3cret" not in e.seen + e.fix + e.what
+
+
+def test_refused_stream_seen_line_has_no_password(exported, tmp_path):
+    pytest.importorskip("av", reason="PyAV is not installed (pip install 'nfdseg[video]')")
+    r = _cli("-v", "predict", exported, URL, "--backend", "onnxruntime", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "seen:" in r.stderr, r.stderr
+    assert "s3cret" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_json_files_are_redacted(tmp_path):
+    from nfdseg.fsutil import write_json_atomic
+
+    write_json_atomic(tmp_path / "s.json", {"source": URL})
+    assert json.loads((tmp_path / "s.json").read_text())["source"] == "rtsp://***@127.0.0.1:9/x"
+
+
+def test_output_stems_are_unique_for_sources_with_the_same_name(tmp_path):
+    from nfdseg.serve.predict_video import output_stems
+
+    stems = output_stems(["clips/normal.mp4", "clips2/normal.mp4", "x/d/a.png", "y/d/a.png", "b.png", "0"])
+    assert stems == {"clips/normal.mp4": "clips_normal", "clips2/normal.mp4": "clips2_normal",
+                     "x/d/a.png": "d_a", "y/d/a.png": "d_a_2", "b.png": "b", "0": "camera0"}
+
+
+def test_predict_keeps_every_output_when_stems_collide(exported, tmp_path):
+    pytest.importorskip("av", reason="PyAV is not installed (pip install 'nfdseg[video]')")
+    import numpy as np
+    from PIL import Image
+    from videofiles import scene_frames, write_clip
+
+    for folder, n in (("clips", 6), ("clips2", 3)):
+        (tmp_path / folder).mkdir()
+        write_clip(tmp_path / folder / "normal.mp4", scene_frames(n))
+        Image.fromarray(np.full((40, 50, 3), 30 * n, np.uint8)).save(tmp_path / folder / "a.png")
+    srcs = [tmp_path / f / name for name in ("normal.mp4", "a.png") for f in ("clips", "clips2")]
+    r = _cli("predict", exported, *srcs, "--backend", "onnxruntime", "--out", tmp_path / "o", "--json")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "o"
+    for stem in ("clips_normal", "clips2_normal"):
+        assert (out / f"{stem}_overlay.mp4").is_file()
+        assert json.loads((out / f"{stem}_video.json").read_text())["output_stem"] == stem
+    for stem in ("clips_a", "clips2_a"):
+        assert (out / f"{stem}_overlay.png").is_file() and (out / f"{stem}_labels.png").is_file()
+    assert f"{srcs[0]} -> clips_normal" in r.stdout
+    assert json.loads((out / "outputs.json").read_text())["outputs"][str(srcs[1])] == "clips2_normal"
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_out_is_one_clear_error(exported, tmp_path, where):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "o" if where == "under_a_file" else "/proc/nfdseg_x"
+    r = _cli("predict", exported, tmp_path / "a.png", "--backend", "onnxruntime", "--out", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot write the output" in r.stderr and "seen:" in r.stderr and "fix:" in r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as set here is Linux behaviour")
+def test_an_encode_that_fails_midway_is_one_clear_error_and_leaves_no_video(exported, tmp_path):
+    pytest.importorskip("av", reason="PyAV is not installed (pip install 'nfdseg[video]')")
+    import resource
+
+    import numpy as np
+    from videofiles import write_clip
+
+    rng = np.random.default_rng(0)
+    write_clip(tmp_path / "long.mp4", [rng.integers(0, 255, (96, 128, 3), np.uint8) for _ in range(30)])
+    limit = (tmp_path / "long.mp4").stat().st_size // 3  # the overlay of noise outgrows a third of the source
+
+    def small_files():  # like `ulimit -f`: a write past the limit fails with EFBIG (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = _cli("predict", exported, tmp_path / "long.mp4", "--backend", "onnxruntime", "--out", tmp_path / "o",
+             preexec_fn=small_files)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "file-size limit" in r.stderr and "fix:" in r.stderr
+    assert not list((tmp_path / "o").glob("*.mp4")) and not list((tmp_path / "o").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("argv", [["data", "check", "--format", "camvid", "ROOT"],
+                                  ["data", "check", "ROOT", "--format", "camvid"],
+                                  ["data", "--format", "camvid", "check", "ROOT"]])
+def test_options_before_or_after_positionals(argv):
+    from nfdseg.app.cli import build_parser
+    from nfdseg.cliargs import parse_command_line
+
+    args = parse_command_line(build_parser(), argv)
+    assert (args.action, args.root, args.format) == ("check", "ROOT", "camvid")
+
+
+def test_predict_options_anywhere_and_unknown_options_still_refused():
+    from nfdseg.app.cli import build_parser
+    from nfdseg.cliargs import parse_command_line
+
+    args = parse_command_line(build_parser(), ["predict", "--out", "o", "EXP", "--alpha", "0.3", "a.png", "b.png"])
+    assert (args.artifact, args.images, args.out, args.alpha) == ("EXP", ["a.png", "b.png"], "o", 0.3)
+    with pytest.raises(SystemExit) as e:
+        parse_command_line(build_parser(), ["data", "check", "ROOT", "--no-such-flag"])
+    assert e.value.code == 2
+
+
+def test_every_command_a_message_names_exists():
+    """Each `nfdseg WORD [WORD]` quoted in the code's messages is a real command (and sub-action)."""
+    import re
+    from pathlib import Path
+
+    from nfdseg.app.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    root = Path(__file__).resolve().parents[1]
+    seen = []
+    for folder in ("app", "data", "demo", "distill", "export", "models", "nfdseg", "serve"):
+        for path in (root / folder).rglob("*.py"):
+            for m in re.finditer(r"`nfdseg ([a-z][\w-]*)(?: ([a-z][\w-]*))?", path.read_text()):
+                seen.append(m.group(0))
+                assert m.group(1) in commands, f"{path.name}: {m.group(0)}` names no command"
+                if m.group(1) == "data":
+                    assert m.group(2) in ("check",), f"{path.name}: {m.group(0)}` names no data action"
+    assert len(seen) > 5
+
+
+def test_int8_without_an_int8_model_says_to_export_it(exported):
+    from nfdseg.errors import ArtifactError
+    from nfdseg.serve import Segmenter
+
+    assert not (exported / "model.int8.onnx").exists()
+    with pytest.raises(ArtifactError) as e:
+        Segmenter(exported, precision="int8")  # backend auto
+    assert "nfdseg export" in e.value.fix and "--int8" in e.value.fix and "pip install" not in e.value.fix
+
+
+def test_parity_rule_text_reads_as_a_pass_on_passing_rows():
+    from nfdseg.export.parity import ParityBudget, judge
+
+    budget = ParityBudget()
+    ok, rule = judge({"precision": "fp32", "pixel_agreement_pct": 100.0}, budget)
+    assert ok and "< " not in rule and ">=" in rule and rule.endswith("passed")
+    ok, rule = judge({"precision": "fp32", "pixel_agreement_pct": 50.0}, budget)
+    assert not ok and "<" in rule and "FAILED" in rule
+    ok, rule = judge({"precision": "fp16", "delta_miou": 0.0}, budget)
+    assert ok and "> " not in rule and rule.endswith("passed")
+    ok, rule = judge({"precision": "int8", "delta_miou": 0.0, "finite": False}, budget)
+    assert not ok and "non-finite" in rule
+
+
+def test_a_wav_is_reported_as_audio(exported, tmp_path):
+    import wave
+
+    with wave.open(str(tmp_path / "song.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(b"\x00\x01" * 800)
+    r = _cli("predict", exported, tmp_path / "song.wav", "--backend", "onnxruntime", "--out", tmp_path / "o")
+    assert r.returncode == 1 and "is an audio file, not an image or a video" in r.stdout + r.stderr, r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_raw_h264_is_accepted_as_video(tmp_path):
+    pytest.importorskip("av", reason="PyAV is not installed (pip install 'nfdseg[video]')")
+    from videofiles import scene_frames, write_clip
+
+    from nfdseg.serve.video import is_video_source, open_source
+
+    path = write_clip(tmp_path / "raw.h264", scene_frames(5), fmt="h264") or tmp_path / "raw.h264"
+    assert is_video_source(path)
+    src = open_source(path)
+    try:
+        assert len(list(src)) == 5
+    finally:
+        src.close()
