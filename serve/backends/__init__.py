@@ -59,9 +59,10 @@ def _candidates(path: Path) -> dict[str, list[Path]]:
 
 def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
                  **kwargs) -> Backend:
-    """Open the artifact at `path` with `backend` (auto | tensorrt | onnxruntime | openvino | torch): the named one, or with
-    auto the first of tensorrt, onnxruntime, torch that has an artifact there and loads (why the others did not is
-    logged). kwargs: allow_rtx, threads, cuda_graphs, openvino_hint (LATENCY | THROUGHPUT),
+    """Open the artifact at `path` with `backend` (auto | tensorrt | onnxruntime | openvino | torch): the named
+    one, or with auto the first of tensorrt, onnxruntime, torch that has an artifact there and loads (why the others did not is
+    logged); on a CPU with OpenVINO installed too, onnxruntime or OpenVINO by a timed probe (cpu_choice.py).
+    kwargs: allow_rtx, threads, cuda_graphs, openvino_hint (LATENCY | THROUGHPUT),
     openvino_precision (f32, or "" for the device's default: bf16 on CPUs with AVX512_BF16/AMX)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'", fix=f"choose one of {', '.join(BACKENDS)}")
@@ -87,6 +88,10 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
                 raise
             reasons.append(f"{name}: {e.what}")
             continue
+        if backend == "auto" and name == "onnxruntime" and b.device == "cpu" and device in ("auto", "cpu"):
+            from .cpu_choice import prefer_faster_cpu_runtime
+
+            b = prefer_faster_cpu_runtime(b, kwargs)  # onnxruntime unless OpenVINO is installed and probes faster
         if backend == "auto":
             log.info("backend auto -> %s on %s (%s)%s", b.name, b.device, b.precision,
                      f"; skipped {'; '.join(reasons)}" if reasons else "")

@@ -112,20 +112,15 @@ class OpenVinoBackend(Backend):
                  f", {threads} threads" if threads else "")
 
     def _default_shape(self) -> tuple | None:
-        """Batch 1 at the manifest's input size (dynamic dims taken from the manifest), or None if unknown."""
+        """Batch 1 at the manifest's input size (preprocess.input_size for dynamic H, W), or None if unknown."""
         spec = self.manifest.inputs[0] if self.manifest.inputs else None
         ps = self.model.inputs[0].get_partial_shape()
-        dims = []
-        for i, d in enumerate(ps):
-            if d.is_static:
-                dims.append(d.get_length())
-            elif i == 0:
-                dims.append(1)
-            elif spec is not None and i < len(spec.shape) and isinstance(spec.shape[i], int) and spec.shape[i] > 0:
-                dims.append(spec.shape[i])
-            else:
-                return None
-        return tuple(dims)
+        if ps.rank.is_dynamic or len(ps) != 4:
+            return None
+        nhwc = bool(spec and spec.layout.upper() == "NHWC") or (spec is not None and spec.dtype == "uint8")
+        h, w = self.manifest.preprocess.input_size
+        want = (1, h, w, 3) if nhwc else (1, 3, h, w)
+        return tuple(d.get_length() if d.is_static else want[i] for i, d in enumerate(ps))
 
     def _compiled(self, shape: tuple) -> _Compiled:
         with self._lock:
