@@ -155,7 +155,8 @@ def _runtime_args(p) -> None:
     p.add_argument("artifact", help="export directory, .onnx, .engine, or checkpoint directory")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime (default auto: TensorRT, then onnxruntime, then torch; the choice is logged)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto); with --backend openvino also "
+                        "an OpenVINO device: GPU, NPU, AUTO, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: fp16 on GPU, fp32 on CPU; int8: model.int8.onnx (from `nfdseg export --int8`) or "
                         "an INT8 engine, never picked by auto")

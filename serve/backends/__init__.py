@@ -18,7 +18,7 @@ from nfdseg.manifest import Manifest, read_manifest
 from .base import Backend
 
 log = logging.getLogger(__name__)
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # auto: fp16 on a GPU, fp32 on a CPU; int8 only when asked
 ONNX_BY_PRECISION = ONNX_FILES  # precision -> ONNX file (nfdseg/artifacts.py)
 
@@ -33,7 +33,7 @@ def _candidates(path: Path) -> dict[str, list[Path]]:
         if path.suffix == ENGINE_SUFFIX:
             return {"tensorrt": [path]}
         if path.suffix == ".onnx":
-            return {"onnxruntime": [path]}
+            return {"onnxruntime": [path], "openvino": [path]}
         if path.name == CHECKPOINT_MANIFEST or path.suffix == ".pt":
             return {"torch": [path.parent / CHECKPOINT]}
         if path.suffix == ".json":
@@ -49,6 +49,7 @@ def _candidates(path: Path) -> dict[str, list[Path]]:
             out["onnxruntime"].append(path / name)
     if (path / CHECKPOINT_MANIFEST).is_file():
         out["torch"].append(path / CHECKPOINT)
+    out["openvino"] = list(out["onnxruntime"])
     if not any(out.values()):
         raise ArtifactError(f"{path} holds no servable artifact",
                             seen=", ".join(sorted(p.name for p in path.iterdir())[:10]) or "empty directory",
@@ -58,16 +59,18 @@ def _candidates(path: Path) -> dict[str, list[Path]]:
 
 def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
                  **kwargs) -> Backend:
-    """Open the artifact at `path` with `backend` (auto | tensorrt | onnxruntime | torch): the named one, or with
-    auto the first of tensorrt, onnxruntime, torch that has an artifact there and loads (why the others did not is
-    logged). kwargs: allow_rtx, threads, cuda_graphs."""
+    """Open the artifact at `path` with `backend` (auto | tensorrt | onnxruntime | openvino | torch): the named
+    one, or with auto the first of tensorrt, onnxruntime, torch that has an artifact there and loads (why the others did not is
+    logged); on a CPU with OpenVINO installed too, onnxruntime or OpenVINO by a timed probe (cpu_choice.py).
+    kwargs: allow_rtx, threads, cuda_graphs, openvino_hint (LATENCY | THROUGHPUT),
+    openvino_precision (f32, or "" for the device's default: bf16 on CPUs with AVX512_BF16/AMX)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'", fix=f"choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}'", fix=f"choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and backend == "torch":
         raise ConfigError("the torch backend cannot run INT8", seen="backend torch, precision int8",
-                          fix=f"serve the export directory's {ONNX_INT8} with --backend onnxruntime (or an INT8 "
+                          fix=f"serve the export directory's {ONNX_INT8} with --backend onnxruntime or openvino (or an INT8 "
                               "TensorRT engine with --backend tensorrt); `nfdseg export --int8` makes it")
     path = Path(path)
     cands = _candidates(path)
@@ -87,6 +90,10 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
             if not isinstance(e, MissingDependencyError):  # the artifact, not the install, is what is wrong
                 artifact_errors.append(e)
             continue
+        if backend == "auto" and name == "onnxruntime" and b.device == "cpu" and device in ("auto", "cpu"):
+            from .cpu_choice import prefer_faster_cpu_runtime
+
+            b = prefer_faster_cpu_runtime(b, kwargs)  # onnxruntime unless OpenVINO is installed and probes faster
         if backend == "auto":
             log.info("backend auto -> %s on %s (%s)%s", b.name, b.device, b.precision,
                      f"; skipped {'; '.join(reasons)}" if reasons else "")
@@ -135,7 +142,19 @@ def _open_torch(files: list[Path], device: str, precision: str, kwargs) -> Backe
                         cuda_graphs=kwargs.get("cuda_graphs", False))
 
 
-_OPENERS = {"tensorrt": _open_tensorrt, "onnxruntime": _open_onnxruntime, "torch": _open_torch}
+def _open_openvino(files: list[Path], device: str, precision: str, kwargs) -> Backend:
+    """model.onnx (FP16 only when asked: OpenVINO's CPU plugin picks its own inference precision) or, for int8,
+    model.int8.onnx, on OpenVINO's CPU plugin or the OpenVINO device named (GPU, NPU, AUTO, ...)."""
+    from .openvino_backend import OpenVinoBackend
+
+    f = _pick_onnx(files, precision, False)
+    return OpenVinoBackend(f, _manifest_for(f), device=device, threads=kwargs.get("threads", 0),
+                           hint=kwargs.get("openvino_hint", "LATENCY"),
+                           inference_precision=kwargs.get("openvino_precision", "f32"))
+
+
+_OPENERS = {"tensorrt": _open_tensorrt, "onnxruntime": _open_onnxruntime, "openvino": _open_openvino,
+            "torch": _open_torch}
 
 
 def _note_cuda_graphs(b: Backend, kwargs) -> None:
