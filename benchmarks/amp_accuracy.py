@@ -64,21 +64,31 @@ def main() -> int:
                 raise SystemExit(f"the student trained {row['student_amp']}, not {amp}: nothing to compare")
             rows.append(row)
             print(json.dumps(row), flush=True)
+            result = write_result(args, seeds, rows)  # after every run: a stopped benchmark keeps what it measured
+    print(json.dumps(result["check"], indent=1))
+    return 0
+
+
+def write_result(args, seeds: list[int], rows: list[dict]) -> dict:
+    """The JSON so far; the check covers the seeds both precisions have finished."""
     models = ["student"] + ([] if args.teacher else ["teacher"])
+    done = [s for s in seeds if {r["precision"] for r in rows if r["seed"] == s} == set(PRECISIONS)]
     result = {"benchmark": "amp_accuracy", "config": args.config, "overrides": args.overrides, "seeds": seeds,
+              "seeds_complete": done, "complete": done == seeds,
               "teacher": str(args.teacher) if args.teacher else "trained per seed and precision",
               "machine": machine(), "git": git_rev(), "load_after": os.getloadavg(), "rows": rows, "check": {}}
     for model in models:
-        per = {name: summary([r[f"{model}_miou"] for r in rows if r["precision"] == name]) for name in PRECISIONS}
-        diff = per["bf16"]["mean"] - per["fp32"]["mean"]
-        tol = max(per["fp32"]["std"], per["bf16"]["std"])
-        result["check"][model] = {**per, "bf16_minus_fp32": round(diff, 3), "tolerance_one_std": tol,
-                                  "within_one_std": abs(diff) <= tol}
+        per = {name: summary([r[f"{model}_miou"] for r in rows if r["precision"] == name and r["seed"] in done])
+               for name in PRECISIONS} if done else {}
+        if per:
+            diff = per["bf16"]["mean"] - per["fp32"]["mean"]
+            tol = max(per["fp32"]["std"], per["bf16"]["std"])
+            result["check"][model] = {**per, "bf16_minus_fp32": round(diff, 3), "tolerance_one_std": tol,
+                                      "within_one_std": abs(diff) <= tol if len(done) > 1 else None}
     out = RESULTS / f"amp_accuracy_{result['machine']['tag']}_{args.config}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["check"], indent=1))
-    print("wrote", out)
-    return 0
+    print("wrote", out, flush=True)
+    return result
 
 
 if __name__ == "__main__":
