@@ -147,6 +147,33 @@ def _int8_verdict(report: dict[str, Any], int8, reference) -> None:
         report["passed"] = False
 
 
+def check_export_inputs(ckpt, cfg: ExportConfig) -> None:
+    """Everything that can be checked before an export writes anything: the checkpoint's recorded data is where
+    it was (parity reads its validation split, INT8 calibration its training split) and holds enough images.
+    Raises DataError naming the folder that moved."""
+    from nfdseg.config import from_dict
+    from nfdseg.data import build_source
+    from nfdseg.data.config import DataConfig
+    from nfdseg.errors import DataError, NfdsegError
+
+    data_cfg = from_dict(DataConfig, ckpt.config.get("data", {}))
+    splits = [("val", "parity")] + ([("train", "INT8 calibration")] if cfg.int8 else [])
+    for split, why in splits:
+        try:
+            n = len(build_source(data_cfg, split))
+        except (NfdsegError, OSError) as e:
+            raise DataError(f"the checkpoint's {split} data cannot be read, and the export needs it for {why}",
+                            seen=f"{data_cfg.format} data recorded at {getattr(data_cfg, 'root', '?')}: "
+                                 f"{getattr(e, 'what', e)}",
+                            fix="put the dataset back where the checkpoint recorded it (or symlink it there); "
+                                "nothing was written") from None
+        if split == "train" and n < cfg.int8_calib_images:
+            raise DataError(f"INT8 calibration asks for {cfg.int8_calib_images} images but the training split has "
+                            f"only {n}", seen=f"{data_cfg.format} split '{data_cfg.train_split}': {n} images",
+                            fix=f"lower --int8-calib-images to at most {n}, or add training images; nothing was "
+                                "written")
+
+
 def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = ExportConfig(),
                expect_classes: int | None = None) -> dict[str, Any]:
     """Export the student in ckpt_dir to out_dir; returns a summary (paths, sizes, parity verdict)."""
@@ -170,6 +197,7 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
     if expect_classes is not None and expect_classes != ckpt.num_classes:
         raise ArtifactError(f"--num-classes {expect_classes} disagrees with the checkpoint's {ckpt.num_classes} classes",
                             seen=", ".join(ckpt.classes.names[:10]), fix="drop --num-classes or export the right checkpoint")
+    check_export_inputs(ckpt, cfg)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"checkpoint": str(ckpt_dir), "out": str(out), "files": {}}

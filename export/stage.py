@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -46,9 +48,8 @@ def export_key(ckpt_dir: str | Path, cfg) -> str:
     return sha256_json({"student": sha256_file(Path(ckpt_dir) / CHECKPOINT), "export": repr(cfg)})
 
 
-def clear_export_dir(out: Path) -> None:
-    """Empty an earlier export's folder; refuse (ArtifactError) a folder that holds anything an export does not
-    write."""
+def check_export_dir(out: Path) -> None:
+    """Refuse (ArtifactError) an --out that is a file or holds anything an export does not write."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -58,7 +59,31 @@ def clear_export_dir(out: Path) -> None:
     if foreign:
         raise ArtifactError(f"{out} holds files an export does not write, so it is not emptied for this export",
                             seen=", ".join(foreign[:8]), fix="choose an empty or new --out directory")
-    shutil.rmtree(out)
+
+
+def build_then_move(out: Path, build) -> Any:
+    """The one check-then-build-then-move of an export: `build(folder)` writes into a temporary folder beside
+    `out`; only when it returns is the folder moved onto `out` (an earlier export there is replaced in two
+    renames). An error or Ctrl-C removes the temporary folder and leaves `out` as it was: nothing half-made is
+    ever under the export's name."""
+    check_export_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        if (out / "timing.cache").is_file():  # TensorRT's timing cache carries over between builds
+            shutil.copy2(out / "timing.cache", building / "timing.cache")
+        result = build(building)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(building, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return result
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
 
 
 def export_stage(ckpt_dir: str | Path, out_dir: str | Path, cfg, force: bool = False,
@@ -80,11 +105,15 @@ def export_stage(ckpt_dir: str | Path, out_dir: str | Path, cfg, force: bool = F
             return ExportOutcome(record, "up to date")
     if key is None:  # not a checkpoint folder: run_export says so, and nothing here is touched
         run_export(ckpt, out, cfg, expect_classes=expect_classes)
-    clear_export_dir(out)
-    summary = run_export(ckpt, out, cfg, expect_classes=expect_classes)
-    record = {k: v for k, v in summary.items() if k != "parity"} | {"key": key,
-                                                                      "parity_passed": summary["parity"]["passed"]}
-    write_json_atomic(done, record)
+
+    def build(folder: Path) -> dict[str, Any]:
+        summary = run_export(ckpt, folder, cfg, expect_classes=expect_classes) | {"out": str(out)}
+        record = {k: v for k, v in summary.items() if k != "parity"} | {"key": key,
+                                                                          "parity_passed": summary["parity"]["passed"]}
+        write_json_atomic(folder / EXPORT_SUMMARY, record)
+        return summary, record
+
+    summary, record = build_then_move(out, build)
     return ExportOutcome(record, "exported", summary["parity"]["text"])
 
 

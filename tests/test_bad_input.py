@@ -202,3 +202,44 @@ def test_raw_h264_is_accepted_as_video(tmp_path):
         assert len(list(src)) == 5
     finally:
         src.close()
+
+
+# 4. An export checks what it can before writing, builds beside the target and moves into place only when done;
+# serving an export without its parity record warns.
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_export_refuses_before_writing_anything(trained_run, tmp_path):
+    import shutil
+
+    r = _cli("export", trained_run / "student", "--int8", "--int8-calib-images", "100", "--engine", "off",
+             "--out", tmp_path / "e")
+    assert r.returncode == 2 and "training split has only 64" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "e").exists() and _leftovers(tmp_path) == []
+    moved = tmp_path / "student"  # a checkpoint whose dataset folder has gone
+    shutil.copytree(trained_run / "student", moved)
+    record = json.loads((moved / "checkpoint.json").read_text())
+    record["config"]["data"].update(format="folder", root=str(tmp_path / "gone"))
+    (moved / "checkpoint.json").write_text(json.dumps(record))
+    r = _cli("export", moved, "--int8", "--engine", "off", "--out", tmp_path / "e2")
+    assert r.returncode == 2 and "data cannot be read" in r.stderr and "put the dataset back" in r.stderr, r.stderr
+    assert not (tmp_path / "e2").exists() and _leftovers(tmp_path) == []
+
+
+def test_build_then_move_leaves_the_old_export_when_a_build_fails(tmp_path):
+    from nfdseg.export.stage import build_then_move
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.onnx").write_text("old")
+
+    def failing(folder):
+        (folder / "model.onnx").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        build_then_move(out, failing)
+    assert (out / "model.onnx").read_text() == "old" and _leftovers(tmp_path) == []
+    assert build_then_move(out, lambda f: (f / "model.onnx").write_text("new")) == 3
+    assert (out / "model.onnx").read_text() == "new" and _leftovers(tmp_path) == []
