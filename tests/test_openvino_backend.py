@@ -55,7 +55,8 @@ def test_reshape_cache_is_bounded_and_reused(exported):
 
     b = open_backend(exported, backend="openvino", device="cpu", threads=1)
     b.cache_size = 2
-    x = {s: np.random.default_rng(0).standard_normal((1, 3, *s)).astype(np.float32) for s in [(48, 48), (32, 64), (40, 40)]}
+    rng = np.random.default_rng(0)
+    x = {s: rng.standard_normal((1, 3, *s)).astype(np.float32) for s in [(48, 48), (32, 64), (40, 40)]}
     if b.manifest.inputs and b.manifest.inputs[0].dtype == "uint8":
         pytest.skip("this export takes uint8 NHWC input")
     first = b.infer(x[(48, 48)])

@@ -60,8 +60,9 @@ def _candidates(path: Path) -> dict[str, list[Path]]:
 def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
                  **kwargs) -> Backend:
     """Open the artifact at `path` with `backend` (auto | tensorrt | onnxruntime | openvino | torch): the named
-    one, or with auto the first of tensorrt, onnxruntime, torch that has an artifact there and loads (why the others did not is
-    logged); on a CPU with OpenVINO installed too, onnxruntime or OpenVINO by a timed probe (cpu_choice.py).
+    one, or with auto the first of tensorrt, onnxruntime, torch that has an artifact there and loads (why the
+    others did not is logged); on a CPU with OpenVINO installed too, onnxruntime or OpenVINO by a timed probe
+    (cpu_choice.py).
     kwargs: allow_rtx, threads, cuda_graphs, openvino_hint (LATENCY | THROUGHPUT),
     openvino_precision (f32, or "" for the device's default: bf16 on CPUs with AVX512_BF16/AMX)."""
     if backend not in BACKENDS:
@@ -70,8 +71,8 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
         raise ConfigError(f"unknown precision '{precision}'", fix=f"choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and backend == "torch":
         raise ConfigError("the torch backend cannot run INT8", seen="backend torch, precision int8",
-                          fix=f"serve the export directory's {ONNX_INT8} with --backend onnxruntime or openvino (or an INT8 "
-                              "TensorRT engine with --backend tensorrt); `nfdseg export --int8` makes it")
+                          fix=f"serve the export directory's {ONNX_INT8} with --backend onnxruntime or openvino (or an "
+                              "INT8 TensorRT engine with --backend tensorrt); `nfdseg export --int8` makes it")
     path = Path(path)
     cands = _candidates(path)
     order = [backend] if backend != "auto" else ["tensorrt", "onnxruntime", "torch"]
