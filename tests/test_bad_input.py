@@ -202,3 +202,16 @@ def test_raw_h264_is_accepted_as_video(tmp_path):
         assert len(list(src)) == 5
     finally:
         src.close()
+
+
+def test_check_finds_the_checkpoint_of_an_export_written_elsewhere(exported, tmp_path):
+    import shutil
+
+    from nfdseg.artifacts import ONNX_FP32, manifest_path
+    from nfdseg.export.cli import _find_checkpoint
+    from nfdseg.manifest import read_manifest
+
+    elsewhere = tmp_path / "deploy" / "models" / "exp"
+    shutil.copytree(exported, elsewhere)
+    m = read_manifest(manifest_path(elsewhere / ONNX_FP32), expect_kind="onnx")
+    assert _find_checkpoint(elsewhere, m.parent_sha256, m.parent) == exported.parent / "student"
