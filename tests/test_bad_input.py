@@ -215,3 +215,20 @@ def test_check_finds_the_checkpoint_of_an_export_written_elsewhere(exported, tmp
     shutil.copytree(exported, elsewhere)
     m = read_manifest(manifest_path(elsewhere / ONNX_FP32), expect_kind="onnx")
     assert _find_checkpoint(elsewhere, m.parent_sha256, m.parent) == exported.parent / "student"
+
+
+def test_serving_an_export_without_parity_json_warns(exported, tmp_path, caplog):
+    import shutil
+
+    from nfdseg.serve import Segmenter
+
+    bare = tmp_path / "exp"
+    shutil.copytree(exported, bare)
+    (bare / "parity.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        Segmenter(bare, backend="onnxruntime", device="cpu")
+    assert "has no parity.json" in caplog.text and "nfdseg check" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Segmenter(exported, backend="onnxruntime", device="cpu")
+    assert "parity.json" not in caplog.text
