@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nfdseg.artifacts import CHECKPOINT, ONNX_FP32, PARITY_REPORT, manifest_path
+from nfdseg.artifacts import CHECKPOINT, EXPORT_SUMMARY, ONNX_FP32, PARITY_REPORT, manifest_path
 from nfdseg.cliargs import add_out_arg
 
 from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS
@@ -93,7 +93,7 @@ def cmd_check(args) -> int:
         from nfdseg.manifest import read_manifest
 
         m = read_manifest(manifest_path(export_dir / ONNX_FP32), expect_kind="onnx")
-        ckpt = _find_checkpoint(export_dir, m.parent_sha256)
+        ckpt = _find_checkpoint(export_dir, m.parent_sha256, m.parent)
     try:
         from .torch2onnx import load_onnx_checked
     except ModuleNotFoundError as e:  # the runtime-only install has onnxruntime but not onnx
@@ -108,11 +108,30 @@ def cmd_check(args) -> int:
     return 0 if report["passed"] else 1
 
 
-def _find_checkpoint(export_dir: Path, sha: str) -> Path:
+def _recorded_parents(export_dir: Path, parent: str) -> list[Path]:
+    """Where the export says its checkpoint is: the ONNX manifest's parent when it is a path, and the checkpoint
+    folder export_summary.json records (an export written with --out elsewhere is found through these)."""
+    import json
+
+    found = []
+    if parent and Path(parent).is_absolute():
+        found.append(Path(parent) if Path(parent).is_dir() else Path(parent).parent)
+    try:
+        recorded = json.loads((export_dir / EXPORT_SUMMARY).read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded:
+        path = Path(recorded)
+        found.append(path if path.is_absolute() else (Path.cwd() / path))
+    return found
+
+
+def _find_checkpoint(export_dir: Path, sha: str, parent: str = "") -> Path:
     from nfdseg.errors import ArtifactError
     from nfdseg.fsutil import sha256_file
 
-    for cand in [export_dir.parent / "student", export_dir.parent, *export_dir.parent.glob("*/")]:
+    for cand in [*_recorded_parents(export_dir, parent), export_dir.parent / "student", export_dir.parent,
+                 *export_dir.parent.glob("*/")]:
         if (cand / CHECKPOINT).is_file() and sha256_file(cand / CHECKPOINT) == sha:
             return cand
     raise ArtifactError(f"cannot find the checkpoint {export_dir} was exported from",

@@ -200,7 +200,7 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
     check_export_inputs(ckpt, cfg)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    summary: dict[str, Any] = {"checkpoint": str(ckpt_dir), "out": str(out), "files": {}}
+    summary: dict[str, Any] = {"checkpoint": str(ckpt_dir.resolve()), "out": str(out), "files": {}}
     onnx_m = torch2onnx(model, ckpt, sha256_file(ckpt_dir / ckpt.artifact), out / ONNX_FP32, cfg.onnx)
     summary["files"][ONNX_FP32] = file_mb(out / ONNX_FP32)
     fp16_path = None

@@ -244,3 +244,33 @@ def test_build_then_move_leaves_the_old_export_when_a_build_fails(tmp_path):
     assert (out / "model.onnx").read_text() == "old" and _leftovers(tmp_path) == []
     assert build_then_move(out, lambda f: (f / "model.onnx").write_text("new")) == 3
     assert (out / "model.onnx").read_text() == "new" and _leftovers(tmp_path) == []
+
+
+def test_check_finds_the_checkpoint_of_an_export_written_elsewhere(exported, tmp_path):
+    import shutil
+
+    from nfdseg.artifacts import ONNX_FP32, manifest_path
+    from nfdseg.export.cli import _find_checkpoint
+    from nfdseg.manifest import read_manifest
+
+    elsewhere = tmp_path / "deploy" / "models" / "exp"
+    shutil.copytree(exported, elsewhere)
+    m = read_manifest(manifest_path(elsewhere / ONNX_FP32), expect_kind="onnx")
+    assert _find_checkpoint(elsewhere, m.parent_sha256, m.parent) == exported.parent / "student"
+
+
+def test_serving_an_export_without_parity_json_warns(exported, tmp_path, caplog):
+    import shutil
+
+    from nfdseg.serve import Segmenter
+
+    bare = tmp_path / "exp"
+    shutil.copytree(exported, bare)
+    (bare / "parity.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        Segmenter(bare, backend="onnxruntime", device="cpu")
+    assert "has no parity.json" in caplog.text and "nfdseg check" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Segmenter(exported, backend="onnxruntime", device="cpu")
+    assert "parity.json" not in caplog.text

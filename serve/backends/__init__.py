@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from nfdseg.artifacts import (CHECKPOINT, CHECKPOINT_MANIFEST, ENGINE_SUFFIX, ONNX_FILES, ONNX_FP16, ONNX_FP32, ONNX_INT8,
-                              manifest_path)
+                              PARITY_REPORT, manifest_path)
 from nfdseg.errors import RUNTIME_INSTALL_HINT, ArtifactError, ConfigError, MissingDependencyError, NfdsegError
 from nfdseg.manifest import Manifest, read_manifest
 
@@ -99,6 +99,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
             log.info("backend auto -> %s on %s (%s)%s", b.name, b.device, b.precision,
                      f"; skipped {'; '.join(reasons)}" if reasons else "")
         _note_cuda_graphs(b, kwargs)
+        _note_missing_parity(path, name)
         return b
     if artifact_errors:  # e.g. --precision int8 without model.int8.onnx: the fix is an export, not an install
         raise ArtifactError(f"no backend can serve {path}", seen="; ".join(reasons), fix=artifact_errors[0].fix)
@@ -156,6 +157,16 @@ def _open_openvino(files: list[Path], device: str, precision: str, kwargs) -> Ba
 
 _OPENERS = {"tensorrt": _open_tensorrt, "onnxruntime": _open_onnxruntime, "openvino": _open_openvino,
             "torch": _open_torch}
+
+
+def _note_missing_parity(path: Path, backend: str) -> None:
+    """An export folder served without its parity.json was never checked against its checkpoint (an export that
+    stopped half-way, or files copied without it): say so; a checkpoint folder (torch) has no parity record."""
+    folder = path if path.is_dir() else path.parent
+    exported = any((folder / f).is_file() for f in ONNX_FILES.values())
+    if backend != "torch" and exported and not (folder / PARITY_REPORT).is_file():
+        log.warning("%s has no %s: its models were never checked against the checkpoint (an export that stopped "
+                    "half-way?); run `nfdseg check %s` before trusting its results", folder, PARITY_REPORT, folder)
 
 
 def _note_cuda_graphs(b: Backend, kwargs) -> None:
