@@ -154,7 +154,8 @@ def _predict_stream(seg, source: str, out: Path, args, stem: str) -> int:
 def _runtime_args(p) -> None:
     p.add_argument("artifact", help="export directory, .onnx, .engine, or checkpoint directory")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="runtime (default auto: TensorRT, then onnxruntime, then torch; the choice is logged)")
+                   help="runtime (default auto: TensorRT, then on a CPU the faster of onnxruntime and OpenVINO by a "
+                        "timed probe, then torch; the choice is logged)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto); with --backend openvino also "
                         "an OpenVINO device: GPU, NPU, AUTO, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
