@@ -18,7 +18,7 @@ from nfdseg.errors import ArtifactError, InputError
 from nfdseg.manifest import Manifest
 from nfdseg.preprocess import ImageLimits, load_image, prepare_batch, resize_labels
 
-from .backends import open_backend
+from .backends import note_missing_parity, open_backend
 from .backends.base import Backend
 
 if TYPE_CHECKING:
@@ -50,7 +50,9 @@ class Segmenter:
 
     def __init__(self, artifact: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
                  expect_classes: int | None = None, max_pixels: int | None = None, **backend_kwargs: Any):
-        self._attach(open_backend(artifact, backend, device, precision, **backend_kwargs), expect_classes, max_pixels)
+        opened = open_backend(artifact, backend, device, precision, **backend_kwargs)
+        note_missing_parity(Path(artifact), opened.name)
+        self._attach(opened, expect_classes, max_pixels)
 
     @classmethod
     def from_backend(cls, backend: Backend, expect_classes: int | None = None,

@@ -274,3 +274,14 @@ def test_serving_an_export_without_parity_json_warns(exported, tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         Segmenter(exported, backend="onnxruntime", device="cpu")
     assert "parity.json" not in caplog.text
+
+
+def test_an_export_does_not_warn_about_the_parity_record_it_is_writing(trained_run, tmp_path, caplog):
+    """The missing-parity warning is for serving: the export's own parity check opens models whose parity.json
+    does not exist yet, and must not tell the user that something went wrong."""
+    from nfdseg.export.run import ExportConfig, run_export
+
+    with caplog.at_level("WARNING"):
+        run_export(trained_run / "student", tmp_path / "e", ExportConfig(engine="off", fp16=False))
+    assert (tmp_path / "e" / "parity.json").is_file()
+    assert not [r for r in caplog.records if "parity.json" in r.getMessage()]

@@ -99,7 +99,6 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
             log.info("backend auto -> %s on %s (%s)%s", b.name, b.device, b.precision,
                      f"; skipped {'; '.join(reasons)}" if reasons else "")
         _note_cuda_graphs(b, kwargs)
-        _note_missing_parity(path, name)
         return b
     if artifact_errors:  # e.g. --precision int8 without model.int8.onnx: the fix is an export, not an install
         raise ArtifactError(f"no backend can serve {path}", seen="; ".join(reasons), fix=artifact_errors[0].fix)
@@ -159,9 +158,11 @@ _OPENERS = {"tensorrt": _open_tensorrt, "onnxruntime": _open_onnxruntime, "openv
             "torch": _open_torch}
 
 
-def _note_missing_parity(path: Path, backend: str) -> None:
+def note_missing_parity(path: Path, backend: str) -> None:
     """An export folder served without its parity.json was never checked against its checkpoint (an export that
-    stopped half-way, or files copied without it): say so; a checkpoint folder (torch) has no parity record."""
+    stopped half-way, or files copied without it): say so; a checkpoint folder (torch) has no parity record.
+    Called where an export is *served* (Segmenter), not by open_backend: the export's own parity check opens the
+    models of a folder whose parity.json it is about to write."""
     folder = path if path.is_dir() else path.parent
     exported = any((folder / f).is_file() for f in ONNX_FILES.values())
     if backend != "torch" and exported and not (folder / PARITY_REPORT).is_file():
