@@ -39,6 +39,22 @@ def import_openvino():
     return openvino
 
 
+_CORE = None
+_CORE_LOCK = threading.Lock()
+
+
+def shared_core():
+    """The process's one `openvino.Core`: creating a second Core and querying it can crash the process with a
+    segmentation fault (openvinotoolkit/openvino#35338; ultralytics reuses one Core for the same reason), and a
+    Core holds plugins and caches that every model may share."""
+    global _CORE
+    ov = import_openvino()
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = ov.Core()
+        return _CORE
+
+
 def openvino_device(device: str, found: list[str]) -> str:
     """The OpenVINO device string for the project's `device`: auto/cpu -> CPU; CUDA names are refused; any other
     string must name devices OpenVINO found here (one error listing them otherwise)."""
@@ -88,7 +104,7 @@ class OpenVinoBackend(Backend):
             raise ConfigError(f"unknown OpenVINO performance hint '{hint}'", fix=f"choose one of {', '.join(HINTS)}")
         if cache_size < 1:
             raise ConfigError("cache_size must be at least 1", seen=str(cache_size))
-        self.core = ov.Core()
+        self.core = shared_core()
         self.found = list(self.core.available_devices)
         self.ov_device = openvino_device(device, self.found)
         self.version = ov.__version__
