@@ -208,3 +208,12 @@ def test_auto_without_openvino_is_onnxruntime_unprobed(exported, tmp_path, monke
     out = _copy_export(exported, tmp_path)
     assert open_backend(out, backend="auto", device="cpu").name == "onnxruntime"
     assert not (out / cc.CHOICE_FILE).exists()
+
+
+def test_every_backend_shares_one_openvino_core(exported, ov_seg):
+    """A second openvino.Core in one process can crash it with SIGSEGV (openvinotoolkit/openvino#35338; this suite
+    died so in CI): every backend, and the `auto` probe's, uses the process's one Core."""
+    from nfdseg.serve.backends import open_backend
+
+    again = open_backend(exported, backend="openvino", device="cpu", threads=1)
+    assert again.core is ov_seg.backend.core is shared_core()
