@@ -196,8 +196,10 @@ def _open_target(report: dict[str, Any], path: Path, backend: str, device: str, 
             _not_run(report, path.name, e.what)
             return None
         if backend == "openvino":
-            _not_run(report, label, f"skipped: OpenVINO not installed ({OPENVINO_INSTALL_HINT} to check it)"
-                     if isinstance(e, MissingDependencyError) else f"OpenVINO cannot serve it: {e.what}" + (f" ({e.seen})" if e.seen else ""))
+            why = (f"skipped: OpenVINO not installed ({OPENVINO_INSTALL_HINT} to check it)"
+                   if isinstance(e, MissingDependencyError)
+                   else f"OpenVINO cannot serve it: {e.what}" + (f" ({e.seen})" if e.seen else ""))
+            _not_run(report, label, why)
             return None
         # an ONNX file we produced that onnxruntime cannot load is a failure
         report["failures"].append({"artifact": label, "rule": f"cannot be loaded: {e.what}",

@@ -7,8 +7,8 @@ OpenVINO as is (GPU, GPU.1, NPU, AUTO, HETERO:GPU,CPU, ...) after checking that 
 (GPU/NPU plugins want static shapes); on the CPU batch 1 is compiled static and larger batches once per input
 size with a dynamic batch dimension, so a MicroBatcher's batches of 1..max_batch images cost two compiles per size
 (about 0.85 s each for DeepLabV3-MobileNetV3 at 360x480 here), not one per batch size evicting each other. The
-last `cache_size` compiled shapes stay. Each compiled model keeps a pool of infer requests taken under a lock, so several threads
-(MicroBatcher, Segmenter.stream) may call `infer` at once: one request per concurrent call.
+last `cache_size` compiled shapes stay. Each compiled model keeps a pool of infer requests taken under a lock, so
+several threads (MicroBatcher, Segmenter.stream) may call `infer` at once: one request per concurrent call.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ class OpenVinoBackend(Backend):
                 compiled = self.core.compile_model(model, self.ov_device, self._config())
             except Exception as e:
                 raise ArtifactError(f"OpenVINO cannot compile {self.path.name} for {self.ov_device} at input "
-                                    f"{list(shape)}" + (" (-1: any batch)" if shape[0] == -1 else ""), seen=f"{type(e).__name__}: {str(e)[:300]}",
+                                    f"{list(shape)}" + (" (-1: any batch)" if shape[0] == -1 else ""),
+                                    seen=f"{type(e).__name__}: {str(e)[:300]}",
                                     fix="serve with --backend onnxruntime, or another --device") from None
             entry = self._cache[shape] = _Compiled(compiled)
             self.compiles += 1
