@@ -138,13 +138,7 @@ class Pipeline:
 
         out = self.out / BENCH_REPORT
         export = self.out / "export"
-        targets = [("onnxruntime", export / ONNX_FP32, "fp32"), ("onnxruntime", export / ONNX_FP16, "fp16"),
-                   ("torch", self.deployed_dir, "auto")]
-        if (export / ONNX_INT8).is_file():  # only when the export made (and kept) one
-            targets.insert(2, ("onnxruntime", export / ONNX_INT8, "int8"))
-        engines = sorted((self.out / "export").glob("*.engine"))
-        if engines:
-            targets.insert(0, ("tensorrt", engines[0], "auto"))
+        targets = bench_target_list(export, self.deployed_dir)
         batches = DEFAULT_BATCHES
         budget = self.bench_budget(len(targets) * len(batches))
         key = sha256_json({"export": json.loads((self.out / "export" / EXPORT_SUMMARY).read_text())["key"],
@@ -194,6 +188,18 @@ class Pipeline:
         self._line(6, "report", "done", f"{self.out / REPORT_MD}; deployable: {deploy}", time.perf_counter() - t0)
         print(f"\n{self.choice.message}", flush=True)
         return report
+
+
+def bench_target_list(export: Path, deployed_dir: Path) -> list[tuple[str, Path, str]]:
+    """(backend, artifact, precision) the bench stage times: the first engine, the ONNX models on onnxruntime, the
+    fp32 and INT8 models on OpenVINO (where it is not installed its rows say so in bench.json and report.md), and
+    the deployed checkpoint on torch. model.int8.onnx only when the export made (and kept) one."""
+    int8 = (export / ONNX_INT8).is_file()
+    targets = [("onnxruntime", export / ONNX_FP32, "fp32"), ("onnxruntime", export / ONNX_FP16, "fp16")]
+    targets += [("onnxruntime", export / ONNX_INT8, "int8")] if int8 else []
+    targets += [("openvino", export / ONNX_FP32, "fp32")] + ([("openvino", export / ONNX_INT8, "int8")] if int8 else [])
+    engines = sorted(export.glob("*.engine"))
+    return [("tensorrt", e, "auto") for e in engines[:1]] + targets + [("torch", deployed_dir, "auto")]
 
 
 def pipeline_export_config(cfg, out: Path, engine: str | None = None):

@@ -119,7 +119,7 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
         cost["deployed (baseline)"] = model_cost(deployed_dir)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
-        "versions": runtime_versions("torch", "onnx", "onnxruntime", "numpy"),
+        "versions": runtime_versions("torch", "onnx", "onnxruntime", "openvino", "numpy"),
         "wall_time_s": round(wall_s, 1), "stages": status, "miou": miou,
         "nfd_gain_over_baseline": round(miou["student_nfd"] - miou["baseline"], 3) if baseline else None,
         "teacher_lead": teacher_lead(miou["teacher"], miou["baseline"]).to_json() if baseline else None,

@@ -22,8 +22,10 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs internet)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="runtime (default auto)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+                   help="runtime (default auto: TensorRT, then on a CPU the faster of onnxruntime and OpenVINO by a "
+                        "timed probe, then torch; the page shows which runs)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto); with --backend openvino also "
+                        "an OpenVINO device: GPU, NPU, AUTO, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: fp16 on GPU, fp32 on CPU; int8: the export's model.int8.onnx (the page shows which runs)")
     p.set_defaults(func=cmd_demo)

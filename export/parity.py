@@ -1,4 +1,5 @@
-"""Parity: torch vs ONNX (onnxruntime) vs FP16 ONNX vs engine, on the checkpoint's validation images.
+"""Parity: torch vs ONNX (onnxruntime, and OpenVINO for fp32/INT8) vs FP16 ONNX vs engine, on the checkpoint's
+validation images. OpenVINO's rows read "skipped: OpenVINO not installed" where it is not.
 
 Per artifact: max and p99 absolute logit error against the checkpoint (or, where torch is not installed,
 the fp32 ONNX model, said in the report), label-map pixel agreement at the model's output size, and mIoU
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from nfdseg.artifacts import ONNX_FILES, ONNX_FP32
+from nfdseg.artifacts import ONNX_FILES, ONNX_FP32, ONNX_INT8
 from nfdseg.config import from_dict
 from nfdseg.errors import ArtifactError, EngineNotRunnableHere, MissingDependencyError
 from nfdseg.manifest import Manifest, read_manifest
@@ -158,40 +159,58 @@ def _new_report(ref: Reference, budget: ParityBudget) -> dict[str, Any]:
             "not_run": [], "passed": True, "failures": []}
 
 
-def parity_targets(export_dir: Path) -> list[tuple[Path, str, str]]:
-    """(file, device, label) to compare: each ONNX model on the CPU provider, and again on the CUDA provider
-    where onnxruntime offers it (on a GPU machine `auto` serves model.fp16.onnx there, so that pairing must
-    pass), then each engine (its precision from its manifest)."""
+OPENVINO_LABEL = "OpenVINO CPU"  # OpenVINO rows: "<file> (OpenVINO CPU)"; fp32 and INT8 (FP16 is for GPUs)
+
+
+def parity_targets(export_dir: Path) -> list[tuple[Path, str, str, str]]:
+    """(file, backend, device, label) to compare: each ONNX model on onnxruntime's CPU provider, and again on the
+    CUDA provider where onnxruntime offers it (on a GPU machine `auto` serves model.fp16.onnx there, so that
+    pairing must pass); model.onnx and model.int8.onnx on OpenVINO's CPU plugin (`auto` on a CPU may serve
+    OpenVINO, which computes and rounds INT8 its own way); then each engine (its precision from its manifest)."""
     onnx_files = [p for p in (export_dir / n for n in ONNX_FILES.values()) if p.is_file()]
-    targets = [(p, "cpu", p.name) for p in onnx_files]
-    targets += [(p, "cuda", f"{p.name} (CUDA provider)") for p in onnx_files if _onnxruntime_lists_cuda()]
-    return targets + [(p, "auto", p.name) for p in sorted(export_dir.glob("*.engine"))]
+    targets = [(p, "onnxruntime", "cpu", p.name) for p in onnx_files]
+    targets += [(p, "onnxruntime", "cuda", f"{p.name} (CUDA provider)") for p in onnx_files
+                if _onnxruntime_lists_cuda()]
+    targets += [(p, "openvino", "cpu", f"{p.name} ({OPENVINO_LABEL})") for p in onnx_files
+                if p.name in (ONNX_FP32, ONNX_INT8)]
+    return targets + [(p, "tensorrt", "auto", p.name) for p in sorted(export_dir.glob("*.engine"))]
 
 
-def _open_target(report: dict[str, Any], path: Path, device: str, label: str, engine_allow_rtx: bool):
+def _not_run(report: dict[str, Any], label: str, reason: str) -> None:
+    report["not_run"].append({"artifact": label, "reason": reason})
+    log.warning("parity: %s not run: %s", label, reason)
+
+
+def _open_target(report: dict[str, Any], path: Path, backend: str, device: str, label: str, engine_allow_rtx: bool):
     """The backend for one target, or None with the reason recorded (not run here, or a failure)."""
     from nfdseg.serve.backends import open_backend
+    from nfdseg.serve.backends.openvino_backend import OPENVINO_INSTALL_HINT
 
     try:
-        backend = open_backend(path, "tensorrt" if path.suffix == ".engine" else "onnxruntime", device=device,
-                               allow_rtx=engine_allow_rtx)
+        opened = open_backend(path, backend, device=device, allow_rtx=engine_allow_rtx)
     except (MissingDependencyError, ArtifactError) as e:
-        # Only an engine may be skipped, and only because TensorRT or a matching GPU is absent here;
-        # an ONNX file we produced that cannot be loaded is a failure.
-        if path.suffix == ".engine" and _engine_cannot_run_here(e):
-            report["not_run"].append({"artifact": path.name, "reason": e.what})
-            log.warning("parity: %s not run: %s", path.name, e.what)
+        # An engine is skipped only because TensorRT or a matching GPU is absent here. OpenVINO is an optional
+        # runtime: absent, or unable to compile a model onnxruntime serves (then `auto` serves onnxruntime and
+        # `--backend openvino` stops with the same error), its rows say so instead of failing the export.
+        if backend == "tensorrt" and _engine_cannot_run_here(e):
+            _not_run(report, path.name, e.what)
             return None
-        report["failures"].append({"artifact": path.name, "rule": f"cannot be loaded: {e.what}",
+        if backend == "openvino":
+            why = (f"skipped: OpenVINO not installed ({OPENVINO_INSTALL_HINT} to check it)"
+                   if isinstance(e, MissingDependencyError)
+                   else f"OpenVINO cannot serve it: {e.what}" + (f" ({e.seen})" if e.seen else ""))
+            _not_run(report, label, why)
+            return None
+        # an ONNX file we produced that onnxruntime cannot load is a failure
+        report["failures"].append({"artifact": label, "rule": f"cannot be loaded: {e.what}",
                                    "worst_images": [], "classes_most_changed": []})
         report["passed"] = False
         return None
-    if device == "cuda" and not backend.device.startswith("cuda"):
-        report["not_run"].append({"artifact": label, "reason": backend.fallback})
-        log.warning("parity: %s not run: %s", label, backend.fallback)
-        backend.close()
+    if device == "cuda" and not opened.device.startswith("cuda"):
+        _not_run(report, label, opened.fallback)
+        opened.close()
         return None
-    return backend
+    return opened
 
 
 def score_backend(backend, label: str, ref: Reference, budget: ParityBudget) -> dict[str, Any]:
@@ -264,11 +283,12 @@ def run_parity(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = ParityBu
     report = _new_report(ref, budget)
     report["onnxruntime_cuda"] = ("checked" if _onnxruntime_lists_cuda()
                                   else "not offered by the onnxruntime installed here")
-    for path, device, label in parity_targets(export_dir):
-        if ref.name == path.name and device == "cpu":
+    report["openvino"] = _openvino_status()
+    for path, runtime, device, label in parity_targets(export_dir):
+        if ref.name == path.name and runtime == "onnxruntime" and device == "cpu":
             report["not_run"].append({"artifact": path.name, "reason": "it is the reference (torch not installed)"})
             continue
-        backend = _open_target(report, path, device, label, engine_allow_rtx)
+        backend = _open_target(report, path, runtime, device, label, engine_allow_rtx)
         if backend is None:
             continue
         res = score_backend(backend, label, ref, budget)
@@ -285,6 +305,22 @@ def _onnxruntime_lists_cuda() -> bool:
     except ImportError:
         return False
     return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _openvino_status() -> str:
+    """What the report says about OpenVINO: its version when its rows ran, else why they did not."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from nfdseg.serve.backends.openvino_backend import import_openvino
+
+    try:
+        import_openvino()
+    except MissingDependencyError:
+        return "skipped: OpenVINO not installed"
+    try:
+        return f"checked on {OPENVINO_LABEL} (openvino {version('openvino')})"
+    except PackageNotFoundError:
+        return f"checked on {OPENVINO_LABEL}"
 
 
 def _engine_cannot_run_here(e: Exception) -> bool:

@@ -324,7 +324,7 @@ def run_bench(seg: Segmenter, batch_sizes: Sequence[int], concurrency: Sequence[
     budget = budget or (_fixed(iters) if iters else BenchBudget())
     load_budget = load_budget or (_fixed(requests, budget.warmup) if requests else budget)
     report = {"segmenter": seg.describe(), "machine": {"platform": platform.platform(), "processor": platform.processor()},
-              "versions": runtime_versions("numpy", "onnxruntime", "tensorrt", "torch"),
+              "versions": runtime_versions("numpy", "onnxruntime", "openvino", "tensorrt", "torch"),
               "budget": {"batches": asdict(budget), "concurrency": asdict(load_budget)},
               "batches": bench_batches(seg, batch_sizes, budget, progress=progress)}
     if concurrency:

@@ -41,7 +41,9 @@ class Segmenter:
 
     Args:
         artifact: export directory, .onnx, .engine, or checkpoint directory.
-        backend: auto | tensorrt | onnxruntime | torch. device: auto | cpu | cuda.
+        backend: auto | tensorrt | onnxruntime | openvino | torch (auto on a CPU: the faster of onnxruntime and
+            OpenVINO by a timed probe). device: auto | cpu | cuda; with openvino also an OpenVINO device string
+            (GPU, NPU, AUTO, ...). backend_kwargs: see open_backend (threads, openvino_hint, ...).
         expect_classes: refuse the artifact unless it has this many classes (a deployment's guard).
         max_pixels: refuse images larger than this many pixels.
 

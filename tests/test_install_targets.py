@@ -298,3 +298,25 @@ def test_the_tensorrt_hint_installs_the_build_for_the_drivers_cuda(resolver, cud
 def test_jetson_without_its_index_fails_instead_of_taking_a_cpu_build(resolver):
     r, _ = resolver.result("jetson-without-index")
     assert r.returncode != 0 and "onnxruntime-gpu" in r.stderr and "No matching distribution" in r.stderr, r.stderr
+
+
+def _aarch64(glibc_minor: int) -> list[str]:
+    """pip's platform tags for a Linux aarch64 machine with glibc 2.<glibc_minor>: every manylinux tag it accepts,
+    as pip lists them on such a machine (pip does not expand one --platform tag to the older ones)."""
+    tags = ["linux_aarch64", "manylinux2014_aarch64",
+            *(f"manylinux_2_{m}_aarch64" for m in range(glibc_minor, 16, -1))]
+    return ["--only-binary=:all:", *(a for t in tags for a in ("--platform", t)),
+            "--python-version", "3.10", "--implementation", "cp"]
+
+
+def test_openvino_extra_resolves_on_aarch64_without_torch(tmp_path, nfdseg_wheel):
+    """`nfdseg[openvino]` on an ARM board (Python 3.10): OpenVINO's aarch64 wheels need glibc 2.31 or newer, so it
+    resolves on Ubuntu 22.04 / JetPack 6 (glibc 2.35) with no torch and no onnxruntime, and on a glibc-2.17
+    (manylinux2014-only) system it stops with a clear resolver error instead of an old OpenVINO."""
+    wheel = f"nfdseg[openvino] @ {nfdseg_wheel.as_uri()}"
+    dists = _resolve([*_aarch64(35), "--target", str(tmp_path / "t"), wheel], tmp_path)
+    assert "openvino" in dists and int(dists["openvino"]["version"].split(".")[0]) >= 2024
+    assert "torch" not in dists and onnxruntime_builds(dists) == [], sorted(dists)
+    r = _pip(["--only-binary=:all:", "--platform", "manylinux2014_aarch64", "--python-version", "3.10",
+              "--implementation", "cp", "--target", str(tmp_path / "t2"), wheel])
+    assert r.returncode != 0 and "openvino>=2024.0" in r.stderr, r.stderr[-2000:]

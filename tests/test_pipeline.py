@@ -2,6 +2,7 @@
 foreign output directories are refused, and a failed write never leaves a complete-looking artifact."""
 
 import errno
+import importlib.util
 import json
 import os
 import subprocess
@@ -61,7 +62,13 @@ def test_report_matches_manifests(run_dir):
     assert rep["cost"]["student"]["params_m"] == pytest.approx(s.metrics["params"] / 1e6, abs=1e-4)
     assert rep["cost"]["student"]["gflops"] > 0
     backends = {row["backend"] for row in rep["bench"]}
-    assert {"onnxruntime", "torch"} <= backends
+    assert {"onnxruntime", "torch", "openvino"} <= backends
+    ov_rows = [row for row in rep["bench"] if row["backend"] == "openvino"]
+    if importlib.util.find_spec("openvino"):  # timed (or left out to fit the budget, said), its version recorded
+        assert "openvino" in rep["versions"] and all("error" not in row for row in ov_rows)
+        assert "| openvino | model.onnx |" in (run_dir / "report.md").read_text()
+    else:
+        assert all("OpenVINO, which is not installed" in row["error"] for row in ov_rows)
     assert rep["bench_budget"]["total_s"] == 4.0 and rep["bench_budget"]["min_iters"] == 2
     assert all(row["infer"]["n"] >= 2 for row in rep["bench"] if "infer" in row), "the minimum count is honoured"
     assert "Bench budget 4 s" in (run_dir / "report.md").read_text()

@@ -1,0 +1,99 @@
+"""parity.json's OpenVINO rows (issue 28): model.onnx and model.int8.onnx on OpenVINO's CPU plugin under the same
+gates as onnxruntime's (fp32: pixel agreement with the checkpoint; INT8: |ΔmIoU|), written by `nfdseg export`, run
+by `nfdseg check` without torch, and a "skipped: OpenVINO not installed" row where it is not installed."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from nfdseg.errors import ArtifactError
+from nfdseg.export.parity import ParityBudget, run_parity
+
+OV_FP32, OV_INT8 = "model.onnx (OpenVINO CPU)", "model.int8.onnx (OpenVINO CPU)"
+
+
+def _rows(report):
+    return {r["artifact"]: r for r in report["results"]}
+
+
+def _block_openvino(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+
+
+def test_export_writes_openvino_rows_for_fp32_and_int8(trained_run, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'nfdseg[openvino]')")
+    from nfdseg.export.run import ExportConfig, run_export
+
+    out = tmp_path / "export"
+    summary = run_export(trained_run / "student", out, ExportConfig(engine="off", fp16=False, int8=True,
+                                                                    int8_calib_images=8))
+    report = json.loads((out / "parity.json").read_text())
+    rows = _rows(report)
+    assert report["openvino"].startswith("checked on OpenVINO CPU (openvino ")
+    fp32 = rows[OV_FP32]
+    assert fp32["precision"] == "fp32" and fp32["backend"]["backend"] == "openvino"
+    assert fp32["backend"]["device"] == "CPU" and fp32["rule"].startswith("pixel agreement")
+    assert fp32["pixel_agreement_pct"] >= 99.9 and fp32["passed"]
+    assert (out / "model.int8.onnx").is_file(), summary["parity"]["text"]
+    int8 = rows[OV_INT8]
+    assert int8["precision"] == "int8" and int8["backend"]["artifact"].endswith("model.int8.onnx")
+    assert int8["rule"].startswith("|ΔmIoU|") and int8["passed"] == (abs(int8["delta_miou"]) <= 1.0)
+    assert OV_INT8 in summary["parity"]["text"] and OV_FP32 in summary["parity"]["text"]
+
+
+def test_openvino_rows_are_gated_like_the_others(exported, trained_run):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'nfdseg[openvino]')")
+    report = run_parity(exported, trained_run / "student", ParityBudget(fp32_min_agreement=100.01, max_images=4))
+    assert not report["passed"]
+    assert any(f["artifact"] == OV_FP32 and "pixel agreement" in f["rule"] for f in report["failures"])
+
+
+def test_without_openvino_the_rows_say_skipped(exported, trained_run, monkeypatch):
+    _block_openvino(monkeypatch)
+    report = run_parity(exported, trained_run / "student", ParityBudget(max_images=2))
+    assert report["openvino"] == "skipped: OpenVINO not installed"
+    skipped = {n["artifact"]: n["reason"] for n in report["not_run"]}
+    assert skipped[OV_FP32].startswith("skipped: OpenVINO not installed (pip install 'nfdseg[openvino]'")
+    assert report["passed"] and OV_FP32 not in _rows(report)
+
+
+def test_a_model_openvino_cannot_compile_is_reported_not_failed(exported, trained_run, monkeypatch):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'nfdseg[openvino]')")
+    import nfdseg.serve.backends.openvino_backend as ovb
+
+    def broken(self, *a, **k):
+        raise ArtifactError("OpenVINO cannot compile model.onnx for CPU at input [1, 3, 48, 48]", seen="planted")
+
+    monkeypatch.setattr(ovb.OpenVinoBackend, "__init__", broken)
+    report = run_parity(exported, trained_run / "student", ParityBudget(max_images=2))
+    reason = {n["artifact"]: n["reason"] for n in report["not_run"]}[OV_FP32]
+    assert reason.startswith("OpenVINO cannot serve it: OpenVINO cannot compile") and "planted" in reason
+
+
+def test_check_without_torch_runs_the_openvino_rows(exported, tmp_path):
+    """The runtime-only install (no torch): `nfdseg check` compares with model.onnx on onnxruntime, and still runs
+    OpenVINO's rows."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'nfdseg[openvino]')")
+    out = tmp_path / "export"
+    shutil.copytree(exported, out)
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from nfdseg.app.cli import main\n"
+            f"sys.exit(main(['check', r'{out}', '--parity-images', '4']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "parity.json").read_text())
+    assert report["reference"] == "model.onnx" and report["torch_miou"] is None
+    assert _rows(report)[OV_FP32]["passed"] and OV_FP32 in r.stdout
