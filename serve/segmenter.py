@@ -19,6 +19,7 @@ from nfdseg.manifest import Manifest
 from nfdseg.preprocess import ImageLimits, load_image, prepare_batch, resize_labels
 
 from .backends import note_missing_parity, open_backend
+from .backends.parity_record import note_refused_runtime
 from .backends.base import Backend
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class Segmenter:
                  expect_classes: int | None = None, max_pixels: int | None = None, **backend_kwargs: Any):
         opened = open_backend(artifact, backend, device, precision, **backend_kwargs)
         note_missing_parity(Path(artifact), opened.name)
+        note_refused_runtime(opened)
         self._attach(opened, expect_classes, max_pixels)
 
     @classmethod

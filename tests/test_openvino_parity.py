@@ -54,11 +54,37 @@ def test_export_writes_openvino_rows_for_fp32_and_int8(trained_run, tmp_path):
     assert OV_INT8 in summary["parity"]["text"] and OV_FP32 in summary["parity"]["text"]
 
 
-def test_openvino_rows_are_gated_like_the_others(exported, trained_run):
+def test_an_openvino_row_over_budget_refuses_openvino_for_that_file_not_the_export(exported, trained_run, tmp_path,
+                                                                                     monkeypatch, caplog):
+    """onnxruntime serves the files within budget, OpenVINO does not: the export stands; parity.json lists OpenVINO
+    as refused for the file, `auto` never picks it there, and `--backend openvino` serves it with a loud warning."""
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'nfdseg[openvino]')")
-    report = run_parity(exported, trained_run / "student", ParityBudget(fp32_min_agreement=100.01, max_images=4))
-    assert not report["passed"]
-    assert any(f["artifact"] == OV_FP32 and "pixel agreement" in f["rule"] for f in report["failures"])
+    import nfdseg.export.parity as parity
+    from nfdseg.serve import Segmenter
+    from nfdseg.serve.backends import cpu_choice
+
+    real_judge = parity.judge
+
+    def openvino_breaks(res, budget):  # as if OpenVINO's plugin rounded this model beyond the budget
+        ok, rule = real_judge(res, budget)
+        return (False, rule.replace("passed", "FAILED")) if "OpenVINO" in res["artifact"] else (ok, rule)
+
+    monkeypatch.setattr(parity, "judge", openvino_breaks)
+    out = tmp_path / "export"
+    shutil.copytree(exported, out)
+    report = run_parity(out, trained_run / "student", ParityBudget(max_images=4))
+    assert report["passed"] and not report["failures"], report["failures"]
+    assert [(r["file"], r["backend"]) for r in report["refused"]] == [("model.onnx", "openvino")]
+    assert "REFUSED openvino for model.onnx" in parity.format_report(report)
+    (out / "parity.json").write_text(json.dumps(report))
+
+    monkeypatch.setattr(cpu_choice, "probe_ms", lambda b, x, **k: 1.0 if b.name == "openvino" else 50.0)
+    with caplog.at_level("WARNING"):
+        assert Segmenter(out, backend="auto", device="cpu").backend.name == "onnxruntime"
+        assert "OpenVINO broke model.onnx's parity budget" in caplog.text
+        caplog.clear()
+        assert Segmenter(out, backend="openvino", device="cpu").backend.name == "openvino"
+        assert "PARITY: openvino on model.onnx broke its parity budget" in caplog.text
 
 
 def test_without_openvino_the_rows_say_skipped(exported, trained_run, monkeypatch):

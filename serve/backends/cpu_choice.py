@@ -20,6 +20,7 @@ import numpy as np
 from nfdseg.errors import NfdsegError
 
 from .base import Backend
+from .parity_record import parity_refusal
 
 log = logging.getLogger(__name__)
 CHOICE_FILE = "backend_choice.json"
@@ -67,6 +68,10 @@ def prefer_faster_cpu_runtime(ort_backend: Backend, kwargs: dict) -> Backend:
     from .openvino_backend import OpenVinoBackend
 
     f = ort_backend.path
+    refused = parity_refusal(f, "openvino")
+    if refused is not None:
+        log.warning("backend auto -> onnxruntime: OpenVINO broke %s's parity budget at export (%s)", f.name, refused)
+        return ort_backend
     key = f"{_machine()}|onnxruntime {ort.__version__}|openvino {openvino.__version__}|{f.name}|" \
           f"{ort_backend.manifest.sha256[:16]}|threads {kwargs.get('threads', 0)}"
     cache_file = f.parent / CHOICE_FILE
