@@ -1,0 +1,172 @@
+// What stb_image reads differently from Pillow, done as Pillow does it (its PpmImagePlugin, BmpImagePlugin and
+// PngImagePlugin): binary PGM/PPM at any maxval, 32-bit BMP's fourth byte, a PNG that ends without IEND, and
+// image sizes read from the header (so a huge image is "too large", not a failure of the decoder).
+#include "formats.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace {
+
+uint32_t be32(const uint8_t* p) { return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3]; }
+uint32_t le32(const uint8_t* p) { return (uint32_t{p[3]} << 24) | (uint32_t{p[2]} << 16) | (uint32_t{p[1]} << 8) | p[0]; }
+uint32_t le16(const uint8_t* p) { return (uint32_t{p[1]} << 8) | p[0]; }
+
+bool is_png(const Bytes& b) {
+  static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  return b.size() >= 8 && std::equal(sig, sig + 8, b.begin());
+}
+
+bool is_space(uint8_t c) { return std::strchr(" \t\n\v\f\r", c) && c != 0; }
+
+}  // namespace
+
+bool header_size(const Bytes& b, long long& w, long long& h) {
+  if (is_png(b) && b.size() >= 24 && std::memcmp(&b[12], "IHDR", 4) == 0) {
+    w = be32(&b[16]);
+    h = be32(&b[20]);
+    return true;
+  }
+  if (b.size() >= 26 && b[0] == 'B' && b[1] == 'M') {
+    const uint32_t hsz = le32(&b[14]);
+    if (hsz == 12) {
+      w = le16(&b[18]);
+      h = le16(&b[20]);
+      return true;
+    }
+    if (hsz >= 40) {
+      w = static_cast<int32_t>(le32(&b[18]));
+      h = std::llabs(static_cast<int32_t>(le32(&b[22])));  // negative: stored top-down
+      return true;
+    }
+  }
+  if (b.size() >= 10 && (std::memcmp(b.data(), "GIF87a", 6) == 0 || std::memcmp(b.data(), "GIF89a", 6) == 0)) {
+    w = le16(&b[6]);
+    h = le16(&b[8]);
+    return true;
+  }
+  return false;
+}
+
+bool bmp_fourth_byte_is_padding(const Bytes& b) {
+  // Pillow reads a 32-bit BI_RGB (uncompressed) BMP as BGRX: the fourth byte is padding, not alpha. Alpha
+  // comes only with BI_BITFIELDS and an alpha mask (stb_image agrees there).
+  if (b.size() < 34 || b[0] != 'B' || b[1] != 'M' || le32(&b[14]) < 40) return false;
+  return le16(&b[28]) == 32 && le32(&b[30]) == 0;
+}
+
+// ---- binary PGM (P5) and PPM (P6) ------------------------------------------------------------------------------
+
+bool is_binary_pnm(const Bytes& b) { return b.size() >= 2 && b[0] == 'P' && (b[1] == '5' || b[1] == '6'); }
+
+// PpmImageFile._read_token: whitespace-separated, '#' to the end of the line is a comment, at most 10 bytes.
+static bool pnm_token(const Bytes& b, size_t& at, long long& value, std::string& why) {
+  std::string token;
+  while (token.size() <= 10 && at < b.size()) {
+    const uint8_t c = b[at++];
+    if (is_space(c)) {
+      if (token.empty()) continue;
+      break;
+    }
+    if (c == '#') {
+      while (at < b.size() && b[at] != '\r' && b[at] != '\n') ++at;
+      if (at < b.size()) ++at;
+      continue;
+    }
+    token += static_cast<char>(c);
+  }
+  if (token.empty()) { why = "Reached EOF while reading header"; return false; }
+  if (token.size() > 10) { why = "Token too long in file header: " + token; return false; }
+  if (!std::all_of(token.begin(), token.end(), ::isdigit)) { why = "invalid number in header: " + token; return false; }
+  value = std::stoll(token);
+  return true;
+}
+
+bool pnm_header(const Bytes& b, PnmHeader& h, std::string& why) {
+  h.bands = b[1] == '6' ? 3 : 1;
+  if (b.size() > 2 && !is_space(b[2])) { why = "not a PPM file"; return false; }  // Pillow: magic, whitespace
+  size_t at = 2;
+  long long w = 0, ht = 0, maxval = 0;
+  if (!pnm_token(b, at, w, why) || !pnm_token(b, at, ht, why) || !pnm_token(b, at, maxval, why)) return false;
+  if (!(maxval > 0 && maxval < 65536)) { why = "maxval must be greater than 0 and less than 65536"; return false; }
+  if (w < 1 || ht < 1) { why = "size " + std::to_string(w) + "x" + std::to_string(ht); return false; }
+  h.width = w;
+  h.height = ht;
+  h.maxval = static_cast<int>(maxval);
+  h.data = at;
+  return true;
+}
+
+bool decode_pnm(const Bytes& b, const PnmHeader& h, Image& img, std::string& why) {
+  const int maxval = h.maxval, bands = h.bands;
+  const size_t n = static_cast<size_t>(h.width) * h.height;
+  const int in_bytes = maxval < 256 ? 1 : 2;
+  if (b.size() - h.data < n * bands * in_bytes) {
+    why = "image file is truncated (" + std::to_string(b.size() - h.data) + " of " +
+          std::to_string(n * bands * in_bytes) + " bytes of pixels)";
+    return false;
+  }
+  const uint8_t* p = &b[h.data];
+  auto sample = [&](size_t i) -> uint32_t { return in_bytes == 1 ? p[i] : (uint32_t{p[2 * i]} << 8) | p[2 * i + 1]; };
+  // Pillow: a grayscale file with maxval > 255 is mode I (0-65535): maxval 65535 read as is, others scaled by
+  // min(65535, round(v / maxval * 65535)); other files are scaled to 0-255 the same way unless maxval is 255.
+  const bool wide = bands == 1 && maxval > 255;
+  const double out_max = wide ? 65535.0 : 255.0;
+  std::vector<uint32_t> v(n * bands);
+  for (size_t i = 0; i < v.size(); ++i) {
+    const uint32_t s = sample(i);
+    if (maxval == 255 || (maxval == 65535 && wide)) v[i] = s;
+    else v[i] = static_cast<uint32_t>(std::min(out_max, std::nearbyint(static_cast<double>(s) / maxval * out_max)));
+  }  // std::nearbyint rounds half to even, as Python's round
+  img.width = static_cast<int>(h.width);
+  img.height = static_cast<int>(h.height);
+  img.channels = 3;
+  img.pixels.resize(n * 3);
+  if (wide) {  // nfdseg's I mode: scaled by its peak (65535, or 255 when no value exceeds 255)
+    const double peak = *std::max_element(v.begin(), v.end()) > 255 ? 65535.0 : 255.0;
+    for (size_t i = 0; i < n; ++i)
+      std::fill_n(&img.pixels[3 * i], 3, static_cast<uint8_t>(std::min(255.0, v[i] / peak * 255.0 + 0.5)));
+  } else {
+    for (size_t i = 0; i < n; ++i)
+      for (int c = 0; c < 3; ++c) img.pixels[3 * i + c] = static_cast<uint8_t>(v[bands == 3 ? 3 * i + c : i]);
+  }
+  return true;
+}
+
+// ---- PNG without IEND --------------------------------------------------------------------------------------------
+
+bool png_without_iend(const Bytes& b, Bytes& repaired, std::string& why) {
+  if (!is_png(b)) return false;
+  bool idat = false;
+  size_t at = 8, data_end = 0;  // data_end: where the last chunk's data ends, when the file ends after it
+  while (b.size() - at >= 8) {    // fewer bytes left: the end, or a partial chunk header (Pillow stops there)
+    const size_t len = be32(&b[at]), left = b.size() - at - 8;
+    const std::string type(b.begin() + at + 4, b.begin() + at + 8);
+    if (type == "IEND") return false;  // complete: stb_image reads it as it is
+    idat = idat || type == "IDAT";
+    if (len + 4 <= left) {
+      at += 12 + len;
+      continue;
+    }
+    // The file ends inside this chunk. Its CRC: Pillow does not check it. Its data: Pillow still reads the
+    // image when the cut falls in the last IDAT's zlib checksum (4 bytes; it stops once it has every row);
+    // anywhere else the file is truncated for it too.
+    if (len > left && (type != "IDAT" || len - left > 4)) {
+      why = "image file is truncated (it ends inside its " + type + " chunk)";
+      return true;
+    }
+    data_end = at + 8 + len;
+    break;
+  }
+  if (!idat) return false;  // no image data: stb_image says what is missing
+  static const uint8_t iend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82};
+  if (data_end) {  // zeros for the missing checksum bytes and CRC, which stb_image does not verify
+    repaired.assign(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(std::min(data_end, b.size())));
+    repaired.resize(data_end + 4, 0);
+  } else {
+    repaired.assign(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(at));
+  }
+  repaired.insert(repaired.end(), iend, iend + 12);
+  return true;
+}

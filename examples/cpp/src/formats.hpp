@@ -1,0 +1,30 @@
+// Image formats read as Pillow reads them where stb_image differs (see formats.cpp).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "image.hpp"
+
+using Bytes = std::vector<uint8_t>;
+
+// The size a PNG, BMP or GIF header declares (before any pixel is decoded); false for other formats.
+bool header_size(const Bytes& b, long long& w, long long& h);
+
+// A 32-bit uncompressed (BI_RGB) BMP: Pillow reads its fourth byte as padding (BGRX), not as alpha.
+bool bmp_fourth_byte_is_padding(const Bytes& b);
+
+// Binary PGM (P5) and PPM (P6) at any maxval 1-65535, scaled as Pillow's PpmDecoder and nfdseg do.
+struct PnmHeader {
+  long long width = 0, height = 0;
+  int maxval = 255, bands = 1;
+  size_t data = 0;  // offset of the first pixel
+};
+bool is_binary_pnm(const Bytes& b);
+bool pnm_header(const Bytes& b, PnmHeader& h, std::string& why);
+bool decode_pnm(const Bytes& b, const PnmHeader& h, Image& img, std::string& why);
+
+// A PNG whose chunks end without IEND (a download cut short after the image data), which Pillow reads:
+// true with `repaired` (the same chunks and an IEND) to decode, or true with `why` when the cut fell inside
+// the data, as Pillow refuses it; false for any other file.
+bool png_without_iend(const Bytes& b, Bytes& repaired, std::string& why);
