@@ -186,6 +186,42 @@ def test_png_cut_short_is_read_or_refused_as_pillow_does(cpp_program, tmp_path):
     assert_same_as_python(cpp_program, probe, readable, tmp_path / "out2", min_classes=20)
 
 
+def test_corrupt_headers_and_short_bmps_are_refused_as_pillow_refuses_them(cpp_program, tmp_path):
+    """Pillow checks the CRC and type of every PNG chunk before the image data, and that a BMP holds all its
+    rows (stb_image does neither: it decoded them); after the image data it stops at a chunk it cannot parse."""
+    import io
+
+    from PIL import PngImagePlugin
+
+    from nfdseg.errors import InputError
+    from nfdseg.preprocess import load_image
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "a text chunk before the image data")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(buf, "PNG", pnginfo=info)
+    png = buf.getvalue()
+    at = png.index(b"tEXt")
+    refused = {"bad_crc.png": png[:at + 6] + bytes([png[at + 6] ^ 1]) + png[at + 7:],
+               "bad_type.png": png[:at] + b"t$Xt" + png[at + 4:]}
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (21, 31, 3), dtype=np.uint8)).save(buf, "BMP")
+    refused["short.bmp"] = buf.getvalue()[:-10]
+    readable = {"garbage_after_idat.png": png[:-12] + b"\x00\x00\x00\x05@@@@ trailing"}
+    for name, data in {**refused, **readable}.items():
+        (tmp_path / name).write_bytes(data)
+    for name in refused:
+        with pytest.raises(InputError):
+            load_image(tmp_path / name)
+    probe = make_probe_export(tmp_path / "probe")
+    proc = run_cpp(cpp_program, probe, *(tmp_path / n for n in refused), "--out", tmp_path / "out", expect_rc=1)
+    assert "bad header checksum in tEXt" in proc.stderr and "broken PNG file (chunk t$Xt)" in proc.stderr
+    assert "short.bmp: not a readable image" in proc.stderr and "image file is truncated" in proc.stderr
+    assert proc.stderr.count("error: ") == 3, proc.stderr
+    assert_same_as_python(cpp_program, probe, [tmp_path / n for n in readable], tmp_path / "out2", min_classes=20)
+
+
 def test_huge_png_is_too_large_not_unknown(cpp_program, probe_copy, tmp_path):
     """A 20000x20000 PNG header (a decompression bomb): "too large", naming the limit, in C++ and Python."""
     import struct

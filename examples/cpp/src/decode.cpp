@@ -158,7 +158,7 @@ Image load_image(const std::string& path) {
     return finish(img, bytes, path);
   }
   Bytes repaired;  // a PNG without IEND, completed as Pillow reads it
-  if (png_without_iend(bytes, repaired, why) && !why.empty()) throw fail(why);
+  if ((png_as_pillow(bytes, repaired, why) || bmp_truncated(bytes, why)) && !why.empty()) throw fail(why);
   const Bytes& data = repaired.empty() ? bytes : repaired;
   const int len = static_cast<int>(std::min<size_t>(data.size(), INT32_MAX));
   int w = 0, h = 0, comp = 0;

@@ -4,13 +4,15 @@
 #include "formats.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 namespace {
 
-uint32_t be32(const uint8_t* p) { return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3]; }
-uint32_t le32(const uint8_t* p) { return (uint32_t{p[3]} << 24) | (uint32_t{p[2]} << 16) | (uint32_t{p[1]} << 8) | p[0]; }
+uint32_t be32(const uint8_t* p) { return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3]; }
+uint32_t le32(const uint8_t* p) { return uint32_t{p[3]} << 24 | uint32_t{p[2]} << 16 | uint32_t{p[1]} << 8 | p[0]; }
 uint32_t le16(const uint8_t* p) { return (uint32_t{p[1]} << 8) | p[0]; }
 
 bool is_png(const Bytes& b) {
@@ -19,6 +21,17 @@ bool is_png(const Bytes& b) {
 }
 
 bool is_space(uint8_t c) { return std::strchr(" \t\n\v\f\r", c) && c != 0; }
+
+std::string printable(const std::string& s) {  // bytes from a broken file, safe to print: \xNN for the rest
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7f) { out += static_cast<char>(c); continue; }
+    char hex[5];
+    std::snprintf(hex, sizeof hex, "\\x%02x", c);
+    out += hex;
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -56,6 +69,30 @@ bool bmp_fourth_byte_is_padding(const Bytes& b) {
   return le16(&b[28]) == 32 && le32(&b[30]) == 0;
 }
 
+bool bmp_truncated(const Bytes& b, std::string& why) {
+  if (b.size() < 26 || b[0] != 'B' || b[1] != 'M') return false;
+  const uint32_t hsz = le32(&b[14]);
+  long long w = 0, h = 0, bits = 0, compression = 0, colors = 0;
+  if (hsz == 12) {
+    w = le16(&b[18]), h = le16(&b[20]), bits = le16(&b[24]);
+  } else if (hsz >= 40 && b.size() >= 50) {
+    w = static_cast<int32_t>(le32(&b[18])), h = std::llabs(static_cast<int32_t>(le32(&b[22])));
+    bits = le16(&b[28]), compression = le32(&b[30]), colors = le32(&b[46]);
+  } else {
+    return false;
+  }
+  if ((compression != 0 && compression != 3) || w <= 0 || bits <= 0 || bits > 32) return false;  // RLE: stb's
+  // Pillow's raw decoder needs every row, padded to 4 bytes, from the data offset (moved past the palette when
+  // the offset points at the palette, as BmpImagePlugin does).
+  long long offset = le32(&b[10]);
+  if (offset == 14 + hsz && bits <= 8) offset += (hsz == 12 ? 3 : 4) * (colors ? colors : 1LL << bits);
+  const long long stride = ((w * bits + 31) >> 3) & ~3LL, need = offset + stride * h;
+  if (static_cast<long long>(b.size()) >= need) return false;
+  why = "image file is truncated (" + std::to_string(std::max(0LL, static_cast<long long>(b.size()) - offset)) +
+        " of " + std::to_string(stride * h) + " bytes of pixels)";
+  return true;
+}
+
 // ---- binary PGM (P5) and PPM (P6) ------------------------------------------------------------------------------
 
 bool is_binary_pnm(const Bytes& b) { return b.size() >= 2 && b[0] == 'P' && (b[1] == '5' || b[1] == '6'); }
@@ -77,8 +114,11 @@ static bool pnm_token(const Bytes& b, size_t& at, long long& value, std::string&
     token += static_cast<char>(c);
   }
   if (token.empty()) { why = "Reached EOF while reading header"; return false; }
-  if (token.size() > 10) { why = "Token too long in file header: " + token; return false; }
-  if (!std::all_of(token.begin(), token.end(), ::isdigit)) { why = "invalid number in header: " + token; return false; }
+  if (token.size() > 10) { why = "Token too long in file header: " + printable(token); return false; }
+  if (!std::all_of(token.begin(), token.end(), ::isdigit)) {
+    why = "invalid number in header: " + printable(token);
+    return false;
+  }
   value = std::stoll(token);
   return true;
 }
@@ -134,26 +174,56 @@ bool decode_pnm(const Bytes& b, const PnmHeader& h, Image& img, std::string& why
   return true;
 }
 
-// ---- PNG without IEND --------------------------------------------------------------------------------------------
+// ---- PNG: header checksums, and a file that ends without IEND ----------------------------------------------------
 
-bool png_without_iend(const Bytes& b, Bytes& repaired, std::string& why) {
+static uint32_t crc32(const uint8_t* p, size_t n, uint32_t crc = 0) {  // zlib's crc32, as PNG uses it
+  static uint32_t table[256];
+  static const bool ready = [] {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      table[i] = c;
+    }
+    return true;
+  }();
+  (void)ready;
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+static bool is_chunk_type(const std::string& t) {  // PngStream.read: re.match(rb"\w\w\w\w", cid)
+  return std::all_of(t.begin(), t.end(), [](unsigned char c) { return std::isalnum(c) || c == '_'; });
+}
+
+bool png_as_pillow(const Bytes& b, Bytes& repaired, std::string& why) {
   if (!is_png(b)) return false;
   bool idat = false;
   size_t at = 8, data_end = 0;  // data_end: where the last chunk's data ends, when the file ends after it
   while (b.size() - at >= 8) {    // fewer bytes left: the end, or a partial chunk header (Pillow stops there)
     const size_t len = be32(&b[at]), left = b.size() - at - 8;
     const std::string type(b.begin() + at + 4, b.begin() + at + 8);
+    if (!is_chunk_type(type)) {
+      if (idat) break;  // after the image data Pillow stops reading chunks there
+      why = "broken PNG file (chunk " + printable(type) + ")";
+      return true;
+    }
     if (type == "IEND") return false;  // complete: stb_image reads it as it is
     idat = idat || type == "IDAT";
+    // Pillow checks the CRC of every chunk before the image data (stb_image of none)
+    if (!idat && len + 4 <= left && crc32(&b[at + 8], len, crc32(&b[at + 4], 4)) != be32(&b[at + 8 + len])) {
+      why = "broken PNG file (bad header checksum in " + printable(type) + ")";
+      return true;
+    }
     if (len + 4 <= left) {
       at += 12 + len;
       continue;
     }
-    // The file ends inside this chunk. Its CRC: Pillow does not check it. Its data: Pillow still reads the
-    // image when the cut falls in the last IDAT's zlib checksum (4 bytes; it stops once it has every row);
-    // anywhere else the file is truncated for it too.
-    if (len > left && (type != "IDAT" || len - left > 4)) {
-      why = "image file is truncated (it ends inside its " + type + " chunk)";
+    // The file ends inside this chunk. Its CRC: Pillow does not check it after the image data. Its data:
+    // Pillow still reads the image when the cut falls in the last IDAT's zlib checksum (4 bytes; it stops once
+    // it has every row); anywhere else the file is truncated for it too.
+    if (!idat || (len > left && (type != "IDAT" || len - left > 4))) {
+      why = "image file is truncated (it ends inside its " + printable(type) + " chunk)";
       return true;
     }
     data_end = at + 8 + len;

@@ -24,7 +24,10 @@ bool is_binary_pnm(const Bytes& b);
 bool pnm_header(const Bytes& b, PnmHeader& h, std::string& why);
 bool decode_pnm(const Bytes& b, const PnmHeader& h, Image& img, std::string& why);
 
-// A PNG whose chunks end without IEND (a download cut short after the image data), which Pillow reads:
-// true with `repaired` (the same chunks and an IEND) to decode, or true with `why` when the cut fell inside
-// the data, as Pillow refuses it; false for any other file.
-bool png_without_iend(const Bytes& b, Bytes& repaired, std::string& why);
+// A BMP (uncompressed or bitfields) shorter than its rows: Pillow refuses it, stb_image would read zeros.
+bool bmp_truncated(const Bytes& b, std::string& why);
+
+// A PNG checked as Pillow checks it: true with `why` when Pillow refuses it (a bad chunk type or CRC before the
+// image data, a cut inside the image data); true with `repaired` (the same chunks and an IEND) when it ends
+// without IEND (a download cut short after the image data), which Pillow reads; false otherwise.
+bool png_as_pillow(const Bytes& b, Bytes& repaired, std::string& why);

@@ -211,7 +211,7 @@ int run(const Args& a) {
                       "pass another --out (a writable directory)");
   nlohmann::json report = {{"artifact", m.path}, {"backend", backend->describe()}, {"repeat", a.repeat},
                            {"images", nlohmann::json::array()}};
-  const std::map<std::string, std::string> stems = output_stems(a.images);
+  const auto stems = output_stems(a.images);
   for (const auto& [path, stem] : stems)
     if (stem != fs::path(path).stem().string())
       std::cout << "output name: " << path << " -> " << stem << "_* (another image has the same name)\n";
