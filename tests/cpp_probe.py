@@ -165,6 +165,21 @@ def make_pillow_cases(out: Path) -> dict[str, list[Path]]:
             values.flat[5] = min(maxval + 1, 255 if maxval < 256 else 65535)
             cases["pnm"].append(_pnm(out / f"{magic}_max{maxval}.{'pgm' if magic == 'P5' else 'ppm'}", magic,
                                      values, maxval, comment=maxval == 100))
+    for magic, shape, maxval in (("P2", (23, 31), 255), ("P2", (23, 31), 1000), ("P3", (23, 31, 3), 15)):
+        values = rng.integers(0, maxval + 1, shape)
+        values.flat[0] = maxval
+        tokens = [str(v) for v in values.ravel()]
+        tokens[7] += "\n# a comment inside the data\n"
+        lines = "\n".join(" ".join(tokens[i:i + 17]) for i in range(0, len(tokens), 17))
+        path = out / f"{magic}_plain_max{maxval}.{'pgm' if magic == 'P2' else 'ppm'}"
+        path.write_text(f"{magic}\n# plain text\n{shape[1]} {shape[0]}\n{maxval}\n{lines}\n")
+        cases["pnm"].append(path)
+    bits = rng.integers(0, 2, (21, 29)).astype(np.uint8)
+    cases["pnm"].append(out / "bitmap_plain.pbm")
+    rows = ["".join(map(str, r[:10])) + " " + " ".join(map(str, r[10:])) for r in bits]  # spaces are optional
+    cases["pnm"][-1].write_text("P1\n29 21\n" + "\n".join(rows) + "\n")
+    cases["pnm"].append(out / "bitmap.pbm")
+    cases["pnm"][-1].write_bytes(b"P4\n29 21\n" + np.packbits(bits, axis=1).tobytes())
     small = rng.integers(0, 200, (27, 35))  # maxval 65535 and every value <= 255: nfdseg scales by 255
     cases["pnm"].append(_pnm(out / "P5_max65535_dark.pgm", "P5", small, 65535))
     bgra = np.dstack([_scene(rng, 33, 27), rng.integers(0, 256, (27, 33), dtype=np.uint8)])

@@ -150,7 +150,7 @@ Image load_image(const std::string& path) {
   long long declared_w = 0, declared_h = 0;  // refuse a huge image before a decoder tries it
   if (header_size(bytes, declared_w, declared_h)) check_size(declared_w, declared_h);
   std::string why;
-  if (is_binary_pnm(bytes)) {
+  if (is_pnm(bytes)) {
     PnmHeader pnm;
     if (!pnm_header(bytes, pnm, why)) throw fail(why);
     check_size(pnm.width, pnm.height);

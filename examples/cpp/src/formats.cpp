@@ -93,13 +93,14 @@ bool bmp_truncated(const Bytes& b, std::string& why) {
   return true;
 }
 
-// ---- binary PGM (P5) and PPM (P6) ------------------------------------------------------------------------------
+// ---- PBM, PGM and PPM, binary (P4-P6) and plain text (P1-P3) ----------------------------------------------------
 
-bool is_binary_pnm(const Bytes& b) { return b.size() >= 2 && b[0] == 'P' && (b[1] == '5' || b[1] == '6'); }
+bool is_pnm(const Bytes& b) { return b.size() >= 2 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6'; }
 
-// PpmImageFile._read_token: whitespace-separated, '#' to the end of the line is a comment, at most 10 bytes.
-static bool pnm_token(const Bytes& b, size_t& at, long long& value, std::string& why) {
-  std::string token;
+// PpmImageFile._read_token (and the plain decoders' tokens): whitespace-separated, '#' up to the end of the line
+// is a comment (also inside a token, which continues after it), at most 10 bytes.
+static bool pnm_token(const Bytes& b, size_t& at, std::string& token, std::string& why, bool header = true) {
+  token.clear();
   while (token.size() <= 10 && at < b.size()) {
     const uint8_t c = b[at++];
     if (is_space(c)) {
@@ -113,10 +114,19 @@ static bool pnm_token(const Bytes& b, size_t& at, long long& value, std::string&
     }
     token += static_cast<char>(c);
   }
-  if (token.empty()) { why = "Reached EOF while reading header"; return false; }
-  if (token.size() > 10) { why = "Token too long in file header: " + printable(token); return false; }
+  if (token.empty()) { why = header ? "Reached EOF while reading header" : "not enough image data"; return false; }
+  if (token.size() > 10) {
+    why = "Token too long in file " + std::string(header ? "header" : "data") + ": " + printable(token);
+    return false;
+  }
+  return true;
+}
+
+static bool pnm_number(const Bytes& b, size_t& at, long long& value, std::string& why, bool header = true) {
+  std::string token;
+  if (!pnm_token(b, at, token, why, header)) return false;
   if (!std::all_of(token.begin(), token.end(), ::isdigit)) {
-    why = "invalid number in header: " + printable(token);
+    why = "invalid number: " + printable(token);
     return false;
   }
   value = std::stoll(token);
@@ -124,11 +134,14 @@ static bool pnm_token(const Bytes& b, size_t& at, long long& value, std::string&
 }
 
 bool pnm_header(const Bytes& b, PnmHeader& h, std::string& why) {
-  h.bands = b[1] == '6' ? 3 : 1;
+  h.magic = static_cast<char>(b[1]);
+  h.bands = h.magic == '3' || h.magic == '6' ? 3 : 1;
   if (b.size() > 2 && !is_space(b[2])) { why = "not a PPM file"; return false; }  // Pillow: magic, whitespace
   size_t at = 2;
-  long long w = 0, ht = 0, maxval = 0;
-  if (!pnm_token(b, at, w, why) || !pnm_token(b, at, ht, why) || !pnm_token(b, at, maxval, why)) return false;
+  long long w = 0, ht = 0, maxval = 1;
+  if (!pnm_number(b, at, w, why) || !pnm_number(b, at, ht, why)) return false;
+  const bool bitmap = h.magic == '1' || h.magic == '4';
+  if (!bitmap && !pnm_number(b, at, maxval, why)) return false;
   if (!(maxval > 0 && maxval < 65536)) { why = "maxval must be greater than 0 and less than 65536"; return false; }
   if (w < 1 || ht < 1) { why = "size " + std::to_string(w) + "x" + std::to_string(ht); return false; }
   h.width = w;
@@ -138,27 +151,68 @@ bool pnm_header(const Bytes& b, PnmHeader& h, std::string& why) {
   return true;
 }
 
-bool decode_pnm(const Bytes& b, const PnmHeader& h, Image& img, std::string& why) {
-  const int maxval = h.maxval, bands = h.bands;
-  const size_t n = static_cast<size_t>(h.width) * h.height;
+// The samples as Pillow holds them: 0-255 (mode 1, L, RGB) or 0-65535 (mode I: grayscale with maxval > 255).
+static bool pnm_samples(const Bytes& b, const PnmHeader& h, bool wide, std::vector<uint32_t>& v, std::string& why) {
+  const size_t n = v.size();
+  const int maxval = h.maxval;
+  const double out_max = wide ? 65535.0 : 255.0;
+  const auto scaled = [&](uint32_t s) {  // min(out_max, round(s / maxval * out_max)); nearbyint: half to even
+    return static_cast<uint32_t>(std::min(out_max, std::nearbyint(static_cast<double>(s) / maxval * out_max)));
+  };
+  size_t at = h.data;
+  if (h.magic == '1') {  // '0' white, '1' black, whitespace optional, comments skipped
+    size_t i = 0;
+    while (at < b.size()) {
+      const uint8_t c = b[at++];
+      if (is_space(c)) continue;
+      if (c == '#') {
+        while (at < b.size() && b[at] != '\r' && b[at] != '\n') ++at;
+        continue;
+      }
+      if (c != '0' && c != '1') {
+        why = "Invalid token for this mode: " + printable(std::string(1, static_cast<char>(c)));
+        return false;
+      }
+      if (i < n) v[i++] = c == '0' ? 255 : 0;  // Pillow checks every character it read, the rest too
+    }
+    if (i < n) { why = "not enough image data"; return false; }
+    return true;
+  }
+  if (h.magic == '2' || h.magic == '3') {  // decimal samples; above maxval is an error here
+    long long value = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (!pnm_number(b, at, value, why, false)) return false;
+      if (value > maxval) { why = "Channel value too large for this mode: " + std::to_string(value); return false; }
+      v[i] = scaled(static_cast<uint32_t>(value));
+    }
+    return true;
+  }
+  const size_t stride = h.magic == '4' ? (static_cast<size_t>(h.width) + 7) / 8 : 0;  // bits, rows padded to bytes
   const int in_bytes = maxval < 256 ? 1 : 2;
-  if (b.size() - h.data < n * bands * in_bytes) {
-    why = "image file is truncated (" + std::to_string(b.size() - h.data) + " of " +
-          std::to_string(n * bands * in_bytes) + " bytes of pixels)";
+  const size_t need = h.magic == '4' ? stride * h.height : n * in_bytes;
+  if (b.size() - at < need) {
+    why = "image file is truncated (" + std::to_string(b.size() - at) + " of " + std::to_string(need) +
+          " bytes of pixels)";
     return false;
   }
-  const uint8_t* p = &b[h.data];
-  auto sample = [&](size_t i) -> uint32_t { return in_bytes == 1 ? p[i] : (uint32_t{p[2 * i]} << 8) | p[2 * i + 1]; };
-  // Pillow: a grayscale file with maxval > 255 is mode I (0-65535): maxval 65535 read as is, others scaled by
-  // min(65535, round(v / maxval * 65535)); other files are scaled to 0-255 the same way unless maxval is 255.
-  const bool wide = bands == 1 && maxval > 255;
-  const double out_max = wide ? 65535.0 : 255.0;
-  std::vector<uint32_t> v(n * bands);
-  for (size_t i = 0; i < v.size(); ++i) {
-    const uint32_t s = sample(i);
-    if (maxval == 255 || (maxval == 65535 && wide)) v[i] = s;
-    else v[i] = static_cast<uint32_t>(std::min(out_max, std::nearbyint(static_cast<double>(s) / maxval * out_max)));
-  }  // std::nearbyint rounds half to even, as Python's round
+  const uint8_t* p = &b[at];
+  for (size_t i = 0; i < n; ++i) {
+    if (h.magic == '4') {
+      const size_t y = i / h.width, x = i % h.width;
+      v[i] = (p[y * stride + x / 8] >> (7 - x % 8)) & 1 ? 0 : 255;  // "1;I": a set bit is black
+      continue;
+    }
+    const uint32_t s = in_bytes == 1 ? p[i] : uint32_t{p[2 * i]} << 8 | p[2 * i + 1];
+    v[i] = maxval == 255 || (maxval == 65535 && wide) ? s : scaled(s);  // raw, or Pillow's PpmDecoder
+  }
+  return true;
+}
+
+bool decode_pnm(const Bytes& b, const PnmHeader& h, Image& img, std::string& why) {
+  const size_t n = static_cast<size_t>(h.width) * h.height;
+  const bool wide = h.bands == 1 && h.maxval > 255;  // Pillow's mode I
+  std::vector<uint32_t> v(n * h.bands);
+  if (!pnm_samples(b, h, wide, v, why)) return false;
   img.width = static_cast<int>(h.width);
   img.height = static_cast<int>(h.height);
   img.channels = 3;
@@ -169,7 +223,7 @@ bool decode_pnm(const Bytes& b, const PnmHeader& h, Image& img, std::string& why
       std::fill_n(&img.pixels[3 * i], 3, static_cast<uint8_t>(std::min(255.0, v[i] / peak * 255.0 + 0.5)));
   } else {
     for (size_t i = 0; i < n; ++i)
-      for (int c = 0; c < 3; ++c) img.pixels[3 * i + c] = static_cast<uint8_t>(v[bands == 3 ? 3 * i + c : i]);
+      for (int c = 0; c < 3; ++c) img.pixels[3 * i + c] = static_cast<uint8_t>(v[h.bands == 3 ? 3 * i + c : i]);
   }
   return true;
 }

@@ -14,13 +14,15 @@ bool header_size(const Bytes& b, long long& w, long long& h);
 // A 32-bit uncompressed (BI_RGB) BMP: Pillow reads its fourth byte as padding (BGRX), not as alpha.
 bool bmp_fourth_byte_is_padding(const Bytes& b);
 
-// Binary PGM (P5) and PPM (P6) at any maxval 1-65535, scaled as Pillow's PpmDecoder and nfdseg do.
+// PBM, PGM and PPM, binary (P4-P6) and plain text (P1-P3), at any maxval 1-65535, scaled as Pillow's
+// PpmDecoder / PpmPlainDecoder and nfdseg do.
 struct PnmHeader {
+  char magic = '6';  // '1'-'6'
   long long width = 0, height = 0;
   int maxval = 255, bands = 1;
   size_t data = 0;  // offset of the first pixel
 };
-bool is_binary_pnm(const Bytes& b);
+bool is_pnm(const Bytes& b);
 bool pnm_header(const Bytes& b, PnmHeader& h, std::string& why);
 bool decode_pnm(const Bytes& b, const PnmHeader& h, Image& img, std::string& why);
 
