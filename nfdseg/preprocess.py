@@ -7,6 +7,7 @@ same arithmetic, so a served model sees exactly what it was trained on.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -136,6 +137,11 @@ def load_image(
             img = apply_exif_orientation(img)
         except InputError:
             raise
+        except Image.DecompressionBombError as e:  # Pillow refuses > 2x its MAX_IMAGE_PIXELS when opening
+            n = re.search(r"\((\d+) pixels\)", str(e))
+            raise InputError(f"{label}: image is too large",
+                             seen=f"{n[1] + ' pixels' if n else e}, limit {limits.max_pixels}",
+                             fix="downscale it, or raise the max_pixels limit") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             seen = f"{type(e).__name__}: {e}"
             if name and isinstance(src, (str, Path)):  # PIL quotes the path; the caller's name replaces it

@@ -81,7 +81,9 @@ def output_stems(sources: Iterable[Any]) -> dict[str, str]:
 
 def segment_video(seg: "Segmenter", source: Any, job: VideoJob, stem: str | None = None) -> dict[str, Any]:
     """Segment `source` as `job` says; returns the stream summary (frames, dropped, fps, p50/p99 ms per stage:
-    decode, preprocess, infer, post, encode, latency) with the files written. A file that cannot be decoded raises
+    decode, preprocess, infer, post, encode, latency) with the files written, and `resized` (None, or the frames a
+    source that changed resolution mid-way had scaled to fit the overlay video: VideoWriter.resized; label maps
+    keep each frame's own size). A file that cannot be decoded raises
     InputError and leaves no output video; a live source that stops (or Ctrl-C) keeps what was processed."""
     from PIL import Image
 
@@ -100,7 +102,8 @@ def segment_video(seg: "Segmenter", source: Any, job: VideoJob, stem: str | None
         for n, (frame, labels, shown) in enumerate(results):
             t = time.perf_counter()
             if writer is not None:
-                writer.write(shown if shown is not None else overlay(frame.image, labels, seg.palette, job.alpha))
+                writer.write(shown if shown is not None else overlay(frame.image, labels, seg.palette, job.alpha),
+                             frame.index)
             if job.labels_every and frame.index % job.labels_every == 0:
                 labels_dir.mkdir(exist_ok=True)
                 Image.fromarray(labels).save(labels_dir / f"{frame.name}.png")
@@ -126,7 +129,7 @@ def segment_video(seg: "Segmenter", source: Any, job: VideoJob, stem: str | None
     summary = stats.summary()
     summary["latency_ms"].update(percentiles({"encode_ms": encode_ms}))  # the plain loop's includes the overlay
     summary.update(source=src.label, output_stem=stem, live=src.live, pipelined=job.pipelined, interrupted=interrupted,
-                   video=str(video) if video else None,
+                   video=str(video) if video else None, resized=writer.resized if writer is not None else None,
                    labels_dir=str(labels_dir) if job.labels_every and labels_dir.is_dir() else None)
     return summary
 
@@ -179,6 +182,12 @@ def format_summary(s: dict[str, Any]) -> str:
         tail.append(f"  stopped early: {s['stopped']}")
     if s.get("interrupted"):
         tail.append("  stopped by Ctrl-C")
+    if s.get("resized"):
+        r = s["resized"]
+        sizes = ", ".join(f"{k} x{n}" for k, n in r["sizes"].items())
+        tail.append(f"  resolution changed at frame {r['first_frame']}: {r['frames']} frames "
+                    f"({sizes}) scaled to fit the {r['video_size'][0]}x{r['video_size'][1]} overlay video "
+                    "(aspect kept, black bars; label maps at each frame's own size)")
     if s.get("video"):
         tail.append(f"  wrote {s['video']}" + (f" and label maps in {s['labels_dir']}" if s.get("labels_dir") else ""))
     return "\n".join([head, *tail])

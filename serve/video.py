@@ -305,17 +305,44 @@ class VideoWriter:
         self._tmp = self._atomic.__enter__()
         self._out = self._stream = None
         self._on_frame: Callable | None = None
+        self.size_hw: tuple[int, int] | None = None  # the first frame's size: the video's
+        self.resized: dict[str, Any] | None = None  # frames of another size, letterboxed into size_hw
 
-    def write(self, rgb: np.ndarray) -> None:
+    def write(self, rgb: np.ndarray, index: int | None = None) -> None:
+        """Append one RGB frame (`index`: its number in the source, for messages). A frame whose size differs
+        from the first one's (a stream that changed resolution mid-way) is scaled to fit, aspect kept, centred
+        on black: never cropped; the first such frame is logged as a warning and all are counted in `resized`."""
         av = _av()
         if self._out is None:
+            self.size_hw = rgb.shape[:2]
             self._open(rgb.shape[0], rgb.shape[1])
+        if rgb.shape[:2] != self.size_hw:
+            rgb = self._fit(rgb, self.frames if index is None else index)
         h, w = self._stream.height, self._stream.width
         if rgb.shape[:2] != (h, w):  # yuv420p needs even sides: repeat the last row/column
             rgb = np.pad(rgb[:h, :w], ((0, h - min(h, rgb.shape[0])), (0, w - min(w, rgb.shape[1])), (0, 0)), "edge")
         for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
             self._out.mux(packet)
         self.frames += 1
+
+    def _fit(self, rgb: np.ndarray, index: int) -> np.ndarray:
+        from PIL import Image
+
+        (H, W), (h, w) = self.size_hw, rgb.shape[:2]
+        seen = f"{w}x{h}"
+        if self.resized is None:
+            log.warning("%s: frame %d is %s but the video started at %dx%d (the source changed resolution): frames "
+                        "of another size are scaled to fit the overlay video, aspect kept, black bars; label maps "
+                        "keep each frame's own size", self.path.name, index, seen, W, H)
+            self.resized = {"first_frame": index, "video_size": [W, H], "frames": 0, "sizes": {}}
+        self.resized["frames"] += 1
+        self.resized["sizes"][seen] = self.resized["sizes"].get(seen, 0) + 1
+        scale = min(W / w, H / h)
+        nw, nh = max(1, min(W, round(w * scale))), max(1, min(H, round(h * scale)))
+        canvas = np.zeros((H, W, 3), np.uint8)
+        top, left = (H - nh) // 2, (W - nw) // 2
+        canvas[top:top + nh, left:left + nw] = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+        return canvas
 
     def _open(self, h: int, w: int) -> None:
         av = _av()

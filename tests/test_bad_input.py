@@ -285,3 +285,22 @@ def test_an_export_does_not_warn_about_the_parity_record_it_is_writing(trained_r
         run_export(trained_run / "student", tmp_path / "e", ExportConfig(engine="off", fp16=False))
     assert (tmp_path / "e" / "parity.json").is_file()
     assert not [r for r in caplog.records if "parity.json" in r.getMessage()]
+
+
+def test_a_decompression_bomb_is_too_large_not_unreadable(tmp_path):
+    """A 20000x20000 PNG header: Pillow refuses it at open (DecompressionBombError); nfdseg says "too large" with
+    the limit, as for any image over max_pixels (and as the C++ example says)."""
+    import struct
+    import zlib
+
+    from nfdseg.preprocess import load_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="huge.png: image is too large") as e:
+        load_image(huge)
+    assert e.value.seen == "400000000 pixels, limit 64000000" and "downscale" in e.value.fix

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpp_probe import make_images, make_probe_export
+from cpp_probe import make_images, make_pillow_cases, make_probe_export
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "examples" / "cpp" / "build.sh"
@@ -123,6 +123,150 @@ def test_latency_report(cpp_program, tmp_path, images):
     assert report["backend"].startswith("onnxruntime ")
 
 
+# ---- files stb_image reads otherwise than Pillow (issue 27): read as Pillow reads them -------------------------
+
+@pytest.fixture(scope="module")
+def pillow_cases(tmp_path_factory) -> dict[str, list[Path]]:
+    return make_pillow_cases(tmp_path_factory.mktemp("pillow_cases"))
+
+
+def _as_stored(path: Path) -> np.ndarray:
+    """The pixels as stored, without the orientation Pillow's metadata asks for."""
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.mark.parametrize("kind", ["xmp_jpeg", "png_metadata", "pnm", "bmp32", "png_no_iend"])
+def test_files_read_as_pillow_reads_them(cpp_program, pillow_cases, tmp_path, kind):
+    """Orientation from XMP and PNG text, PGM/PPM maxvals, 32-bit BMP padding, PNG without IEND: the C++ labels
+    and overlays equal Segmenter.predict's (each file first shown to be a case where the reading matters)."""
+    from nfdseg.preprocess import load_image
+
+    files = pillow_cases[kind]
+    for path in files:
+        got = load_image(path)
+        if kind in ("xmp_jpeg", "png_metadata"):
+            if got.shape == _as_stored(path).shape and np.array_equal(got, _as_stored(path)):
+                pytest.skip(f"this Pillow ({Image.__version__}) does not apply the orientation of {path.name}")
+        elif kind == "pnm" and "dark" not in path.name:
+            assert got.max() == 255 and got.min() < 255, f"{path.name}: maxval is scaled to white"
+        elif kind == "bmp32":
+            raw = path.read_bytes()
+            assert int.from_bytes(raw[28:30], "little") == 32 and int.from_bytes(raw[30:34], "little") == 0
+            assert Image.open(path).mode == "RGB", "Pillow: BGRX, the fourth byte is padding"
+        elif kind == "png_no_iend":
+            assert b"IEND" not in path.read_bytes()
+    assert_same_as_python(cpp_program, make_probe_export(tmp_path / "probe"), files, tmp_path / "out",
+                          min_classes=20)
+
+
+def test_png_cut_short_is_read_or_refused_as_pillow_does(cpp_program, tmp_path):
+    """A PNG cut at every point of its last 40 bytes: the C++ program reads exactly the ones Pillow reads
+    (IEND, its CRC and the zlib checksum may be missing; the image data may not), with the same labels."""
+    import io
+
+    from nfdseg.errors import InputError
+    from nfdseg.preprocess import load_image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    readable, refused = [], []
+    for cut in range(1, 41):
+        path = tmp_path / f"cut{cut:02d}.png"
+        path.write_bytes(buf.getvalue()[:-cut])
+        try:
+            load_image(path)
+            readable.append(path)
+        except InputError:
+            refused.append(path)
+    assert len(readable) >= 12 and len(refused) >= 12, (len(readable), len(refused))
+    probe = make_probe_export(tmp_path / "probe")
+    proc = run_cpp(cpp_program, probe, *readable, *refused, "--out", tmp_path / "out", expect_rc=1)
+    skipped = {p.name for p in refused + readable if f"{p}: not a readable image" in proc.stdout + proc.stderr}
+    assert skipped == {p.name for p in refused}
+    assert_same_as_python(cpp_program, probe, readable, tmp_path / "out2", min_classes=20)
+
+
+def test_corrupt_headers_and_short_bmps_are_refused_as_pillow_refuses_them(cpp_program, tmp_path):
+    """Pillow checks the CRC and type of every PNG chunk before the image data, and that a BMP holds all its
+    rows (stb_image does neither: it decoded them); after the image data it stops at a chunk it cannot parse."""
+    import io
+
+    from PIL import PngImagePlugin
+
+    from nfdseg.errors import InputError
+    from nfdseg.preprocess import load_image
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "a text chunk before the image data")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(buf, "PNG", pnginfo=info)
+    png = buf.getvalue()
+    at = png.index(b"tEXt")
+    refused = {"bad_crc.png": png[:at + 6] + bytes([png[at + 6] ^ 1]) + png[at + 7:],
+               "bad_type.png": png[:at] + b"t$Xt" + png[at + 4:]}
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (21, 31, 3), dtype=np.uint8)).save(buf, "BMP")
+    refused["short.bmp"] = buf.getvalue()[:-10]
+    readable = {"garbage_after_idat.png": png[:-12] + b"\x00\x00\x00\x05@@@@ trailing"}
+    for name, data in {**refused, **readable}.items():
+        (tmp_path / name).write_bytes(data)
+    for name in refused:
+        with pytest.raises(InputError):
+            load_image(tmp_path / name)
+    probe = make_probe_export(tmp_path / "probe")
+    proc = run_cpp(cpp_program, probe, *(tmp_path / n for n in refused), "--out", tmp_path / "out", expect_rc=1)
+    assert "bad header checksum in tEXt" in proc.stderr and "broken PNG file (chunk t$Xt)" in proc.stderr
+    assert "short.bmp: not a readable image" in proc.stderr and "image file is truncated" in proc.stderr
+    assert proc.stderr.count("error: ") == 3, proc.stderr
+    assert_same_as_python(cpp_program, probe, [tmp_path / n for n in readable], tmp_path / "out2", min_classes=20)
+
+
+def test_huge_png_is_too_large_not_unknown(cpp_program, probe_copy, tmp_path):
+    """A 20000x20000 PNG header (a decompression bomb): "too large", naming the limit, in C++ and Python."""
+    import struct
+    import zlib
+
+    from nfdseg.errors import InputError
+    from nfdseg.preprocess import load_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="image is too large") as e:
+        load_image(huge)
+    assert "400000000 pixels, limit 64000000" in e.value.seen
+    proc = run_cpp(cpp_program, probe_copy, huge, "--out", tmp_path / "out", expect_rc=1)
+    out = proc.stdout + proc.stderr
+    assert "huge.png: image is too large" in out and "20000x20000 = 400000000 pixels, limit 64000000" in out, out
+    assert "unknown image type" not in out
+
+
+def test_images_with_the_same_stem_get_nfdseg_predicts_unique_names(cpp_program, images, tmp_path):
+    """frame.png in two folders, and a right_frame.png: every output kept, named as `nfdseg predict` names it."""
+    from nfdseg.serve import Segmenter
+    from nfdseg.serve.predict_video import output_stems
+
+    srcs = [tmp_path / "left" / "frame.png", tmp_path / "right" / "frame.png", tmp_path / "other" / "right_frame.png"]
+    for src, img in zip(srcs, images):
+        src.parent.mkdir()
+        shutil.copy(img, src)
+    probe = make_probe_export(tmp_path / "probe")
+    proc = run_cpp(cpp_program, probe, *srcs, "--out", tmp_path / "out")
+    stems = output_stems(srcs)
+    assert list(stems.values()) == ["left_frame", "right_frame", "right_frame_2"]
+    seg = Segmenter(probe, backend="onnxruntime", device="cpu")
+    for src in srcs:
+        if stems[str(src)] != src.stem:
+            assert f"output name: {src} -> {stems[str(src)]}_*" in proc.stdout, proc.stdout
+        got = np.asarray(Image.open(tmp_path / "out" / f"{stems[str(src)]}_labels.png"))
+        np.testing.assert_array_equal(got, seg.predict(src).labels)
+    assert len(list((tmp_path / "out").glob("*_labels.png"))) == 3
+
+
 # ---- bad input: one message, a non-zero exit, never a crash ---------------------------------------------------
 
 @pytest.fixture
@@ -196,12 +340,21 @@ def test_unreadable_images_are_skipped_with_a_message(cpp_program, probe_copy, i
         load_image(truncated_jpeg)
     proc = run_cpp(cpp_program, probe_copy, garbage, truncated, truncated_jpeg, tmp_path / "missing.jpg", tiny,
                    tmp_path, images[0], "--out", tmp_path / "out", expect_rc=1)
-    assert proc.stdout.count("skipped: error:") == 6, proc.stdout
-    assert "not a readable image" in proc.stdout and "image file not found" in proc.stdout
-    assert "too small to segment" in proc.stdout
+    # stderr, as manifest errors: one `error:` line per image, each followed by its fix; stdout: results only
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 6 and proc.stderr.count("\n  fix: ") == 6, proc.stderr
+    assert "error" not in proc.stdout and proc.stdout.count(" ms (decode ") == 1, proc.stdout
+    assert "not a readable image" in proc.stderr and "image file not found" in proc.stderr
+    assert "too small to segment" in proc.stderr and "6 of 7 images skipped" in proc.stderr
     assert (tmp_path / "out" / f"{images[0].stem}_labels.png").is_file()  # the good image is still done
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{images[0].stem}_labels.png",
                                                                    f"{images[0].stem}_overlay.png"]
+
+
+def test_unwritable_output_is_one_error(cpp_program, probe_copy, images, tmp_path):
+    (tmp_path / "file").write_text("")
+    err = _error(run_cpp(cpp_program, probe_copy, images[0], "--out", tmp_path / "file" / "out", expect_rc=2))
+    assert "cannot write the output under" in err and "fix: pass another --out" in err
 
 
 def test_bad_options_and_unavailable_runtimes(cpp_program, probe_copy, images):

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("av", reason="PyAV is not installed (pip install 'nfdseg[video]')")
 
-from videofiles import decoded, scene_frames, unknown_codec_avi, write_clip  # noqa: E402
+from videofiles import decoded, resolution_change_ts, scene_frames, unknown_codec_avi, write_clip  # noqa: E402
 
 from nfdseg.errors import InputError  # noqa: E402
 
@@ -149,6 +149,68 @@ def test_video_writer_is_atomic_and_pads_odd_sizes(tmp_path):
             w2.write(frames[0])
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == [tmp_path / "o.mp4"], "an aborted video leaves nothing, not even a temp file"
+
+
+def _fit(img, size_hw):
+    """Independent reference: scale to fit size_hw, aspect kept, centred on black."""
+    from PIL import Image
+
+    (H, W), (h, w) = size_hw, img.shape[:2]
+    s = min(W / w, H / h)
+    nw, nh = round(w * s), round(h * s)
+    out = np.zeros((H, W, 3), np.uint8)
+    out[(H - nh) // 2:(H - nh) // 2 + nh, (W - nw) // 2:(W - nw) // 2 + nw] = np.asarray(
+        Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+    return out
+
+
+def test_video_writer_fits_frames_of_another_size_and_warns_once(tmp_path, caplog):
+    from nfdseg.serve.video import VideoWriter
+
+    first = scene_frames(3, size_hw=(96, 128))
+    wide = scene_frames(4, size_hw=(40, 160), seed=5)  # another aspect: black bars above and below
+    w = VideoWriter(tmp_path / "o.mp4", fps=10)
+    with caplog.at_level("WARNING", logger="nfdseg.serve.video"):
+        for i, f in enumerate(first + wide):
+            w.write(f, index=10 + i)
+    w.close()
+    warnings = [r.getMessage() for r in caplog.records if "changed resolution" in r.getMessage()]
+    assert len(warnings) == 1 and "frame 13 is 160x40" in warnings[0] and "128x96" in warnings[0], warnings
+    assert w.resized == {"first_frame": 13, "video_size": [128, 96], "frames": 4, "sizes": {"160x40": 4}}
+    back = decoded(tmp_path / "o.mp4")
+    assert [b.shape for b in back] == [(96, 128, 3)] * 7
+    want = _fit(wide[2], (96, 128))
+    err = np.abs(back[5].astype(int) - want).mean()
+    cropped = np.abs(back[5][:40].astype(int) - wide[2][:, :128]).mean()
+    assert err < 8 and cropped > 3 * err, (err, cropped)
+    assert back[5][:20].max() < 40 and back[5][-20:].max() < 40, "letterbox bars are black"
+
+
+def test_cli_video_that_changes_resolution_keeps_every_pixel(exported, tmp_path, seg):
+    import json
+
+    from PIL import Image
+
+    ts, frames = resolution_change_ts(tmp_path / "joined.ts")
+    r = _cli("predict", exported, ts, "--backend", "onnxruntime", "--out", tmp_path / "o", "--labels-every", "1",
+             "--json")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("changed resolution") == 1 and "frame 6 is 160x120" in r.stderr, r.stderr
+    assert "resolution changed at frame 6" in r.stdout, r.stdout
+    for i, f in enumerate(frames):  # label maps: each frame's own size and labels
+        labels = np.asarray(Image.open(tmp_path / f"o/joined_labels/frame{i:06d}.png"))
+        np.testing.assert_array_equal(labels, seg.predict(f).labels)
+    back = decoded(tmp_path / "o/joined_overlay.mp4")
+    assert len(back) == 12 and {b.shape for b in back} == {(96, 128, 3)}
+    from nfdseg.preprocess import overlay
+
+    for i in (6, 11):
+        shown = overlay(frames[i], seg.predict(frames[i]).labels, seg.palette, 0.5)
+        err = np.abs(back[i].astype(int) - _fit(shown, (96, 128))).mean()
+        cropped = np.abs(back[i].astype(int) - shown[:96, :128]).mean()
+        assert err < 8 and cropped > 2 * err, (i, err, cropped)
+    summary = json.loads((tmp_path / "o/joined_video.json").read_text())
+    assert summary["resized"] == {"first_frame": 6, "video_size": [128, 96], "frames": 6, "sizes": {"160x120": 6}}
 
 
 def test_bad_videos_give_one_clear_error(tmp_path, clip):

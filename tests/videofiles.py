@@ -64,3 +64,15 @@ def y4m(path: Path, frames, fps: int = 10) -> Path:
             for plane in (y, sub(u), sub(v)):
                 f.write(np.clip(plane + 0.5, 0, 255).astype(np.uint8).tobytes())
     return path
+
+
+def resolution_change_ts(path: Path, n: int = 6) -> tuple[Path, list[np.ndarray]]:
+    """Two H.264 MPEG-TS clips, 128x96 then 160x120 (another scene), concatenated byte for byte: a stream whose
+    resolution changes mid-way (a camera re-negotiating, a recorder's joined files). Returns the file and the
+    decoded frames (n of each size)."""
+    a = write_clip(path.with_suffix(".a.ts"), scene_frames(n, (96, 128)), fmt="mpegts")
+    b = write_clip(path.with_suffix(".b.ts"), scene_frames(n, (120, 160), seed=5), fmt="mpegts")
+    path.write_bytes(a.read_bytes() + b.read_bytes())
+    frames = decoded(path)
+    assert [f.shape[:2] for f in frames] == [(96, 128)] * n + [(120, 160)] * n, [f.shape for f in frames]
+    return path, frames

@@ -7,7 +7,7 @@
 # the library (its symbols are versioned): this script refuses that. Everything else (g++, cmake,
 # nlohmann-json3-dev, libstb-dev) comes from the system (see .ci/run).
 #
-# Usage: examples/cpp/build.sh [extra cmake args, e.g. -DNFDSEG_WITH_TENSORRT=ON]
+# Usage: examples/cpp/build.sh [extra cmake args, e.g. -DNFDSEG_WITH_TENSORRT=ON]   (examples/cpp/README.md)
 # Environment: BUILD_DIR (default examples/cpp/build), PYTHON (the interpreter whose onnxruntime to link),
 #              ORT_INCLUDE_DIR (headers you already have: skips the download), ORT_LIB (a libonnxruntime.so.*),
 #              CUDA_LIB_DIRS (':'-separated CUDA/cuDNN library folders the program preloads for --device cuda;
@@ -23,7 +23,7 @@ mkdir -p "$BUILD"
 
 # Exit status: 0 built, 3 a prerequisite is missing (tests skip on it, with this message), other: a failure.
 die() { echo "error: $1" >&2; [ -n "${2:-}" ] && echo "  fix: $2" >&2; exit 3; }
-APT_HINT="apt-get install g++ cmake nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev (Debian; on Ubuntu libjpeg-turbo8-dev)"
+APT_HINT="apt-get update && apt-get install -y g++ cmake nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev debian-archive-keyring (Debian; on Ubuntu libjpeg-turbo8-dev; see examples/cpp/README.md)"
 for tool in g++ cmake; do
   command -v "$tool" >/dev/null || die "$tool is not installed" "$APT_HINT"
 done
@@ -69,7 +69,7 @@ if [ -z "${ORT_INCLUDE_DIR:-}" ]; then
   if [ ! -f "$ORT_INCLUDE_DIR/onnxruntime_cxx_api.h" ]; then
     command -v apt-get >/dev/null && [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] \
       || die "fetching the ONNX Runtime headers needs apt-get and Debian's archive keyring" \
-        "apt-get install debian-archive-keyring (Ubuntu has it too), or set ORT_INCLUDE_DIR to an ONNX Runtime release's include/"
+        "apt-get update && apt-get install -y debian-archive-keyring (Ubuntu has it too), or set ORT_INCLUDE_DIR to an ONNX Runtime release's include/"
     apt_dir=$(mktemp -d)
     trap 'rm -rf "$apt_dir"' EXIT
     mkdir -p "$apt_dir/parts" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
@@ -100,5 +100,5 @@ lib_minor=$(echo "$lib_version" | cut -d. -f2)
 cmake -S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DORT_INCLUDE_DIR="$ORT_INCLUDE_DIR" \
   -DORT_LIB_DIR="$BUILD/ort/lib" -DNFDSEG_CUDA_LIB_DIRS="$CUDA_LIB_DIRS" "$@" >"$BUILD/cmake.log" 2>&1 || { cat "$BUILD/cmake.log" >&2; exit 1; }
 cmake --build "$BUILD" -j "${JOBS:-2}" >"$BUILD/build.log" 2>&1 || { cat "$BUILD/build.log" >&2; exit 1; }
-echo "built with ONNX Runtime headers API $api ($(cat "$ORT_INCLUDE_DIR/FROM" 2>/dev/null || echo "$ORT_INCLUDE_DIR")), library $lib_version" >&2
+echo "built with ONNX Runtime headers API $api ($(cat "$ORT_INCLUDE_DIR/FROM" 2>/dev/null || echo "$ORT_INCLUDE_DIR")), library $lib_version ($ORT_LIB)" >&2
 echo "$BUILD/nfdseg_cpp"

@@ -5,7 +5,9 @@
 #include <fstream>
 
 #include "error.hpp"
+#include "formats.hpp"
 #include "image.hpp"
+#include "orientation.hpp"
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_NO_HDR
@@ -17,63 +19,6 @@
 #include <jerror.h>  // JWRN_JPEG_EOF
 
 namespace {
-
-// ---- EXIF orientation (tag 0x0112 of IFD0), from a JPEG APP1 "Exif" segment or a PNG eXIf chunk -------------
-
-uint32_t read_u(const std::vector<uint8_t>& b, size_t at, int bytes, bool big_endian) {
-  uint32_t v = 0;
-  for (int i = 0; i < bytes; ++i) {
-    const uint32_t byte = b[at + (big_endian ? i : bytes - 1 - i)];
-    v = (v << 8) | byte;
-  }
-  return v;
-}
-
-int orientation_from_tiff(const std::vector<uint8_t>& b, size_t start, size_t end) {
-  if (end - start < 8) return 1;
-  const bool be = b[start] == 'M' && b[start + 1] == 'M';
-  if (!be && !(b[start] == 'I' && b[start + 1] == 'I')) return 1;
-  const size_t ifd = start + read_u(b, start + 4, 4, be);
-  if (ifd + 2 > end) return 1;
-  const uint32_t count = read_u(b, ifd, 2, be);
-  for (uint32_t i = 0; i < count; ++i) {
-    const size_t entry = ifd + 2 + 12 * static_cast<size_t>(i);
-    if (entry + 12 > end) return 1;
-    if (read_u(b, entry, 2, be) == 0x0112) {
-      const uint32_t type = read_u(b, entry + 2, 2, be);
-      const uint32_t v = type == 3 ? read_u(b, entry + 8, 2, be) : type == 4 ? read_u(b, entry + 8, 4, be) : 1;
-      return v >= 1 && v <= 8 ? static_cast<int>(v) : 1;  // as nfdseg: anything else counts as upright
-    }
-  }
-  return 1;
-}
-
-int exif_orientation(const std::vector<uint8_t>& b) {
-  static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  if (b.size() > 8 && std::equal(png_sig, png_sig + 8, b.begin())) {
-    for (size_t at = 8; at + 12 <= b.size();) {
-      const size_t len = read_u(b, at, 4, true);
-      if (at + 12 + len > b.size()) break;
-      if (std::equal(b.begin() + at + 4, b.begin() + at + 8, "eXIf")) return orientation_from_tiff(b, at + 8, at + 8 + len);
-      at += 12 + len;
-    }
-    return 1;
-  }
-  if (b.size() > 4 && b[0] == 0xFF && b[1] == 0xD8) {
-    for (size_t at = 2; at + 4 <= b.size();) {
-      if (b[at] != 0xFF) break;
-      const uint8_t marker = b[at + 1];
-      if (marker == 0xD9 || marker == 0xDA) break;  // end of image, start of scan: no more headers
-      const size_t len = read_u(b, at + 2, 2, true);
-      if (len < 2 || at + 2 + len > b.size()) break;
-      const size_t data = at + 4;
-      if (marker == 0xE1 && len >= 8 && std::equal(b.begin() + data, b.begin() + data + 6, "Exif\0\0"))
-        return orientation_from_tiff(b, data + 6, at + 2 + len);
-      at += 2 + len;
-    }
-  }
-  return 1;
-}
 
 // Pillow's ImageOps.exif_transpose: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
 // 7 transverse, 8 rotate 90 counter-clockwise. out(x, y) = in(sx, sy).
@@ -202,14 +147,27 @@ Image load_image(const std::string& path) {
     check_size(img.width, img.height);
     return finish(img, bytes, path);
   }
-  const int len = static_cast<int>(std::min<size_t>(bytes.size(), INT32_MAX));
+  long long declared_w = 0, declared_h = 0;  // refuse a huge image before a decoder tries it
+  if (header_size(bytes, declared_w, declared_h)) check_size(declared_w, declared_h);
+  std::string why;
+  if (is_pnm(bytes)) {
+    PnmHeader pnm;
+    if (!pnm_header(bytes, pnm, why)) throw fail(why);
+    check_size(pnm.width, pnm.height);
+    if (!decode_pnm(bytes, pnm, img, why)) throw fail(why);
+    return finish(img, bytes, path);
+  }
+  Bytes repaired;  // a PNG without IEND, completed as Pillow reads it
+  if ((png_as_pillow(bytes, repaired, why) || bmp_truncated(bytes, why)) && !why.empty()) throw fail(why);
+  const Bytes& data = repaired.empty() ? bytes : repaired;
+  const int len = static_cast<int>(std::min<size_t>(data.size(), INT32_MAX));
   int w = 0, h = 0, comp = 0;
-  if (!stbi_info_from_memory(bytes.data(), len, &w, &h, &comp)) throw fail(stbi_failure_reason());
+  if (!stbi_info_from_memory(data.data(), len, &w, &h, &comp)) throw fail(stbi_failure_reason());
   check_size(w, h);
   img.channels = 3;
-  if (comp == 1 && stbi_is_16_bit_from_memory(bytes.data(), len)) {
+  if (comp == 1 && stbi_is_16_bit_from_memory(data.data(), len)) {
     // Pillow opens 16-bit grayscale as I;16; nfdseg scales it by its peak (65535, or 255 when no value exceeds 255).
-    stbi_us* p = stbi_load_16_from_memory(bytes.data(), len, &w, &h, &comp, 1);
+    stbi_us* p = stbi_load_16_from_memory(data.data(), len, &w, &h, &comp, 1);
     if (!p) throw fail(stbi_failure_reason());
     const size_t n = static_cast<size_t>(w) * h;
     const double peak = *std::max_element(p, p + n) > 255 ? 65535.0 : 255.0;
@@ -221,8 +179,8 @@ Image load_image(const std::string& path) {
     stbi_image_free(p);
   } else {
     // Gray+alpha, RGBA and paletted-with-transparency images are composited on black, as nfdseg does.
-    const bool alpha = comp == 2 || comp == 4;
-    stbi_uc* p = stbi_load_from_memory(bytes.data(), len, &w, &h, &comp, alpha ? 4 : 3);
+    const bool alpha = (comp == 2 || comp == 4) && !bmp_fourth_byte_is_padding(data);
+    stbi_uc* p = stbi_load_from_memory(data.data(), len, &w, &h, &comp, alpha ? 4 : 3);
     if (!p) throw fail(stbi_failure_reason());
     const size_t n = static_cast<size_t>(w) * h;
     img.pixels.resize(n * 3);
@@ -238,7 +196,7 @@ Image load_image(const std::string& path) {
 
 // Upright by the EXIF orientation, then refuse an image too small to segment.
 static Image finish(Image img, const std::vector<uint8_t>& bytes, const std::string& path) {
-  const int orientation = exif_orientation(bytes);
+  const int orientation = file_orientation(bytes);
   if (orientation != 1) img = apply_orientation(img, orientation);
   if (img.width < kMinSide || img.height < kMinSide)
     throw ImageError(path + ": image is too small to segment",

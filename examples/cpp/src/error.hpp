@@ -15,7 +15,8 @@ struct NfdsegError : std::runtime_error {
   }
 };
 
-// An image the program cannot segment (unreadable, too small, too large): that image is skipped, the rest run.
+// An image the program cannot segment (unreadable, too small, too large): printed like any error (stderr), that
+// image is skipped, the rest run, and the exit status is 1.
 struct ImageError : NfdsegError {
   using NfdsegError::NfdsegError;
 };

@@ -4,8 +4,10 @@
 //              [--threads N] [--alpha A] [--repeat N] [--json FILE]
 //
 // Writes DIR/<stem>_labels.png (class ids, the image's size) and DIR/<stem>_overlay.png, and prints each
-// image's latency in ms. Exit status: 0 all done, 1 some image could not be read (the others are written),
-// 2 the artifact, its manifest or the command line cannot be used.
+// image's latency in ms on stdout. Every error goes to stderr as nfdseg prints it: an `error: WHAT` line, then
+// `  seen: ...` and `  fix: ...` lines. Exit status (examples/cpp/README.md): 0 all done, 1 some image could not
+// be read (each named on stderr; the others are written), 2 the artifact, its manifest, the command line, the
+// runtime or the output directory cannot be used (nothing more is done).
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -13,6 +15,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "backend.hpp"
@@ -38,7 +42,9 @@ const char* kUsage =
     "  ARTIFACT  an `nfdseg export` directory, a .onnx or .engine, or its .json manifest\n"
     "  --out     output directory for <stem>_labels.png and <stem>_overlay.png (default predictions)\n"
     "  --repeat  run each image N times and report the median latency (default 1)\n"
-    "  --json    also write the per-image latencies (ms) as JSON\n";
+    "  --json    also write the per-image latencies (ms) as JSON\n"
+    "exit status: 0 every image segmented; 1 some image could not be read (named on stderr, the others written);\n"
+    "             2 the artifact, its manifest, the command line or the output cannot be used\n";
 
 double number_arg(const std::string& flag, const std::string& v, double lo, double hi) {
   try {
@@ -147,6 +153,46 @@ Result segment(const std::string& path, const Manifest& m, Backend& backend) {
   return r;
 }
 
+// nfdseg predict's naming rule (serve/predict_video.py output_stems): each image's file stem, unless another
+// image has the same stem (a.png in two folders): then <parent folder>_<stem>, numbered _2, _3, ... if that
+// still collides (case-insensitively: A.png and a.png collide on macOS and Windows). No output overwrites another.
+std::map<std::string, std::string> output_stems(const std::vector<std::string>& images) {
+  const auto safe = [](const std::string& s) {  // re.sub(r"[^\w.-]+", "_", s); UTF-8 bytes count as letters
+    std::string out;
+    bool in_run = false;
+    for (char c : s) {
+      const bool ok = std::isalnum(static_cast<unsigned char>(c)) || (c & 0x80) || c == '_' || c == '.' || c == '-';
+      if (ok) out += c;
+      else if (!in_run) out += '_';
+      in_run = !ok;
+    }
+    return out;
+  };
+  const auto lower = [](std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+    return s;
+  };
+  std::map<std::string, int> counts;
+  std::set<std::string> distinct(images.begin(), images.end());
+  for (const std::string& path : distinct) ++counts[fs::path(path).stem().string()];
+  std::map<std::string, std::string> named;
+  std::set<std::string> taken;
+  for (const std::string& path : images) {
+    if (named.count(path)) continue;
+    std::string stem = fs::path(path).stem().string();
+    if (counts[stem] > 1) {
+      std::error_code ec;
+      const std::string parent = safe(fs::weakly_canonical(fs::absolute(path), ec).parent_path().filename().string());
+      stem = (parent.empty() ? "root" : parent) + "_" + stem;
+    }
+    std::string unique = stem;
+    for (int n = 2; taken.count(lower(unique)); ++n) unique = stem + "_" + std::to_string(n);
+    taken.insert(lower(unique));
+    named[path] = unique;
+  }
+  return named;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
@@ -158,9 +204,17 @@ int run(const Args& a) {
   std::unique_ptr<Backend> backend = open_backend(m, a);
   std::cerr << "nfdseg_cpp: " << m.artifact << " (" << m.architecture << ", " << m.num_classes() << " classes, input "
             << m.input_h << "x" << m.input_w << ", " << m.output_kind << ") on " << backend->describe() << "\n";
-  fs::create_directories(a.out);
+  std::error_code ec;
+  fs::create_directories(a.out, ec);
+  if (ec || !fs::is_directory(a.out))
+    throw NfdsegError("cannot write the output under " + a.out, ec ? ec.message() : "it is not a directory",
+                      "pass another --out (a writable directory)");
   nlohmann::json report = {{"artifact", m.path}, {"backend", backend->describe()}, {"repeat", a.repeat},
                            {"images", nlohmann::json::array()}};
+  const auto stems = output_stems(a.images);
+  for (const auto& [path, stem] : stems)
+    if (stem != fs::path(path).stem().string())
+      std::cout << "output name: " << path << " -> " << stem << "_* (another image has the same name)\n";
   int bad = 0;
   for (const std::string& path : a.images) {
     Result r;
@@ -172,11 +226,11 @@ int run(const Args& a) {
         total.push_back(r.decode_ms + r.preprocess_ms + r.infer_ms + r.post_ms);
       }
     } catch (const ImageError& e) {  // this image's fault: skip it (a model or manifest error ends the run)
-      std::cout << "skipped: " << e.message() << "\n";
+      std::cerr << e.message() << "\n";
       ++bad;
       continue;
     }
-    const std::string stem = fs::path(path).stem().string();
+    const std::string& stem = stems.at(path);
     write_png_atomic((fs::path(a.out) / (stem + "_labels.png")).string(), r.labels);
     write_png_atomic((fs::path(a.out) / (stem + "_overlay.png")).string(), overlay(r.rgb, r.labels, m.palette, a.alpha));
     char line[256];
@@ -184,7 +238,7 @@ int run(const Args& a) {
                   path.c_str(), r.rgb.width, r.rgb.height, median(total), median(dec), median(pre), median(inf),
                   median(post), a.repeat > 1 ? (" median of " + std::to_string(a.repeat)).c_str() : "");
     std::cout << line << "\n";
-    report["images"].push_back({{"image", path}, {"width", r.rgb.width}, {"height", r.rgb.height},
+    report["images"].push_back({{"image", path}, {"output_stem", stem}, {"width", r.rgb.width}, {"height", r.rgb.height},
                                 {"total_ms", median(total)}, {"decode_ms", median(dec)}, {"preprocess_ms", median(pre)},
                                 {"infer_ms", median(inf)}, {"post_ms", median(post)}, {"total_ms_all", total}});
   }
@@ -193,6 +247,9 @@ int run(const Args& a) {
     std::ofstream(tmp) << report.dump(2) << "\n";
     fs::rename(tmp, a.json);
   }
+  if (bad)
+    std::cerr << "nfdseg_cpp: " << bad << " of " << a.images.size() << " images skipped (named above), "
+              << a.images.size() - bad << " written to " << a.out << "\n";
   return bad ? 1 : 0;
 }
 
