@@ -73,7 +73,7 @@ class Int8Options:
             raise ConfigError(f"INT8 calibration needs at least {MIN_CALIBRATION_IMAGES} images",
                               seen=f"int8_calib_images {self.images}",
                               fix=f"set int8_calib_images (--int8-calib-images) to {MIN_CALIBRATION_IMAGES} or more "
-                                  "(64 is the default)")
+                                  f"({Int8Options.images} is the default)")
         unknown = [r for r in self.remedies if r not in REMEDIES]
         if unknown:
             raise ConfigError(f"unknown INT8 remedies {unknown}", fix=f"choose from {', '.join(REMEDIES)}")

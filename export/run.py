@@ -13,10 +13,10 @@ from nfdseg.errors import ArtifactError, BrokenDependencyError, ConfigError, Mis
 from nfdseg.fsutil import sha256_file, write_json_atomic
 from nfdseg.manifest import read_manifest
 
-from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_FILE, REMEDIES, Int8Options
+from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_FILE, Int8Options
 from .onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS, EngineProfile
 from .parity import ParityBudget
-from .torch2onnx import OnnxExportOptions
+from .onnx_options import OnnxExportOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,11 @@ class ExportConfig:
     parity: ParityBudget = field(default_factory=ParityBudget)
     fp16_calibration_images: int = 4  # validation images scanned for activations beyond the float16 range (0: off)
     int8: bool = False
-    int8_calib_images: int = 64
-    int8_calib_method: Literal[CALIBRATION_METHODS] = "minmax"
-    int8_activations: Literal[ACTIVATION_TYPES] = "uint8"
-    int8_remedies: tuple[str, ...] = REMEDIES  # tried in this order when the budget breaks; () = none
+    # the INT8 settings' defaults are Int8Options's (export/int8.py), which these fields are handed to
+    int8_calib_images: int = Int8Options.images
+    int8_calib_method: Literal[CALIBRATION_METHODS] = Int8Options.method
+    int8_activations: Literal[ACTIVATION_TYPES] = Int8Options.activation_type
+    int8_remedies: tuple[str, ...] = Int8Options.remedies  # tried in this order when the budget breaks; () = none
 
     def int8_options(self) -> Int8Options:
         return Int8Options(images=self.int8_calib_images, method=self.int8_calib_method,

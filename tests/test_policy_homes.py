@@ -130,3 +130,37 @@ def test_the_version_is_written_once_in_the_package(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "\nVersion: 9.8.7\n" in (tmp_path / "nfdseg.egg-info" / "PKG-INFO").read_text()
+
+
+# ------------------------------------------------- issue 29: export settings and batcher defaults from one source
+def _parsed(*argv: str):
+    from nfdseg.app.cli import build_parser
+    from nfdseg.cliargs import parse_command_line
+
+    return parse_command_line(build_parser(), list(argv))
+
+
+def test_export_flags_default_to_the_export_settings():
+    """`nfdseg export CKPT` with no flag builds exactly ExportConfig(): the flags' defaults are the dataclass's."""
+    from nfdseg.export.cli import _budget, _export_config
+    from nfdseg.export.parity import ParityBudget
+    from nfdseg.export.run import ExportConfig
+
+    assert _export_config(_parsed("export", "ckpt")) == ExportConfig()
+    assert _budget(_parsed("check", "export_dir")) == ParityBudget()
+
+
+def test_batcher_defaults_are_the_benchs_and_the_demos():
+    """bench's flags, run_bench and bench_concurrency default to serve/batcher.py's values."""
+    import inspect
+
+    from nfdseg.serve import bench
+    from nfdseg.serve.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, MicroBatcher
+
+    args = _parsed("bench", "export_dir")
+    assert (args.max_batch, args.max_wait_ms) == (DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS)
+    for fn in (bench.run_bench, bench.bench_concurrency, MicroBatcher.__init__):
+        params = inspect.signature(fn).parameters
+        assert (params["max_batch"].default, params["max_wait_ms"].default) == (DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS)
+    assert inspect.signature(MicroBatcher.__init__).parameters["max_queue"].default == DEFAULT_MAX_QUEUE
+
