@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from nfdseg.artifacts import STUDENT_DIR, TEACHER_DIR
 from nfdseg.cliargs import add_config_args, add_out_arg, add_quiet_arg, parse_command_line
 from nfdseg.distill.config import LOSSES
 from nfdseg.errors import NfdsegError, missing_extra
@@ -34,17 +35,17 @@ def cmd_distill(args) -> int:
 
     cfg = _load_cfg(args)
     out = Path(args.out)
-    teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
+    teacher_dir = Path(args.teacher) if args.teacher else out / TEACHER_DIR
     # The stage's own policy (distill/stage.py), as the pipeline runs it: a finished stage whose inputs are
     # unchanged is kept (with or without --restart); a run of other inputs is refused unless --restart.
     on_stale = "restart" if args.restart else "refuse"
     if args.stage in ("teacher", "both"):
-        r = run_stage(cfg, "teacher", out / "teacher", on_stale=on_stale, progress=not args.quiet)
+        r = run_stage(cfg, "teacher", out / TEACHER_DIR, on_stale=on_stale, progress=not args.quiet)
         if r.manifest is not None:  # None on non-main ranks under torchrun
             print(f"teacher {r.manifest.architecture} ({_said(r.state)}): val mIoU {r.manifest.metrics['miou']:.2f}% "
-                  f"-> {out / 'teacher'}")
+                  f"-> {out / TEACHER_DIR}")
     if args.stage in ("student", "both"):
-        student_dir = out / (args.student_name or "student")
+        student_dir = out / (args.student_name or STUDENT_DIR)
         r = run_stage(cfg, "student", student_dir, teacher_dir, on_stale=on_stale, progress=not args.quiet)
         if r.manifest is not None:
             print(f"student {r.manifest.architecture} ({cfg.distill.loss}, {_said(r.state)}): val mIoU "

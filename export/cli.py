@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nfdseg.artifacts import CHECKPOINT, EXPORT_SUMMARY, ONNX_FP32, PARITY_REPORT, manifest_path
+from nfdseg.artifacts import (CHECKPOINT, EXPORT_DIR, EXPORT_SUMMARY, ONNX_FP32, PARITY_REPORT, STUDENT_DIR,
+                              manifest_path)
 from nfdseg.cliargs import add_out_arg
 
 from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, MIN_CALIBRATION_IMAGES
@@ -62,7 +63,7 @@ def _profile_hw(text: str) -> tuple:
 def cmd_export(args) -> int:
     from .stage import export_stage, recorded_parity_text
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "export"
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / EXPORT_DIR
     r = export_stage(args.checkpoint, out, _export_config(args), force=args.force, expect_classes=args.num_classes)
     summary = r.summary
     if r.state == "up to date":
@@ -130,7 +131,7 @@ def _find_checkpoint(export_dir: Path, sha: str, parent: str = "") -> Path:
     from nfdseg.errors import ArtifactError
     from nfdseg.fsutil import sha256_file
 
-    for cand in [*_recorded_parents(export_dir, parent), export_dir.parent / "student", export_dir.parent,
+    for cand in [*_recorded_parents(export_dir, parent), export_dir.parent / STUDENT_DIR, export_dir.parent,
                  *export_dir.parent.glob("*/")]:
         if (cand / CHECKPOINT).is_file() and sha256_file(cand / CHECKPOINT) == sha:
             return cand

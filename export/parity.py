@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nfdseg.artifacts import ONNX_FILES, ONNX_FP32
+from nfdseg.artifacts import CHECKPOINT_MANIFEST, ENGINE_SUFFIX, ONNX_FILES, ONNX_FP32
 from nfdseg.config import from_dict
 from nfdseg.errors import ArtifactError, EngineNotRunnableHere, MissingDependencyError
 from nfdseg.manifest import Manifest, read_manifest
@@ -138,7 +138,7 @@ def build_reference(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = Par
     from nfdseg.serve.segmenter import Segmenter
 
     ckpt_dir = Path(ckpt_dir)
-    ckpt = read_manifest(ckpt_dir / "checkpoint.json", expect_kind="checkpoint")
+    ckpt = read_manifest(ckpt_dir / CHECKPOINT_MANIFEST, expect_kind="checkpoint")
     source = validation_source(ckpt)
     n = min(len(source), budget.max_images) if budget.max_images else len(source)
     backend, name, note = _reference_backend(ckpt_dir, ckpt, Path(export_dir))
@@ -165,7 +165,7 @@ def parity_targets(export_dir: Path) -> list[tuple[Path, str, str]]:
     onnx_files = [p for p in (export_dir / n for n in ONNX_FILES.values()) if p.is_file()]
     targets = [(p, "cpu", p.name) for p in onnx_files]
     targets += [(p, "cuda", f"{p.name} (CUDA provider)") for p in onnx_files if _onnxruntime_lists_cuda()]
-    return targets + [(p, "auto", p.name) for p in sorted(export_dir.glob("*.engine"))]
+    return targets + [(p, "auto", p.name) for p in sorted(export_dir.glob("*" + ENGINE_SUFFIX))]
 
 
 def _open_target(report: dict[str, Any], path: Path, device: str, label: str, engine_allow_rtx: bool):
@@ -173,12 +173,12 @@ def _open_target(report: dict[str, Any], path: Path, device: str, label: str, en
     from nfdseg.serve.backends import open_backend
 
     try:
-        backend = open_backend(path, "tensorrt" if path.suffix == ".engine" else "onnxruntime", device=device,
+        backend = open_backend(path, "tensorrt" if path.suffix == ENGINE_SUFFIX else "onnxruntime", device=device,
                                allow_rtx=engine_allow_rtx)
     except (MissingDependencyError, ArtifactError) as e:
         # Only an engine may be skipped, and only because TensorRT or a matching GPU is absent here;
         # an ONNX file we produced that cannot be loaded is a failure.
-        if path.suffix == ".engine" and _engine_cannot_run_here(e):
+        if path.suffix == ENGINE_SUFFIX and _engine_cannot_run_here(e):
             report["not_run"].append({"artifact": path.name, "reason": e.what})
             log.warning("parity: %s not run: %s", path.name, e.what)
             return None
