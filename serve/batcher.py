@@ -27,7 +27,8 @@ import numpy as np
 from nfdseg.errors import BusyError, NfdsegError
 from nfdseg.preprocess import prepare_batch
 
-from .segmenter import Prediction, Segmenter
+from .prediction import Prediction
+from .segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
