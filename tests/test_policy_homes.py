@@ -122,7 +122,7 @@ def test_the_version_is_written_once_in_the_package(tmp_path):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "nfdseg", tmp_path / "nfdseg", ignore=shutil.ignore_patterns("__pycache__"))
     for folder in set(PACKAGE_DIRS.values()) - {"nfdseg"}:  # the other packages' folders, empty: only names count
-        (tmp_path / folder).mkdir()
+        (tmp_path / folder).mkdir(exist_ok=True)  # nfdseg/data, nfdseg/models came with nfdseg/
         (tmp_path / folder / "__init__.py").write_text("")
     init = tmp_path / "nfdseg" / "__init__.py"
     init.write_text(init.read_text().replace(f'__version__ = "{nfdseg.__version__}"', '__version__ = "9.8.7"'))
@@ -201,8 +201,8 @@ def spelled_names(path: Path, names: dict[str, str]) -> list[str]:
 def _package_sources() -> list[Path]:
     from nfdseg.layout import PACKAGE_DIRS
 
-    return sorted(p for folder in PACKAGE_DIRS.values() for p in (ROOT / folder).rglob("*.py")
-                  if p != ROOT / "nfdseg" / "artifacts.py")
+    return sorted({p for folder in PACKAGE_DIRS.values() for p in (ROOT / folder).rglob("*.py")
+                   if p != ROOT / "nfdseg" / "artifacts.py"})
 
 
 def test_file_and_folder_names_are_spelled_only_in_artifacts():
