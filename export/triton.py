@@ -10,6 +10,8 @@ from nfdseg.artifacts import ONNX_FP32, TRITON_CONFIG, TRITON_MANIFEST, TRITON_P
 from nfdseg.fsutil import write_text_atomic
 from nfdseg.manifest import Manifest, TensorSpec
 
+from .onnx2engine import EngineProfile
+
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int32": "TYPE_INT32",
                  "int64": "TYPE_INT64"}
 
@@ -57,7 +59,8 @@ instance_group [
 
 
 def write_triton_repository(repo: Path, onnx_path: Path, onnx_manifest: Manifest, engine_path: Path | None = None,
-                            engine_manifest: Manifest | None = None, name: str = "nfdseg", max_batch: int = 8) -> list[Path]:
+                            engine_manifest: Manifest | None = None, name: str = "nfdseg",
+                            max_batch: int = EngineProfile.max_batch) -> list[Path]:
     """Write <repo>/<name>_onnx/{config.pbtxt,1/model.onnx} and, with an engine, <name>_trt/{...,1/model.plan}.
     Also copies the manifests (as 1/manifest.json) so a client can find classes and preprocessing."""
     written = []

@@ -148,6 +148,12 @@ def test_export_flags_default_to_the_export_settings():
 
     assert _export_config(_parsed("export", "ckpt")) == ExportConfig()
     assert _budget(_parsed("check", "export_dir")) == ParityBudget()
+    import inspect
+
+    from nfdseg.export.triton import write_triton_repository
+
+    triton_batch = inspect.signature(write_triton_repository).parameters["max_batch"].default
+    assert triton_batch == ExportConfig().profile.max_batch, "Triton's batches default to the engine profile's"
 
 
 def test_batcher_defaults_are_the_benchs_and_the_demos():
