@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nfdseg.artifacts import (BENCH_REPORT, CHECKPOINT, EXPORT_SUMMARY, ONNX_FP16, ONNX_FP32, ONNX_INT8, PIPELINE_MARKER,
-                              REPORT_MD, STUDENT_CHOICE)
+from nfdseg.artifacts import (BASELINE_DIR, BENCH_REPORT, CHECKPOINT, ENGINE_SUFFIX, EXPORT_DIR, EXPORT_SUMMARY,
+                              ONNX_FP16, ONNX_FP32, ONNX_INT8, PIPELINE_MARKER, REPORT_MD, STUDENT_CHOICE, STUDENT_DIR,
+                              TEACHER_DIR, TRITON_DIR, TRITON_VERSION_DIR)
 from nfdseg.cliargs import add_config_args, add_out_arg, add_quiet_arg, overrides_of
 from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.export.onnx2engine import ENGINE_MODES
@@ -24,7 +25,8 @@ from nfdseg.fsutil import sha256_file, sha256_json, write_json_atomic
 from .choose import DEPLOY_CHOICES, teacher_lead
 
 log = logging.getLogger(__name__)
-STAGES = ("teacher", "student", "baseline", "export", "bench", "report")
+# `--force` names; a stage that writes a folder of the run is named for it
+STAGES = (TEACHER_DIR, STUDENT_DIR, BASELINE_DIR, EXPORT_DIR, "bench", "report")
 
 
 class Pipeline:
@@ -85,15 +87,16 @@ class Pipeline:
     @property
     def deployed_dir(self) -> Path:
         """The student run that is exported: the distilled one unless the choice (see app/choose.py) says baseline."""
-        return self.out / ("baseline" if self.choice is not None and self.choice.deployed == "baseline" else "student")
+        baseline = self.choice is not None and self.choice.deployed == "baseline"
+        return self.out / (BASELINE_DIR if baseline else STUDENT_DIR)
 
     def _choose(self) -> None:
         """Pick the student to export (app/choose.py); the comparison is kept in choice.json, keyed on both
         checkpoints and the rule, so a rerun with nothing changed does not score them again."""
         from .choose import StudentChoice, choose_student
 
-        baseline = self.out / "baseline" if self.baseline else None
-        key = sha256_json({"student": sha256_file(self.out / "student" / CHECKPOINT), "rule": self.deploy,
+        baseline = self.out / BASELINE_DIR if self.baseline else None
+        key = sha256_json({"student": sha256_file(self.out / STUDENT_DIR / CHECKPOINT), "rule": self.deploy,
                            "baseline": sha256_file(baseline / CHECKPOINT) if baseline else None})
         saved = self.out / STUDENT_CHOICE
         record = json.loads(saved.read_text()) if saved.is_file() else {}
@@ -101,7 +104,7 @@ class Pipeline:
             data = record["choice"]
             self.choice = StudentChoice(**{**data, "gap_ci95": tuple(data["gap_ci95"]) if data["gap_ci95"] else None})
         else:
-            self.choice = choose_student(self.out / "student", baseline, self.deploy)
+            self.choice = choose_student(self.out / STUDENT_DIR, baseline, self.deploy)
             write_json_atomic(saved, {"key": key, "choice": self.choice.to_json()})
         print(f"          {self.choice.message}", flush=True)
 
@@ -110,14 +113,14 @@ class Pipeline:
         from nfdseg.export.stage import export_stage
 
         t0 = time.perf_counter()
-        r = export_stage(self.deployed_dir, self.out / "export", self.export_cfg, force="export" in self.force)
+        r = export_stage(self.deployed_dir, self.out / EXPORT_DIR, self.export_cfg, force=EXPORT_DIR in self.force)
         if r.state == "up to date":
-            self._line(i, "export", "skipped", "up to date", time.perf_counter() - t0)
+            self._line(i, EXPORT_DIR, "skipped", "up to date", time.perf_counter() - t0)
             return r.summary
         summary, passed = r.summary, r.summary["parity_passed"]
         eng = summary.get("engine", {})
         detail = ("engine " + Path(eng["path"]).name) if eng.get("path") else "NO TensorRT engine (ONNX for onnxruntime)"
-        self._line(i, "export", "done" if passed else "FAILED",
+        self._line(i, EXPORT_DIR, "done" if passed else "FAILED",
                    f"{', '.join(summary['files'])}; {detail}; parity {'ok' if passed else 'BROKEN'}",
                    time.perf_counter() - t0)
         if not passed:
@@ -137,11 +140,11 @@ class Pipeline:
         from nfdseg.serve.bench import DEFAULT_BATCHES, BenchTarget, bench_targets
 
         out = self.out / BENCH_REPORT
-        export = self.out / "export"
+        export = self.out / EXPORT_DIR
         targets = bench_target_list(export, self.deployed_dir)
         batches = DEFAULT_BATCHES
         budget = self.bench_budget(len(targets) * len(batches))
-        key = sha256_json({"export": json.loads((self.out / "export" / EXPORT_SUMMARY).read_text())["key"],
+        key = sha256_json({"export": json.loads((export / EXPORT_SUMMARY).read_text())["key"],
                            "budget": repr(budget)})
         t0 = time.perf_counter()
         if "bench" not in self.force and out.is_file() and json.loads(out.read_text()).get("key") == key:
@@ -164,22 +167,23 @@ class Pipeline:
         from .report import write_deploy, write_report
 
         t_start = time.perf_counter()
-        teacher = self._train(1, "teacher", "teacher", self.cfg, None)
-        student = self._train(2, "student", "student", self.cfg, self.out / "teacher")
+        teacher = self._train(1, TEACHER_DIR, "teacher", self.cfg, None)
+        student = self._train(2, STUDENT_DIR, "student", self.cfg, self.out / TEACHER_DIR)
         baseline = None
         if self.baseline:
             base_cfg = dataclasses.replace(self.cfg, distill=dataclasses.replace(self.cfg.distill, loss="none"))
-            baseline = self._train(3, "baseline", "student", base_cfg, self.out / "teacher")
+            baseline = self._train(3, BASELINE_DIR, "student", base_cfg, self.out / TEACHER_DIR)
             lead = teacher_lead(teacher.metrics["miou"], baseline.metrics["miou"])
             if lead.small:
                 log.warning("%s", lead.message[0].upper() + lead.message[1:])
             else:
                 print(f"          {lead.message[0].upper() + lead.message[1:]}", flush=True)
         else:
-            self._line(3, "baseline", "off", "--no-baseline", 0.0)
+            self._line(3, BASELINE_DIR, "off", "--no-baseline", 0.0)
         self._choose()
         export = self._export(4)
-        record_choice([self.out / "export", *sorted((self.out / "triton").glob("*/1"))], self.choice)
+        triton_versions = sorted((self.out / TRITON_DIR).glob("*/" + TRITON_VERSION_DIR))
+        record_choice([self.out / EXPORT_DIR, *triton_versions], self.choice)
         bench = self._bench(5)
         t0 = time.perf_counter()
         deploy = write_deploy(self.out)
@@ -198,7 +202,7 @@ def bench_target_list(export: Path, deployed_dir: Path) -> list[tuple[str, Path,
     targets = [("onnxruntime", export / ONNX_FP32, "fp32"), ("onnxruntime", export / ONNX_FP16, "fp16")]
     targets += [("onnxruntime", export / ONNX_INT8, "int8")] if int8 else []
     targets += [("openvino", export / ONNX_FP32, "fp32")] + ([("openvino", export / ONNX_INT8, "int8")] if int8 else [])
-    engines = sorted(export.glob("*.engine"))
+    engines = sorted(export.glob("*" + ENGINE_SUFFIX))
     return [("tensorrt", e, "auto") for e in engines[:1]] + targets + [("torch", deployed_dir, "auto")]
 
 
@@ -209,7 +213,7 @@ def pipeline_export_config(cfg, out: Path, engine: str | None = None):
     from nfdseg.config import check_choices, deep_update, from_dict
     from nfdseg.export.run import ExportConfig
 
-    data = deep_update({"parity": {"max_images": 0}, "triton_dir": str(out / "triton")}, dict(cfg.export))
+    data = deep_update({"parity": {"max_images": 0}, "triton_dir": str(out / TRITON_DIR)}, dict(cfg.export))
     if engine is not None:
         data["engine"] = engine
     export_cfg = from_dict(ExportConfig, data, "export")

@@ -8,8 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nfdseg.artifacts import (ENGINE_SUFFIX, ONNX_FILES, ONNX_FP16, ONNX_FP32, ONNX_INT8, PARITY_REPORT, REPORT_JSON,
-                              REPORT_MD, manifest_path)
+from nfdseg.artifacts import (BASELINE_DIR, DEPLOY_CLASSES, DEPLOY_DIR, DEPLOY_USAGE, ENGINE_SUFFIX, EXPORT_DIR, HISTORY,
+                              ONNX_FILES, ONNX_FP16, ONNX_FP32, ONNX_INT8, PARITY_REPORT, REPORT_JSON, REPORT_MD,
+                              STUDENT_DIR, TEACHER_DIR, manifest_path)
 from nfdseg.fsutil import write_json_atomic, write_text_atomic
 from nfdseg.manifest import Manifest, read_manifest, runtime_versions
 
@@ -41,7 +42,7 @@ def _plots(out: Path, runs: dict[str, Path], per_class: dict[str, dict], bench_r
     files = []
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, d in runs.items():
-        h = json.loads((d / "history.json").read_text())
+        h = json.loads((d / HISTORY).read_text())
         a.plot([r["iter"] for r in h["train"]], [r["ce"] for r in h["train"]], label=name)
         b.plot([r["iter"] for r in h["eval"]], [r["miou"] for r in h["eval"]], marker="o", label=name)
     a.set(title="training cross-entropy", xlabel="iteration")
@@ -95,7 +96,7 @@ def zero_classes(per_class: dict[str, dict[str, float | None]],
 def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Manifest | None, export: dict,
                  bench: dict, status: list[dict], wall_s: float, choice=None,
                  deployed_dir: Path | None = None) -> dict[str, Any]:
-    parity = json.loads((out / "export" / PARITY_REPORT).read_text())
+    parity = json.loads((out / EXPORT_DIR / PARITY_REPORT).read_text())
     by_artifact = {r["artifact"]: r for r in parity["results"]}
     miou = {"teacher": teacher.metrics["miou"], "student_nfd": student.metrics["miou"],
             "baseline": baseline.metrics["miou"] if baseline else None}
@@ -105,17 +106,17 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
             miou[f"{key}_delta"] = by_artifact[name]["delta_miou"]
     engine = export.get("engine") or {}
     for r in parity["results"]:
-        if r["artifact"].endswith(".engine"):
+        if r["artifact"].endswith(ENGINE_SUFFIX):
             miou["engine"], miou["engine_delta"] = r["miou"], r["delta_miou"]
     per_class = {"teacher": teacher.metrics["per_class_iou"], "student (NFD)": student.metrics["per_class_iou"]}
     if baseline:
         per_class["baseline"] = baseline.metrics["per_class_iou"]
-    runs = {"student (NFD)": out / "student"} | ({"baseline": out / "baseline"} if baseline else {})
+    runs = {"student (NFD)": out / STUDENT_DIR} | ({"baseline": out / BASELINE_DIR} if baseline else {})
     plots = _plots(out, runs, per_class, bench["rows"])
-    deployed_dir = deployed_dir or out / "student"
-    deployed_m = baseline if deployed_dir.name == "baseline" and baseline is not None else student
-    cost = {"teacher": model_cost(out / "teacher"), "student": model_cost(out / "student")}
-    if deployed_dir.name != "student":
+    deployed_dir = deployed_dir or out / STUDENT_DIR
+    deployed_m = baseline if deployed_dir.name == BASELINE_DIR and baseline is not None else student
+    cost = {"teacher": model_cost(out / TEACHER_DIR), "student": model_cost(out / STUDENT_DIR)}
+    if deployed_dir.name != STUDENT_DIR:
         cost["deployed (baseline)"] = model_cost(deployed_dir)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
@@ -131,7 +132,7 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
         "checks": {"parity_passed": parity["passed"],
                    "student_miou_matches_parity_torch": abs(parity["torch_miou"] - deployed_m.metrics["miou"]) < 1e-6},
         "architectures": {"teacher": teacher.architecture, "student": student.architecture},
-        "deploy": sorted(p.name for p in (out / "deploy").iterdir()) if (out / "deploy").is_dir() else [],
+        "deploy": sorted(p.name for p in (out / DEPLOY_DIR).iterdir()) if (out / DEPLOY_DIR).is_dir() else [],
     }
     write_json_atomic(out / REPORT_JSON, report)
     write_text_atomic(out / REPORT_MD, _markdown(report))
@@ -207,9 +208,9 @@ def _markdown(r: dict[str, Any]) -> str:
                                       for s in r["stages"]]
     lines += ["", f"Machine: {r['machine']['platform']} ({r['machine']['processor'] or 'cpu'}); "
               f"versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}. Wall time {r['wall_time_s']:.0f}s.",
-              "", "## Deploy", "", "`deploy/` holds what to ship (each artifact with its manifest JSON), the class list "
-              "and a usage snippet (`python deploy/usage.py deploy image.png`):", ""]
-    lines += [f"- `deploy/{name}`" for name in r["deploy"]] + [""]
+              "", "## Deploy", "", f"`{DEPLOY_DIR}/` holds what to ship (each artifact with its manifest JSON), the "
+              f"class list and a usage snippet (`python {DEPLOY_DIR}/{DEPLOY_USAGE} {DEPLOY_DIR} image.png`):", ""]
+    lines += [f"- `{DEPLOY_DIR}/{name}`" for name in r["deploy"]] + [""]
     return "\n".join(lines)
 
 
@@ -228,7 +229,7 @@ print("classes present:", sorted({seg.class_names[i] for i in set(pred.labels.ra
 
 def write_deploy(out: Path) -> Path:
     """deploy/: the engine (if built) and the ONNX models with their manifests, classes.json, usage.py."""
-    export, deploy = out / "export", out / "deploy"
+    export, deploy = out / EXPORT_DIR, out / DEPLOY_DIR
     if deploy.exists():
         shutil.rmtree(deploy)
     deploy.mkdir()
@@ -238,7 +239,7 @@ def write_deploy(out: Path) -> Path:
         shutil.copy2(f, deploy / f.name)
         shutil.copy2(manifest_path(f), deploy / manifest_path(f).name)
     m = read_manifest(manifest_path(deploy / ONNX_FP32))
-    write_json_atomic(deploy / "classes.json", {"names": list(m.classes.names), "palette": [list(c) for c in m.classes.palette],
+    write_json_atomic(deploy / DEPLOY_CLASSES, {"names": list(m.classes.names), "palette": [list(c) for c in m.classes.palette],
                                                 "ignore_index": m.classes.ignore_index})
-    write_text_atomic(deploy / "usage.py", USAGE)
+    write_text_atomic(deploy / DEPLOY_USAGE, USAGE)
     return deploy

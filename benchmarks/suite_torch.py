@@ -27,7 +27,7 @@ log = logging.getLogger("gpu_suite")
 TRAIN_MODES = {"fp32_tf32_off": {"amp": "off", "channels_last": False},
                "bf16": {"amp": "bf16", "channels_last": False},
                "bf16_channels_last": {"amp": "bf16", "channels_last": True}}
-QUICK_STUDENT = "deeplabv3_resnet10_w8"  # distill/configs/quick.yaml's student
+QUICK_STUDENT = "deeplabv3_resnet10_w8"  # nfdseg/configs/quick.yaml's student
 LATENCY_ARCHS = (QUICK_STUDENT, "deeplabv3_resnet18")
 
 

@@ -93,10 +93,23 @@ def _layout_video(gr, h: StreamHandlers) -> None:
     run.click(h.video, [clip, alpha], [shown, status], api_name="segment_video", concurrency_limit=2)
 
 
+DEFAULT_PORT = 7860  # Gradio's own default, which its docs and users expect; `nfdseg demo --port`, the Docker image
+
+# The demo's own batcher settings, deliberately not the batcher's defaults (serve/batcher.py; the batch size is its
+# default): visitors reach the demo over HTTP, where one request takes ~127 ms through Gradio alone (README, "Demo"),
+# so waiting up to 10 ms for another visitor's image to share the backend call costs a visitor little; and a queue
+# of half the default makes a flooded demo say "busy" in the page sooner instead of keeping a visitor waiting behind
+# hundreds of images. Neither value was tuned by measurement.
+DEMO_MAX_WAIT_MS = 10.0
+DEMO_MAX_QUEUE = 128
+
+
 def _resources(segmenter, batcher, examples, max_age_s: float) -> DemoResources:
     from nfdseg.serve import MicroBatcher
+    from nfdseg.serve.batcher import DEFAULT_MAX_BATCH
 
-    batcher = batcher or MicroBatcher(segmenter, max_batch=8, max_wait_ms=10, max_queue=128)
+    batcher = batcher or MicroBatcher(segmenter, max_batch=DEFAULT_MAX_BATCH, max_wait_ms=DEMO_MAX_WAIT_MS,
+                                      max_queue=DEMO_MAX_QUEUE)
     res = DemoResources(segmenter, batcher, ResultFiles(max_age_s))
     if examples is None:
         try:
@@ -147,7 +160,7 @@ def build_demo(segmenter, batcher=None, examples: list[str] | None = None, max_f
     return demo
 
 
-def launch(artifact: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, backend: str = "auto",
+def launch(artifact: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bool = False, backend: str = "auto",
            device: str = "auto", **kwargs) -> None:
     from nfdseg.serve import Segmenter
 

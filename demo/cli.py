@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from nfdseg.serve.backends import BACKENDS, PRECISIONS
 
+from .app import DEFAULT_PORT
+
 
 def cmd_demo(args) -> int:
     from .app import launch
@@ -19,7 +21,7 @@ def register(sub) -> None:
                                    "legend, class shares and latency. Requests from simultaneous users are batched.")
     p.add_argument("artifact", help="export directory, .onnx, .engine, or checkpoint directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs internet)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime (default auto: TensorRT, then on a CPU the faster of onnxruntime and OpenVINO by a "

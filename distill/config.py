@@ -1,4 +1,4 @@
-"""Run configuration: data, teacher and student stages, distillation. Loaded from YAML (see configs/)."""
+"""Run configuration: data, teacher and student stages, distillation. Loaded from YAML (the presets: nfdseg/configs/)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nfdseg.config import check_choices, deep_update, from_dict, to_dict
+from nfdseg.config import check_choices, deep_update, from_dict, run_config_layers, to_dict
 from nfdseg.errors import ConfigError
 
 from nfdseg.data.balance import CLASS_WEIGHTINGS
-from nfdseg.data.config import DataConfig, run_config_layers
+from nfdseg.data.config import DataConfig
 
 # The fixed value sets of the run config, defined once: the loader checks them (Literal fields) and the CLI
 # offers them as choices.
@@ -46,7 +46,7 @@ class TrainConfig:
     Weights, checkpoints and exports stay fp32 either way; metrics.amp in checkpoint.json says what ran.
     channels_last: NHWC activations (oneDNN's and cuDNN's faster layout for bf16 convolutions).
     The cross-entropy (distill/losses/ce.py): class_weights none | median_frequency (weights from the training
-    masks, data/balance.py); OHEM when 0 < ohem_thresh < 1: only labelled pixels whose probability for
+    masks, nfdseg/data/balance.py); OHEM when 0 < ohem_thresh < 1: only labelled pixels whose probability for
     their true class is <= ohem_thresh count, and at least ohem_min_kept of the hardest per batch."""
 
     iters: int = 600

@@ -26,7 +26,9 @@ def demo_port(args: list[str]) -> int | None:
             return int(args[i + 1])
         if a.startswith("--port="):
             return int(a.split("=", 1)[1])
-    return 7860
+    from nfdseg.demo.app import DEFAULT_PORT  # the demo's own default, so the two cannot drift apart
+
+    return DEFAULT_PORT
 
 
 def main() -> int:

@@ -5,20 +5,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nfdseg.artifacts import CHECKPOINT, EXPORT_SUMMARY, ONNX_FP32, PARITY_REPORT, manifest_path
+from nfdseg.artifacts import (CHECKPOINT, EXPORT_DIR, EXPORT_SUMMARY, ONNX_FP32, PARITY_REPORT, STUDENT_DIR,
+                              manifest_path)
 from nfdseg.cliargs import add_out_arg
 
-from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS
-from .onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS
+from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, MIN_CALIBRATION_IMAGES
+from .onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS, EngineProfile
+from .onnx_options import MAX_OPSET, MIN_OPSET, OnnxExportOptions
+from .parity import ParityBudget
+from .run import ExportConfig
 
 log = logging.getLogger(__name__)
+# The flags' defaults are the settings' own (ExportConfig and the dataclasses it holds): one source, so
+# `nfdseg export`, the pipeline's export: section and run_export() cannot disagree.
+DEFAULTS = ExportConfig()
 
 
 def _export_config(args):
-    from .onnx2engine import EngineProfile
-    from .run import ExportConfig
-    from .torch2onnx import OnnxExportOptions
-
     hws = _profile_hw(args.profile_hw) if args.profile_hw else (None, None, None)
     batches = [int(v) for v in args.profile_batch.split(",")]
     if len(batches) != 3:
@@ -39,8 +42,6 @@ def _export_config(args):
 
 
 def _budget(args):
-    from .parity import ParityBudget
-
     return ParityBudget(args.fp32_min_agreement, args.fp16_max_delta_miou, args.parity_images,
                         int8_max_delta_miou=args.int8_max_delta_miou)
 
@@ -62,7 +63,7 @@ def _profile_hw(text: str) -> tuple:
 def cmd_export(args) -> int:
     from .stage import export_stage, recorded_parity_text
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "export"
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / EXPORT_DIR
     r = export_stage(args.checkpoint, out, _export_config(args), force=args.force, expect_classes=args.num_classes)
     summary = r.summary
     if r.state == "up to date":
@@ -130,7 +131,7 @@ def _find_checkpoint(export_dir: Path, sha: str, parent: str = "") -> Path:
     from nfdseg.errors import ArtifactError
     from nfdseg.fsutil import sha256_file
 
-    for cand in [*_recorded_parents(export_dir, parent), export_dir.parent / "student", export_dir.parent,
+    for cand in [*_recorded_parents(export_dir, parent), export_dir.parent / STUDENT_DIR, export_dir.parent,
                  *export_dir.parent.glob("*/")]:
         if (cand / CHECKPOINT).is_file() and sha256_file(cand / CHECKPOINT) == sha:
             return cand
@@ -139,10 +140,15 @@ def _find_checkpoint(export_dir: Path, sha: str, parent: str = "") -> Path:
 
 
 def _parity_args(p) -> None:
-    p.add_argument("--fp32-min-agreement", type=float, default=99.9, help="fp32 budget: %% of pixels equal to torch (default 99.9)")
-    p.add_argument("--fp16-max-delta-miou", type=float, default=0.5, help="fp16 budget: max |ΔmIoU| in points (default 0.5)")
-    p.add_argument("--int8-max-delta-miou", type=float, default=1.0, help="int8 budget: max |ΔmIoU| in points (default 1.0)")
-    p.add_argument("--parity-images", type=int, default=64, help="validation images compared (0 = all; default 64)")
+    budget = DEFAULTS.parity
+    p.add_argument("--fp32-min-agreement", type=float, default=budget.fp32_min_agreement,
+                   help=f"fp32 budget: %% of pixels equal to torch (default {budget.fp32_min_agreement})")
+    p.add_argument("--fp16-max-delta-miou", type=float, default=budget.fp16_max_delta_miou,
+                   help=f"fp16 budget: max |ΔmIoU| in points (default {budget.fp16_max_delta_miou})")
+    p.add_argument("--int8-max-delta-miou", type=float, default=budget.int8_max_delta_miou,
+                   help=f"int8 budget: max |ΔmIoU| in points (default {budget.int8_max_delta_miou})")
+    p.add_argument("--parity-images", type=int, default=budget.max_images,
+                   help=f"validation images compared (0 = all; default {budget.max_images})")
     p.add_argument("--allow-rtx", action="store_true", help="let TensorRT-RTX stand in for TensorRT")
 
 
@@ -154,10 +160,13 @@ def register(sub) -> None:
     p.add_argument("checkpoint", help="student checkpoint directory (holds best.pt + checkpoint.json)")
     add_out_arg(p, None, "export directory (default: CHECKPOINT/../export); emptied first when it holds an "
                          "earlier export, refused when it holds anything else")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17-20 (default 17)")
-    p.add_argument("--output", choices=("logits", "probs", "labels"), default="logits",
-                   help="graph output: logits (default), softmax probs, or an argmax label map")
-    p.add_argument("--label-dtype", choices=("uint8", "int32"), default="uint8", help="label map dtype with --output labels")
+    onnx, prof = DEFAULTS.onnx, DEFAULTS.profile
+    p.add_argument("--opset", type=int, default=onnx.opset,
+                   help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {onnx.opset})")
+    p.add_argument("--output", choices=("logits", "probs", "labels"), default=onnx.output,
+                   help=f"graph output: logits, softmax probs, or an argmax label map (default {onnx.output})")
+    p.add_argument("--label-dtype", choices=("uint8", "int32"), default=onnx.label_dtype,
+                   help=f"label map dtype with --output labels (default {onnx.label_dtype})")
     p.add_argument("--normalize-in-graph", action="store_true", help="graph takes uint8 NHWC RGB and normalises itself")
     p.add_argument("--static-hw", action="store_true", help="fix height/width to the training input size")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
@@ -166,17 +175,21 @@ def register(sub) -> None:
                    help="also write a Q/DQ INT8 model.int8.onnx calibrated on the training split; it is kept only "
                         "within --int8-max-delta-miou of the checkpoint (remedies are tried in order, see "
                         "docs/deploying.md), else the export fails and keeps the fp32/FP16 models")
-    p.add_argument("--int8-calib-images", type=int, default=64,
-                   help="training images used for INT8 calibration (at least 8; default 64)")
-    p.add_argument("--int8-calib-method", choices=CALIBRATION_METHODS, default="minmax",
-                   help="how INT8 activation ranges are chosen (default minmax)")
-    p.add_argument("--int8-activations", choices=ACTIVATION_TYPES, default="uint8",
-                   help="uint8: asymmetric, fastest on onnxruntime CPUs (default); int8: symmetric, needed for a "
-                        "TensorRT INT8 engine (--engine-precision int8)")
-    p.add_argument("--engine", choices=ENGINE_MODES, default="auto",
-                   help="TensorRT engine: auto = build when TensorRT is installed (default), on = required, off")
-    p.add_argument("--engine-precision", choices=ENGINE_PRECISIONS, default="fp16", help="engine precision (default fp16)")
-    p.add_argument("--profile-batch", default="1,4,8", help="engine profile batch min,opt,max (default 1,4,8)")
+    p.add_argument("--int8-calib-images", type=int, default=DEFAULTS.int8_calib_images,
+                   help=f"training images used for INT8 calibration (at least {MIN_CALIBRATION_IMAGES}; "
+                        f"default {DEFAULTS.int8_calib_images})")
+    p.add_argument("--int8-calib-method", choices=CALIBRATION_METHODS, default=DEFAULTS.int8_calib_method,
+                   help=f"how INT8 activation ranges are chosen (default {DEFAULTS.int8_calib_method})")
+    p.add_argument("--int8-activations", choices=ACTIVATION_TYPES, default=DEFAULTS.int8_activations,
+                   help="uint8: asymmetric, fastest on onnxruntime CPUs; int8: symmetric, needed for a TensorRT "
+                        f"INT8 engine (--engine-precision int8) (default {DEFAULTS.int8_activations})")
+    p.add_argument("--engine", choices=ENGINE_MODES, default=DEFAULTS.engine,
+                   help="TensorRT engine: auto = build when TensorRT is installed, on = required, off "
+                        f"(default {DEFAULTS.engine})")
+    p.add_argument("--engine-precision", choices=ENGINE_PRECISIONS, default=DEFAULTS.engine_precision,
+                   help=f"engine precision (default {DEFAULTS.engine_precision})")
+    batches = f"{prof.min_batch},{prof.opt_batch},{prof.max_batch}"
+    p.add_argument("--profile-batch", default=batches, help=f"engine profile batch min,opt,max (default {batches})")
     p.add_argument("--profile-hw", help="engine profile sizes: HxW, or min,opt,max as HxW,HxW,HxW; the range must "
                                         "contain the model's input size, which the runtime resizes every image to "
                                         "(default: exactly that size)")

@@ -24,7 +24,7 @@ from nfdseg.errors import MissingDependencyError
 from nfdseg.fsutil import atomic_path, sha256_file
 from nfdseg.manifest import Manifest, OnnxInfo, runtime_versions, write_manifest
 
-from .torch2onnx import DEFAULT_OPSET, IR_VERSION
+from .onnx_options import DEFAULT_OPSET, IR_VERSION
 
 log = logging.getLogger(__name__)
 

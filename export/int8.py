@@ -39,7 +39,6 @@ from nfdseg.manifest import Int8Info, Manifest, runtime_versions, write_manifest
 
 log = logging.getLogger(__name__)
 
-INT8_FILE = ONNX_INT8
 CANDIDATE_FILE = ".model.int8.candidate.onnx"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")  # int8: symmetric (zero point 0), what TensorRT takes from Q/DQ
@@ -73,7 +72,7 @@ class Int8Options:
             raise ConfigError(f"INT8 calibration needs at least {MIN_CALIBRATION_IMAGES} images",
                               seen=f"int8_calib_images {self.images}",
                               fix=f"set int8_calib_images (--int8-calib-images) to {MIN_CALIBRATION_IMAGES} or more "
-                                  "(64 is the default)")
+                                  f"({Int8Options.images} is the default)")
         unknown = [r for r in self.remedies if r not in REMEDIES]
         if unknown:
             raise ConfigError(f"unknown INT8 remedies {unknown}", fix=f"choose from {', '.join(REMEDIES)}")
@@ -257,7 +256,7 @@ class Int8Outcome:
 
 def remove_int8(out_dir: Path) -> None:
     """Remove an INT8 model and manifest (and candidates) left by an earlier export of this directory."""
-    for name in (INT8_FILE, CANDIDATE_FILE):
+    for name in (ONNX_INT8, CANDIDATE_FILE):
         for p in (out_dir / name, (out_dir / name).with_suffix(".json")):
             if p.is_file():
                 p.unlink()
@@ -338,7 +337,7 @@ def _write_int8_manifest(fp32_path: Path, fp32_manifest: Manifest, path: Path, i
 
 def _accept(fp32_path: Path, fp32_manifest: Manifest, candidate: Path, out_dir: Path, info: Int8Info) -> Manifest:
     """Rename the passing candidate to model.int8.onnx, then write its manifest (last: only then is it complete)."""
-    final = out_dir / INT8_FILE
+    final = out_dir / ONNX_INT8
     os.replace(candidate, final)
     return _write_int8_manifest(fp32_path, fp32_manifest, final, info)
 

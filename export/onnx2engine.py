@@ -26,6 +26,8 @@ from nfdseg.fsutil import sha256_file, write_bytes_atomic, write_text_atomic
 from nfdseg.manifest import EngineInfo, Manifest, write_manifest
 from nfdseg.serve.backends.trt_compat import current_gpu, fp16_build_path, import_tensorrt
 
+from .onnx_options import MAX_OPSET, MIN_OPSET
+
 log = logging.getLogger(__name__)
 MAX_LOG_LINES = 20_000
 # Defined once, here (a module that imports no torch, so the CLIs can list them): ExportConfig's Literal fields,
@@ -210,7 +212,7 @@ def _parse_network(b: _Build, src: _Source, shapes: dict[str, tuple[tuple[int, .
     if not parser.parse(src.path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise ArtifactError(f"TensorRT could not parse {src.path}", seen=errors[:500],
-                            fix="check the opset (17-20) and that the ONNX passes `nfdseg check`")
+                            fix=f"check the opset ({MIN_OPSET}-{MAX_OPSET}) and that the ONNX passes `nfdseg check`")
     opt_profile = b.builder.create_optimization_profile()
     for name, (lo, mid, hi) in shapes.items():
         opt_profile.set_shape(name, lo, mid, hi)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from nfdseg.artifacts import ONNX_FILES, ONNX_FP32, ONNX_INT8
+from nfdseg.artifacts import CHECKPOINT_MANIFEST, ENGINE_SUFFIX, ONNX_FILES, ONNX_FP32, ONNX_INT8
 from nfdseg.config import from_dict
 from nfdseg.errors import ArtifactError, EngineNotRunnableHere, MissingDependencyError
 from nfdseg.manifest import Manifest, read_manifest
@@ -139,7 +139,7 @@ def build_reference(export_dir: Path, ckpt_dir: Path, budget: ParityBudget = Par
     from nfdseg.serve.segmenter import Segmenter
 
     ckpt_dir = Path(ckpt_dir)
-    ckpt = read_manifest(ckpt_dir / "checkpoint.json", expect_kind="checkpoint")
+    ckpt = read_manifest(ckpt_dir / CHECKPOINT_MANIFEST, expect_kind="checkpoint")
     source = validation_source(ckpt)
     n = min(len(source), budget.max_images) if budget.max_images else len(source)
     backend, name, note = _reference_backend(ckpt_dir, ckpt, Path(export_dir))
@@ -176,7 +176,7 @@ def parity_targets(export_dir: Path) -> list[tuple[Path, str, str, str]]:
                 if _onnxruntime_lists_cuda()]
     targets += [(p, "openvino", "cpu", f"{p.name} ({OPENVINO_LABEL})") for p in onnx_files
                 if p.name in (ONNX_FP32, ONNX_INT8)]
-    return targets + [(p, "tensorrt", "auto", p.name) for p in sorted(export_dir.glob("*.engine"))]
+    return targets + [(p, "tensorrt", "auto", p.name) for p in sorted(export_dir.glob("*" + ENGINE_SUFFIX))]
 
 
 def _not_run(report: dict[str, Any], label: str, reason: str) -> None:

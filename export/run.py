@@ -8,15 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nfdseg.artifacts import CHECKPOINT_MANIFEST, EXPORT_SUMMARY, ONNX_FP16, ONNX_FP32, PARITY_REPORT, manifest_path
+from nfdseg.artifacts import (CHECKPOINT_MANIFEST, EXPORT_SUMMARY, ONNX_FP16, ONNX_FP32, ONNX_INT8, PARITY_REPORT,
+                              TIMING_CACHE, manifest_path)
 from nfdseg.errors import ArtifactError, BrokenDependencyError, ConfigError, MissingDependencyError
 from nfdseg.fsutil import sha256_file, write_json_atomic
 from nfdseg.manifest import read_manifest
 
-from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_FILE, REMEDIES, Int8Options
+from .int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, Int8Options
 from .onnx2engine import ENGINE_MODES, ENGINE_PRECISIONS, EngineProfile
 from .parity import ParityBudget
-from .torch2onnx import OnnxExportOptions
+from .onnx_options import OnnxExportOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,11 @@ class ExportConfig:
     parity: ParityBudget = field(default_factory=ParityBudget)
     fp16_calibration_images: int = 4  # validation images scanned for activations beyond the float16 range (0: off)
     int8: bool = False
-    int8_calib_images: int = 64
-    int8_calib_method: Literal[CALIBRATION_METHODS] = "minmax"
-    int8_activations: Literal[ACTIVATION_TYPES] = "uint8"
-    int8_remedies: tuple[str, ...] = REMEDIES  # tried in this order when the budget breaks; () = none
+    # the INT8 settings' defaults are Int8Options's (export/int8.py), which these fields are handed to
+    int8_calib_images: int = Int8Options.images
+    int8_calib_method: Literal[CALIBRATION_METHODS] = Int8Options.method
+    int8_activations: Literal[ACTIVATION_TYPES] = Int8Options.activation_type
+    int8_remedies: tuple[str, ...] = Int8Options.remedies  # tried in this order when the budget breaks; () = none
 
     def int8_options(self) -> Int8Options:
         return Int8Options(images=self.int8_calib_images, method=self.int8_calib_method,
@@ -129,7 +131,7 @@ def _int8_stage(out: Path, onnx_m, ckpt, cfg: ExportConfig, reference, summary: 
     outcome = export_int8(out / ONNX_FP32, onnx_m, ckpt, out, cfg.int8_options(), score)
     summary["int8"] = outcome.to_json() | {"seconds": round(time.perf_counter() - t0, 2)}
     if outcome.passed:
-        summary["files"][INT8_FILE] = round((out / INT8_FILE).stat().st_size / 1e6, 3)
+        summary["files"][ONNX_INT8] = round((out / ONNX_INT8).stat().st_size / 1e6, 3)
     return outcome
 
 
@@ -141,7 +143,7 @@ def _int8_verdict(report: dict[str, Any], int8, reference) -> None:
         return
     report["int8"] = int8.to_json()
     if not int8.passed:
-        res = dict(int8.result or {}, artifact=f"{INT8_FILE} (refused: best of {len(int8.attempts)} attempt(s))")
+        res = dict(int8.result or {}, artifact=f"{ONNX_INT8} (refused: best of {len(int8.attempts)} attempt(s))")
         if int8.result:
             report["failures"].append(failure_entry(res, reference.result))
         report["passed"] = False
@@ -218,8 +220,8 @@ def run_export(ckpt_dir: str | Path, out_dir: str | Path, cfg: ExportConfig = Ex
     elif cfg.engine != "off":
         try:
             engine_m = onnx2engine(out / ONNX_FP32, onnx_m, out, cfg.engine_precision, fp16_path, cfg.profile,
-                                   timing_cache=out / "timing.cache", allow_rtx=cfg.engine_allow_rtx,
-                                   int8_onnx=out / INT8_FILE if int8_ok else None)
+                                   timing_cache=out / TIMING_CACHE, allow_rtx=cfg.engine_allow_rtx,
+                                   int8_onnx=out / ONNX_INT8 if int8_ok else None)
             engine_path = out / engine_m.artifact
             summary["files"][engine_m.artifact] = file_mb(engine_path)
             summary["engine"] = {"path": str(engine_path), "precision_built": engine_m.precision}

@@ -70,8 +70,8 @@ def build_then_move(out: Path, build) -> Any:
     out.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        if (out / "timing.cache").is_file():  # TensorRT's timing cache carries over between builds
-            shutil.copy2(out / "timing.cache", building / "timing.cache")
+        if (out / TIMING_CACHE).is_file():  # TensorRT's timing cache carries over between builds
+            shutil.copy2(out / TIMING_CACHE, building / TIMING_CACHE)
         result = build(building)
         old = None
         if out.exists():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +22,9 @@ from nfdseg.errors import ArtifactError, ConfigError
 from nfdseg.fsutil import atomic_path
 from nfdseg.manifest import Manifest, OnnxInfo, TensorSpec, runtime_versions, write_manifest
 
+from .onnx_options import IR_VERSION, MAX_OPSET, MIN_OPSET, OnnxExportOptions
+
 log = logging.getLogger(__name__)
-
-MIN_OPSET, MAX_OPSET = 17, 20
-DEFAULT_OPSET = 17  # the opset every export writes unless told otherwise (`nfdseg export --opset`)
-# IR version written into every model: 8 is what opset 17-20 graphs need and every onnxruntime
-# since 1.14 and TensorRT 10 read; newer onnx helpers would otherwise stamp a newer IR.
-IR_VERSION = 8
-
-
-@dataclass(frozen=True)
-class OnnxExportOptions:
-    """output: logits | probs | labels. label_dtype: uint8 | int32 (for labels).
-    normalize_in_graph: input is uint8 NHWC RGB, the graph scales and normalises it.
-    dynamic_hw: height and width are dynamic axes (the model is fully convolutional)."""
-
-    opset: int = DEFAULT_OPSET
-    output: str = "logits"
-    label_dtype: str = "uint8"
-    normalize_in_graph: bool = False
-    dynamic_hw: bool = True
-    simplify: bool = True
 
 
 class DeployWrapper(nn.Module):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from nfdseg.artifacts import ONNX_FP32, TRITON_MANIFEST, manifest_path
+from nfdseg.artifacts import ONNX_FP32, TRITON_CONFIG, TRITON_MANIFEST, TRITON_PLAN, TRITON_VERSION_DIR, manifest_path
 from nfdseg.fsutil import write_text_atomic
 from nfdseg.manifest import Manifest, TensorSpec
+
+from .onnx2engine import EngineProfile
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int32": "TYPE_INT32",
                  "int64": "TYPE_INT64"}
@@ -57,13 +59,14 @@ instance_group [
 
 
 def write_triton_repository(repo: Path, onnx_path: Path, onnx_manifest: Manifest, engine_path: Path | None = None,
-                            engine_manifest: Manifest | None = None, name: str = "nfdseg", max_batch: int = 8) -> list[Path]:
+                            engine_manifest: Manifest | None = None, name: str = "nfdseg",
+                            max_batch: int = EngineProfile.max_batch) -> list[Path]:
     """Write <repo>/<name>_onnx/{config.pbtxt,1/model.onnx} and, with an engine, <name>_trt/{...,1/model.plan}.
     Also copies the manifests (as 1/manifest.json) so a client can find classes and preprocessing."""
     written = []
     models = [(f"{name}_onnx", "onnxruntime_onnx", onnx_path, onnx_manifest, ONNX_FP32, "KIND_AUTO")]
     if engine_path is not None and engine_manifest is not None:
-        models.append((f"{name}_trt", "tensorrt_plan", engine_path, engine_manifest, "model.plan", "KIND_GPU"))
+        models.append((f"{name}_trt", "tensorrt_plan", engine_path, engine_manifest, TRITON_PLAN, "KIND_GPU"))
     max_trt = max_batch
     if engine_manifest is not None and engine_manifest.engine and engine_manifest.engine.profile:
         lo_opt_hi = next(iter(engine_manifest.engine.profile.values()))
@@ -71,9 +74,10 @@ def write_triton_repository(repo: Path, onnx_path: Path, onnx_manifest: Manifest
     for model_name, platform, src, m, fname, kind in models:
         mb = max_trt if platform == "tensorrt_plan" else max_batch
         d = repo / model_name
-        (d / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, d / "1" / fname)
-        shutil.copyfile(manifest_path(src), d / "1" / TRITON_MANIFEST)
-        write_text_atomic(d / "config.pbtxt", config_pbtxt(model_name, platform, m, mb, [mb // 2 or 1, mb], kind=kind))
-        written.append(d / "config.pbtxt")
+        version = d / TRITON_VERSION_DIR
+        version.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, version / fname)
+        shutil.copyfile(manifest_path(src), version / TRITON_MANIFEST)
+        write_text_atomic(d / TRITON_CONFIG, config_pbtxt(model_name, platform, m, mb, [mb // 2 or 1, mb], kind=kind))
+        written.append(d / TRITON_CONFIG)
     return written

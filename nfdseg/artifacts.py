@@ -9,12 +9,20 @@ A run folder, as the stages write it (docs/architecture.md):
                                     <engine>.engine + <engine>.json + <engine>.log (the build log), timing.cache,
                                     parity.json, export_summary.json
     triton/                         <name>_onnx/ and <name>_trt/ (config.pbtxt, 1/model.onnx|model.plan, 1/manifest.json)
-    pipeline.json, choice.json, bench.json, report.md, report.json, deploy/
+    pipeline.json, choice.json, bench.json, report.md, report.json, deploy/ (the artifacts to ship, classes.json,
+                                    usage.py)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+# --- the folders of a run (`nfdseg distill --out`, `nfdseg pipeline --out`); a stage that writes one is named for it
+TEACHER_DIR = "teacher"
+STUDENT_DIR = "student"  # the distilled student
+BASELINE_DIR = "baseline"  # the student trained without distillation (the pipeline's comparison)
+EXPORT_DIR = "export"  # `nfdseg export`'s default: beside the checkpoint folder
+TRITON_DIR = "triton"  # the pipeline's Triton model repository
 
 # --- a training stage's folder
 CHECKPOINT = "best.pt"  # the artifact: the best weights on the validation split
@@ -33,6 +41,11 @@ ENGINE_LOG_SUFFIX = ".log"  # <engine>.log beside each engine: TensorRT's build 
 TIMING_CACHE = "timing.cache"  # TensorRT's tactic timings, reused by the next build on the same GPU and version
 PARITY_REPORT = "parity.json"
 EXPORT_SUMMARY = "export_summary.json"
+
+# --- a Triton model repository: <repo>/<model>/config.pbtxt and <model>/1/ (the model, its manifest)
+TRITON_CONFIG = "config.pbtxt"
+TRITON_VERSION_DIR = "1"  # the one version each model is written as
+TRITON_PLAN = "model.plan"  # a TensorRT engine, as Triton's tensorrt_plan backend names it (ONNX keeps ONNX_FP32)
 TRITON_MANIFEST = "manifest.json"  # the manifest copied into a Triton model's version folder
 
 # --- the pipeline's run folder
@@ -40,7 +53,9 @@ PIPELINE_MARKER = "pipeline.json"
 STUDENT_CHOICE = "choice.json"
 BENCH_REPORT = "bench.json"
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
-DEPLOY_DIR = "deploy"
+DEPLOY_DIR = "deploy"  # what to ship: the engine and ONNX models with their manifests, and these two
+DEPLOY_CLASSES = "classes.json"
+DEPLOY_USAGE = "usage.py"
 
 
 def manifest_path(artifact: str | Path) -> Path:

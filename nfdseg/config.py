@@ -14,6 +14,11 @@ import yaml
 from .errors import ConfigError
 
 T = TypeVar("T")
+# The built-in run configs (quick, camvid_cpu, cityscapes_r101_r18, ...) live in configs/ beside this module, which
+# loads them: here in the contract, below both readers of a run config, the training loader
+# (nfdseg.distill.config.load_run_config) and `nfdseg data check --config` (which needs no torch).
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+USER_BASE = "quick"  # a user's run config builds on the quick preset unless it names another `base:`
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -199,3 +204,9 @@ def config_layers(source: str | Path, preset_dir: Path, user_base: str = "none",
     below = ([] if base is None or base.lower() == "none"
              else config_layers(base, preset_dir, user_base, path.parent, chain + (label,)))
     return below + [ConfigLayer(label, data, builtin)]
+
+
+def run_config_layers(source: str | Path) -> list[ConfigLayer]:
+    """The run config `source` (a YAML path or a preset name in PRESET_DIR) over its `base:` chain, base first: the
+    one resolver of both the training loader (nfdseg.distill.config.load_run_config) and `nfdseg data check`."""
+    return config_layers(source, PRESET_DIR, user_base=USER_BASE)

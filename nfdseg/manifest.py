@@ -21,6 +21,7 @@ from .fsutil import sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1
 KINDS = ("checkpoint", "onnx", "engine")
+IGNORE_INDEX = 255  # the label value that counts for no class, unless a dataset's class list says otherwise
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class ClassSpec:
 
     names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
 
     @property
     def num_classes(self) -> int:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .manifest import IGNORE_INDEX
+
 
 class ConfusionMatrix:
     """Accumulates a num_classes x num_classes confusion matrix (rows: ground truth, columns: prediction)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

@@ -27,7 +27,8 @@ import numpy as np
 from nfdseg.errors import BusyError, NfdsegError
 from nfdseg.preprocess import prepare_batch
 
-from .segmenter import Prediction, Segmenter
+from .prediction import Prediction
+from .segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class _Request:
 # The batcher's defaults, the one home of `nfdseg bench --max-wait-ms`, the demo's and the benchmarks' settings.
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_WAIT_MS = 5.0
+DEFAULT_MAX_QUEUE = 256
 
 
 class MicroBatcher:
@@ -60,7 +62,7 @@ class MicroBatcher:
     waits for company), max_queue (pending requests before BusyError), timeout_s (default deadline)."""
 
     def __init__(self, segmenter: Segmenter, max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-                 max_queue: int = 256, timeout_s: float = 30.0):
+                 max_queue: int = DEFAULT_MAX_QUEUE, timeout_s: float = 30.0):
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         self.seg = segmenter

@@ -22,7 +22,7 @@ from nfdseg.errors import ConfigError
 from nfdseg.manifest import runtime_versions
 from nfdseg.preprocess import prepare_batch
 
-from .batcher import MicroBatcher
+from .batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, MicroBatcher
 from .segmenter import Segmenter
 
 Clock = Callable[[], float]
@@ -280,8 +280,8 @@ def _load(fn_per_request: Callable[[np.ndarray], Any], imgs: list[np.ndarray], c
             "throughput_images_per_s": round(len(lat) / max(wall, 1e-9), 2)}
 
 
-def bench_concurrency(seg: Segmenter, levels: Sequence[int], budget: BenchBudget = BenchBudget(), max_batch: int = 8,
-                      max_wait_ms: float = 5.0) -> list[dict]:
+def bench_concurrency(seg: Segmenter, levels: Sequence[int], budget: BenchBudget = BenchBudget(),
+                      max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS) -> list[dict]:
     """Per level: the micro-batcher versus the same callers served one at a time (a lock around predict)."""
     imgs = sample_images(seg, 16)
     rows = []
@@ -293,7 +293,7 @@ def bench_concurrency(seg: Segmenter, levels: Sequence[int], budget: BenchBudget
 
     for c in levels:
         with MicroBatcher(seg, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                          max_queue=max(256, min(budget.max_iters, 10_000))) as mb:
+                          max_queue=max(DEFAULT_MAX_QUEUE, min(budget.max_iters, 10_000))) as mb:
             for im in imgs[:budget.warmup]:
                 mb.predict(im)
             batched = _load(mb.predict, imgs, c, budget)
@@ -309,7 +309,7 @@ def batcher_overhead(seg: Segmenter, budget: BenchBudget = BenchBudget()) -> dic
     """p50 of one request through the batcher (concurrency 1, max_wait 0) minus a direct predict call."""
     im = sample_images(seg, 1)[0]
     direct = timed_calls(lambda: seg.predict(im), budget)
-    with MicroBatcher(seg, max_batch=8, max_wait_ms=0.0) as mb:
+    with MicroBatcher(seg, max_batch=DEFAULT_MAX_BATCH, max_wait_ms=0.0) as mb:
         via = timed_calls(lambda: mb.predict(im), budget)
     d, v = percentiles(direct), percentiles(via)
     return {"direct": d, "batcher": v, "overhead_p50_ms": round(v["p50_ms"] - d["p50_ms"], 3)}
@@ -317,7 +317,7 @@ def batcher_overhead(seg: Segmenter, budget: BenchBudget = BenchBudget()) -> dic
 
 def run_bench(seg: Segmenter, batch_sizes: Sequence[int], concurrency: Sequence[int],
               budget: BenchBudget | None = None, load_budget: BenchBudget | None = None, *, iters: int | None = None,
-              requests: int | None = None, max_batch: int = 8, max_wait_ms: float = 5.0,
+              requests: int | None = None, max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
               progress: bool = False) -> dict[str, Any]:
     """The `nfdseg bench` report. budget: per batch-size row; load_budget: per concurrency level (min_iters =
     requests). `iters` / `requests` instead ask for fixed counts with no time budget."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from nfdseg.data.sources import FORMATS
 
 from .backends import BACKENDS, PRECISIONS
+from .batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 
 
 def _ints(text: str) -> list[int]:
@@ -183,8 +184,10 @@ def register(sub) -> None:
     b.add_argument("--warmup", type=int, default=2, help="untimed calls before each row (default 2)")
     b.add_argument("--requests", type=int, default=32,
                    help="requests per concurrency level at least, even past --duration (default 32)")
-    b.add_argument("--max-batch", type=int, default=8, help="micro-batcher max batch (default 8)")
-    b.add_argument("--max-wait-ms", type=float, default=5.0, help="micro-batcher max wait (default 5 ms)")
+    b.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"micro-batcher max batch (default {DEFAULT_MAX_BATCH})")
+    b.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
+                   help=f"micro-batcher max wait (default {DEFAULT_MAX_WAIT_MS:g} ms)")
     b.add_argument("--json", help="write the JSON report here")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -21,20 +20,10 @@ from nfdseg.preprocess import ImageLimits, load_image, prepare_batch, resize_lab
 from .backends import note_missing_parity, open_backend
 from .backends.parity_record import note_refused_runtime
 from .backends.base import Backend
-
-if TYPE_CHECKING:
-    from .stream import FrameStream
+from .prediction import Prediction
+from .stream import FrameStream
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Prediction:
-    """One image's result at the input image's size: labels (HxW uint8), optional probs (CxHxW float32)."""
-
-    labels: np.ndarray
-    probs: np.ndarray | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Segmenter:
@@ -146,12 +135,10 @@ class Segmenter:
             p.timings_ms = timing
         return preds[0] if single else preds
 
-    def stream(self, frames: Any, **kwargs: Any) -> "FrameStream":
+    def stream(self, frames: Any, **kwargs: Any) -> FrameStream:
         """Segment a stream in frame order with decoding, preprocessing and inference overlapped: `frames` is a
         video path, a camera index, a stream URL, a folder of images or an iterable of RGB arrays; iterate the
         returned FrameStream for StreamResults (see serve/stream.py for the options and the drop policy)."""
-        from .stream import FrameStream
-
         return FrameStream(self, frames, **kwargs)
 
     def close(self) -> None:

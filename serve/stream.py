@@ -21,17 +21,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from nfdseg.preprocess import prepare_batch
 
+from .prediction import BatchModel, Prediction, PreparedQueue
 from .video import Frame, FrameSource, open_source
-
-if TYPE_CHECKING:
-    from .batcher import MicroBatcher
-    from .segmenter import Prediction, Segmenter
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -44,7 +41,7 @@ class StreamResult:
     read to result ready, queues included); dropped_before: live frames dropped since the previous result."""
 
     frame: Frame
-    prediction: "Prediction"
+    prediction: Prediction
     timings_ms: dict[str, float]
     dropped_before: int = 0
     rendered: Any = None  # what `render(frame, prediction)` returned, computed in the stream's own thread
@@ -92,16 +89,17 @@ class FrameStream:
     """Iterate to get StreamResults in frame order; see the module docstring.
 
     Args:
-        segmenter: the model. source: anything `open_source` accepts (live=None keeps the source's own kind).
-        batcher: share the model with other streams through this MicroBatcher.
+        segmenter: the model (a Segmenter). source: anything `open_source` accepts (live=None keeps the source's
+            own kind).
+        batcher: share the model with other streams through this MicroBatcher (any PreparedQueue).
         max_batch: frames per backend call when several are ready (never waits to fill a batch).
         queue_size: items per queue between stages (memory bound: about 4 x queue_size frames).
         render: called as render(frame, prediction) in the stream's finish thread; its value is StreamResult.rendered.
     """
 
-    def __init__(self, segmenter: "Segmenter", source: Any, batcher: "MicroBatcher | None" = None,
+    def __init__(self, segmenter: BatchModel, source: Any, batcher: PreparedQueue | None = None,
                  max_batch: int = 4, queue_size: int = 4, with_probs: bool = False, live: bool | None = None,
-                 render: Callable[[Frame, "Prediction"], Any] | None = None):
+                 render: Callable[[Frame, Prediction], Any] | None = None):
         if max_batch < 1 or queue_size < 1:
             raise ValueError("max_batch and queue_size must be at least 1")
         self.seg, self.batcher, self.max_batch, self.with_probs = segmenter, batcher, max_batch, with_probs

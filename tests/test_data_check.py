@@ -220,7 +220,7 @@ def test_config_data_section_resolves_through_the_training_resolver(tmp_path, mo
     pytest.importorskip("torch", reason="the training loader validates architectures with torch")
     from nfdseg.config import from_dict
     from nfdseg.distill.config import load_run_config
-    from nfdseg.data import config as data_config
+    from nfdseg import config as data_config
     from nfdseg.data.cli import run_config_data
     from nfdseg.errors import ConfigError
 

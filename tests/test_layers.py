@@ -327,3 +327,77 @@ def test_type_checking_blocks_and_clean_plants_pass(tmp_path):
     source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\n"
               "def f():\n    import onnxruntime\n    from nfdseg.data import build_source\n")
     assert violations(_planted("nfdseg.serve.segmenter", source, tmp_path)) == []
+
+
+# ------------------------------------------------------------------------------ no import circle inside a folder
+def all_imports(module: str, path: Path) -> set[str]:
+    """Every module name `module` imports anywhere: at import time, inside functions, and under `if
+    TYPE_CHECKING:` too (a circle that only type checkers see is still a circle in the design)."""
+    package = module if path.stem == "__init__" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from . import stream` names a module
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("importlib.import_module", "import_module",
+                                                                      "__import__") \
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            found.add(node.args[0].value)
+    return found
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """{module: the modules of its own layer it imports}. A package's __init__ is left out as a target: importing
+    `nfdseg.serve.x` runs `nfdseg.serve/__init__` first, but the package re-exporting its modules is not a circle
+    between them."""
+    graph = {}
+    for mod, path in modules.items():
+        layer = layer_of(mod).name
+        targets = {resolve(t, modules) for t in all_imports(mod, path)}
+        graph[mod] = {t for t in targets if t and t != mod and layer_of(t).name == layer
+                      and modules[t].name != "__init__.py"}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of `graph` as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return path[path.index(m):] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        path.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_no_import_circle_inside_a_folder():
+    cycle = find_cycle(import_graph(module_files()))
+    assert cycle is None, "import circle (lazy and TYPE_CHECKING imports count): " + " -> ".join(cycle)
+
+
+def test_the_circle_check_catches_a_planted_circle(tmp_path):
+    """The serve circle issue 29 found, planted back: stream.py importing the batcher under TYPE_CHECKING."""
+    planted = _planted("nfdseg.serve.stream", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                              "    from .batcher import MicroBatcher\n", tmp_path)
+    cycle = find_cycle(import_graph(planted))
+    assert cycle is not None and "nfdseg.serve.stream" in cycle and "nfdseg.serve.batcher" in cycle, cycle
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None

@@ -20,7 +20,6 @@ from .base import Backend
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # auto: fp16 on a GPU, fp32 on a CPU; int8 only when asked
-ONNX_BY_PRECISION = ONNX_FILES  # precision -> ONNX file (nfdseg/artifacts.py)
 
 
 def _manifest_for(file: Path) -> Manifest:
@@ -220,4 +219,4 @@ def _has_gpu() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-__all__ = ["Backend", "open_backend", "BACKENDS", "PRECISIONS", "ONNX_BY_PRECISION"]
+__all__ = ["Backend", "open_backend", "BACKENDS", "PRECISIONS"]

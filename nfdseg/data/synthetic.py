@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nfdseg.manifest import ClassSpec
+from nfdseg.manifest import IGNORE_INDEX, ClassSpec
 
 from .config import DEFAULT_SIZE
 
@@ -19,7 +19,7 @@ PALETTE = (
     (0, 0, 0), (128, 64, 128), (70, 70, 70), (107, 142, 35),
     (153, 153, 153), (220, 20, 60), (0, 0, 142), (220, 220, 0),
 )
-SYNTHETIC_CLASSES = ClassSpec(names=CLASS_NAMES, palette=PALETTE, ignore_index=255)
+SYNTHETIC_CLASSES = ClassSpec(names=CLASS_NAMES, palette=PALETTE, ignore_index=IGNORE_INDEX)
 
 # Base hue ranges overlap on purpose (e.g. cars and buildings share greys and blues).
 _BASE_RGB = {

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from nfdseg.errors import DataError, InputError
-from nfdseg.manifest import ClassSpec, default_palette
+from nfdseg.manifest import IGNORE_INDEX, ClassSpec, default_palette
 from nfdseg.preprocess import apply_exif_orientation, load_image
 
 from .classes import load_class_list
@@ -145,7 +145,7 @@ def open_mask(path: Path) -> np.ndarray:
     if arr.dtype != np.uint8:
         top = int(arr.max(initial=0))
         if top > 255:
-            raise ValueError(f"values above 255 (max {top}): class ids must fit in 8 bits (ignore index 255)")
+            raise ValueError(f"values above 255 (max {top}): class ids must fit in 8 bits (ignore index {IGNORE_INDEX})")
         arr = arr.astype(np.uint8)
     return arr
 
@@ -256,10 +256,10 @@ def list_cityscapes(root: str | Path, split: str, class_file=None) -> Listing:
     """Cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelIds.png."""
     root = Path(root)
     img_dir, gt_dir = root / "leftImg8bit" / split, root / "gtFine" / split
-    lut = np.full(256, 255, np.uint8)
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
     for label_id, train_id in CITYSCAPES_ID_TO_TRAIN.items():
         lut[label_id] = train_id
-    classes = ClassSpec(CITYSCAPES_NAMES, CITYSCAPES_PALETTE, 255)
+    classes = ClassSpec(CITYSCAPES_NAMES, CITYSCAPES_PALETTE, IGNORE_INDEX)
     problems = _missing_dirs(split, (img_dir, "Cityscapes leftImg8bit"), (gt_dir, "Cityscapes gtFine"))
     if problems:
         return Listing([], problems, classes, lut)
@@ -283,7 +283,7 @@ def list_voc(root: str | Path, split: str, class_file=None) -> Listing:
     """Pascal VOC 2012 (VOCdevkit/VOC2012): ImageSets/Segmentation/<split>.txt, JPEGImages, SegmentationClass;
     split 'train_aug' reads the SBD-augmented list and masks from SegmentationClassAug."""
     root = Path(root)
-    classes = ClassSpec(VOC_NAMES, default_palette(21), 255)
+    classes = ClassSpec(VOC_NAMES, default_palette(21), IGNORE_INDEX)
     list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not list_file.is_file():
         return Listing([], [Problem("missing folder", str(list_file), "VOC split list not found (splits: train, val, "
@@ -315,9 +315,9 @@ def list_ade20k(root: str | Path, split: str, class_file=None) -> Listing:
         rows = list(csv.DictReader(info.open()))
         if len(rows) == 150 and "Name" in rows[0]:
             names = [r["Name"].split(";")[0].strip() for r in rows]
-    lut = np.full(256, 255, np.uint8)
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
     lut[1:151] = np.arange(150, dtype=np.uint8)
-    classes = ClassSpec(tuple(names), default_palette(150), 255)
+    classes = ClassSpec(tuple(names), default_palette(150), IGNORE_INDEX)
     problems = _missing_dirs(split, (img_dir, "ADE20K image"), (ann_dir, "ADE20K annotation"))
     if problems:
         return Listing([], problems, classes, lut)
@@ -342,8 +342,8 @@ def list_camvid(root: str | Path, split: str, class_file=None) -> Listing:
     the checks name it as out of range."""
     root = Path(root)
     lut = np.arange(256, dtype=np.uint8)
-    lut[CAMVID_VOID] = 255
-    classes = ClassSpec(CAMVID_NAMES, CAMVID_PALETTE, 255)
+    lut[CAMVID_VOID] = IGNORE_INDEX
+    classes = ClassSpec(CAMVID_NAMES, CAMVID_PALETTE, IGNORE_INDEX)
     img_dir, ann_dir = root / split, root / f"{split}annot"
     problems = _missing_dirs(split, (img_dir, "CamVid image"), (ann_dir, "CamVid annotation"))
     if problems:

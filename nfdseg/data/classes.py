@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from nfdseg.errors import DataError
-from nfdseg.manifest import ClassSpec, default_palette
+from nfdseg.manifest import IGNORE_INDEX, ClassSpec, default_palette
 
 CLASS_LIST_KEYS = ("names", "classes", "palette", "ignore_index", "label_map")
 EXAMPLE = "classes: [background, person, car]  (optional: palette, ignore_index, label_map)"
@@ -62,12 +62,12 @@ def parse_class_list(meta: Any, where: str = "class list") -> tuple[ClassSpec, n
         raise DataError(f"{where} has both `names:` and `classes:`", fix="keep one of them")
     names = _names(meta.get("names", meta.get("classes")), where)
     palette = _palette(meta.get("palette"), len(names), where)
-    ignore = meta.get("ignore_index", 255)
+    ignore = meta.get("ignore_index", IGNORE_INDEX)
     if isinstance(ignore, bool) or not isinstance(ignore, int) or not 0 <= ignore <= 255:
         raise DataError(f"{where}: ignore_index must be an integer 0-255", seen=repr(ignore))
     if ignore < len(names):
         raise DataError(f"{where}: ignore_index {ignore} is also the id of class '{names[ignore]}'",
-                        fix="use an ignore index above the class ids (255 is the usual one)")
+                        fix=f"use an ignore index above the class ids ({IGNORE_INDEX} is the usual one)")
     classes = ClassSpec(tuple(names), palette, int(ignore))
     lut = _lookup(meta["label_map"], classes, where) if meta.get("label_map") is not None else None
     return classes, lut

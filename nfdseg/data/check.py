@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from nfdseg.errors import DataError, InputError
-from nfdseg.manifest import ClassSpec
+from nfdseg.manifest import IGNORE_INDEX, ClassSpec
 from nfdseg.preprocess import load_image, oriented_size
 
 from .config import DataConfig
@@ -186,7 +186,7 @@ def check_dataset(cfg: DataConfig, splits: list[str] | None = None, full: bool =
             listing = LISTERS[cfg.format](cfg.root, split, class_file(cfg))
         except DataError as e:  # the class list itself: nothing else can be judged without it
             problems.append(Problem("class list", e.what, "; ".join(x for x in (e.seen, e.fix) if x)))
-            return CheckReport(str(cfg.root), cfg.format, [], 255, [], problems, time.perf_counter() - t0)
+            return CheckReport(str(cfg.root), cfg.format, [], IGNORE_INDEX, [], problems, time.perf_counter() - t0)
         listings[split] = listing
         classes = classes or listing.classes
         problems += listing.problems

@@ -14,10 +14,8 @@ from .sources import FORMATS
 def run_config_data(source: str | Path) -> dict:
     """The `data:` section of run config `source` (a YAML path or a preset name) merged over its `base:` chain by
     the resolver the training loader uses (run_config_layers), so that checking data needs no torch."""
-    from nfdseg.config import deep_update
+    from nfdseg.config import deep_update, run_config_layers
     from nfdseg.errors import ConfigError
-
-    from .config import run_config_layers
 
     merged: dict = {}
     for layer in run_config_layers(source):

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from nfdseg.config import ConfigLayer, config_layers
 from nfdseg.manifest import IMAGENET_MEAN, IMAGENET_STD
 
 from .sources import FORMATS
 
 # The formats data.format accepts: the generated scenes and every on-disk loader (sources.FORMATS).
 DATA_FORMATS = ("synthetic", *FORMATS)
-# The built-in run configs (quick, cityscapes_r101_r18, ...): the one home of the preset folder, here below the
-# training layer so that `nfdseg data check --config` resolves a run config without torch.
-PRESET_DIR = Path(__file__).resolve().parents[1] / "distill" / "configs"  # nfdseg/distill/configs when installed
-USER_BASE = "quick"  # a user's run config builds on the quick preset unless it names another `base:`
 # The quick default's image size, (height, width) in pixels: scenes, crops and the network input.
 DEFAULT_SIZE = (96, 96)
 
@@ -29,7 +23,7 @@ class DataConfig:
 
     format: Literal[DATA_FORMATS] = "synthetic"
     root: str = ""
-    classes: str = ""  # folder format: the class list file; "" is ROOT/classes.yaml (see data/classes.py)
+    classes: str = ""  # folder format: the class list file; "" is ROOT/classes.yaml (see nfdseg/data/classes.py)
     train_split: str = "train"
     val_split: str = "val"
     synthetic_train: int = 2000
@@ -46,8 +40,3 @@ class DataConfig:
     max_val_images: int = 0  # 0: all
     cache_mb: int = 4096
 
-
-def run_config_layers(source: str | Path) -> list[ConfigLayer]:
-    """The run config `source` (a YAML path or a preset name) over its `base:` chain, base first: the one
-    resolver of both the training loader (nfdseg.distill.config.load_run_config) and `nfdseg data check`."""
-    return config_layers(source, PRESET_DIR, user_base=USER_BASE)
