@@ -6,22 +6,28 @@ oneDNN 3.12): a 3x3 convolution's forward + backward ran 1.25x *slower* in bf16 
 AVX512-BF16 CPU (issue 25) trained 1.33x faster; AMX's bf16 tiles are several times faster than AVX-512 fp32.
 So `auto` on a CPU with bf16 units (nfdseg.cpu) times the stage's own model, forward and backward on a batch of the
 training shape, in fp32 and in bf16, and takes bf16 only when it is clearly faster (BF16_MARGIN); on a CPU without
-bf16 units it trains fp32 without asking. The answer is kept per process (the same model and batch get the same
-answer, so repeated runs in one process agree) and recorded in checkpoint.json (metrics.amp, metrics.amp_reason).
+bf16 units it trains fp32 without asking. The answer is recorded in checkpoint.json (metrics.amp,
+metrics.amp_reason) and kept: per process, and per machine in the user's cache (`amp_choice.json` under
+$NFDSEG_CACHE_DIR, else $XDG_CACHE_HOME/nfdseg, else ~/.cache/nfdseg; keyed by the CPU, its oneDNN ISA cap, the
+threads, torch's version, the model and the batch), so a second run of the same config on the same machine trains
+in the same precision even when the machine is busier than at the first timing; delete the file to time again.
 A resumed run keeps the precision it started with (last.pt records it).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
-import statistics
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-from nfdseg.cpu import cpu_bf16_units
+from nfdseg.cpu import cpu_bf16_units, read_cpu_info
+from nfdseg.fsutil import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,8 @@ log = logging.getLogger(__name__)
 AMP_LABELS = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}
 DTYPE_OF_LABEL = {label: dtype for dtype, label in AMP_LABELS.items()}
 BF16_MARGIN = 1.10  # bf16 must be at least this much faster than fp32 for `auto` to take it on a CPU
-PROBE_STEPS = 3  # timed forward+backward passes per precision (after one warm-up), interleaved
+PROBE_STEPS = 3  # timed forward+backward passes per precision (after one warm-up), interleaved; the fastest counts
+AMP_CHOICE_FILE = "amp_choice.json"
 
 _probe_memo: dict[tuple, tuple[torch.dtype | None, str]] = {}
 
@@ -54,9 +61,10 @@ def _time_step(model: torch.nn.Module, frozen: torch.nn.Module | None, x: torch.
 
 def probe_cpu_bf16(model: torch.nn.Module, batch_shape: tuple[int, ...], channels_last: bool,
                    frozen: torch.nn.Module | None = None, timer: Callable = _time_step) -> tuple[float, float]:
-    """Median seconds of a forward + backward pass of a copy of `model` (weights untouched; plus the forward of
+    """Fastest seconds of a forward + backward pass of a copy of `model` (weights untouched; plus the forward of
     `frozen`, the teacher, when given) on a random batch, in fp32 and in bf16 autocast: (fp32 s, bf16 s).
-    `timer(model, frozen, x, dtype)` stands in for the clock in tests."""
+    The fastest of the interleaved steps: other work on the machine only ever adds time, so the minimum is the
+    estimate least shifted by it. `timer(model, frozen, x, dtype)` stands in for the clock in tests."""
     rng = torch.get_rng_state()  # the probe's batch and dropout must not shift the training's random stream
     probe = copy.deepcopy(model).train()
     times: dict[torch.dtype | None, list[float]] = {None: [], torch.bfloat16: []}
@@ -72,17 +80,46 @@ def probe_cpu_bf16(model: torch.nn.Module, batch_shape: tuple[int, ...], channel
                 times[dtype].append(timer(probe, frozen, x, dtype))
     finally:
         torch.set_rng_state(rng)
-    return statistics.median(times[None]), statistics.median(times[torch.bfloat16])
+    return min(times[None]), min(times[torch.bfloat16])
+
+
+def user_cache_dir() -> Path:
+    """Where nfdseg keeps per-machine measurements: $NFDSEG_CACHE_DIR, else $XDG_CACHE_HOME/nfdseg, else
+    ~/.cache/nfdseg."""
+    if os.environ.get("NFDSEG_CACHE_DIR"):
+        return Path(os.environ["NFDSEG_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nfdseg"
+
+
+def _read_choices(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember(key: str, dtype: torch.dtype | None, reason: str) -> None:
+    """Best effort: a cache that cannot be written only means timing again next time."""
+    path = user_cache_dir() / AMP_CHOICE_FILE
+    data = _read_choices(path)
+    data[key] = {"amp": amp_label(dtype), "reason": reason, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, data)
+    except OSError as e:
+        log.info("could not keep the amp choice in %s (%s); it will be timed again", path, e)
 
 
 def amp_choice(mode: str, device: torch.device, bf16_units: tuple[str, ...] | None = None,
                model: torch.nn.Module | None = None, batch_shape: tuple[int, ...] | None = None,
                channels_last: bool = False, frozen: torch.nn.Module | None = None,
-               timer: Callable = _time_step) -> tuple[torch.dtype | None, str]:
+               timer: Callable | None = None) -> tuple[torch.dtype | None, str]:
     """train.amp -> (autocast dtype, or None for fp32; why). `bf16_units` stands in for the CPU probe in tests.
 
     `model` and `batch_shape` let `auto` time the two precisions on a CPU with bf16 units; without them it keeps
-    fp32 there (nothing measured, nothing assumed)."""
+    fp32 there (nothing measured, nothing assumed). `timer` stands in for the clock (tests): its answers are never
+    kept on disk nor read from there."""
     if mode == "off":
         return None, "train.amp=off"
     if device.type == "cuda":
@@ -111,8 +148,17 @@ def amp_choice(mode: str, device: torch.device, bf16_units: tuple[str, ...] | No
         return None, f"auto: the CPU has {'+'.join(units)}, but nothing was timed: fp32"
     key = tuple((getattr(m, "arch", type(m).__name__), sum(p.numel() for p in m.parameters()))
                 for m in (model, frozen) if m is not None) + (tuple(batch_shape), channels_last, units)
+    real_clock = timer is None
+    if key not in _probe_memo and real_clock:
+        cpu = read_cpu_info()
+        disk_key = (f"{cpu.model}|{cpu.onednn_cap or 'no ISA cap'}|{torch.get_num_threads()} threads|torch "
+                    f"{torch.__version__}|{key}")
+        hit = _read_choices(user_cache_dir() / AMP_CHOICE_FILE).get(disk_key)
+        if isinstance(hit, dict) and hit.get("amp") in ("bf16", "off"):
+            _probe_memo[key] = (DTYPE_OF_LABEL[hit["amp"]], f"{hit.get('reason', '')} (kept from {hit.get('when')}, "
+                                                            f"{user_cache_dir() / AMP_CHOICE_FILE})")
     if key not in _probe_memo:
-        fp32_s, bf16_s = probe_cpu_bf16(model, batch_shape, channels_last, frozen, timer)
+        fp32_s, bf16_s = probe_cpu_bf16(model, batch_shape, channels_last, frozen, timer or _time_step)
         speedup = fp32_s / max(bf16_s, 1e-12)
         take = speedup >= BF16_MARGIN
         timed = (f"forward+backward of batch {tuple(batch_shape)}{' channels_last' if channels_last else ''}: "
@@ -120,4 +166,6 @@ def amp_choice(mode: str, device: torch.device, bf16_units: tuple[str, ...] | No
         reason = (f"auto: the CPU has {'+'.join(units)} and bf16 was faster, {timed}" if take else
                   f"auto: the CPU has {'+'.join(units)} but bf16 was not {BF16_MARGIN:.2f}x faster, {timed}: fp32")
         _probe_memo[key] = (torch.bfloat16 if take else None, reason)
+        if real_clock:
+            _remember(disk_key, *_probe_memo[key])
     return _probe_memo[key]

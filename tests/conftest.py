@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# per-machine measurements (the CPU amp choice) go to a fresh folder per test session, never the user's cache
+os.environ["NFDSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="nfdseg-cache-")
 
 TINY_OVERRIDES = {
     "data": {"synthetic_train": 64, "synthetic_val": 12, "synthetic_size": [48, 48], "crop_size": [48, 48],

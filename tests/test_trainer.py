@@ -212,6 +212,34 @@ def test_amp_auto_on_cpu_takes_bf16_only_where_it_has_units_and_is_faster(caplog
     assert again == (auto, why) and len(calls) == (2 * (1 + amp.PROBE_STEPS) if units else 0)
 
 
+def test_amp_auto_keeps_its_answer_per_machine_across_processes(tmp_path, monkeypatch):
+    """A busier machine must not flip a second run's precision: the first timing's answer is kept in the user's
+    cache (keyed by CPU, threads, torch, model, batch) and a new process (memo cleared) reads it instead of timing;
+    deleting the file times again."""
+    from nfdseg.distill import amp
+    from nfdseg.models import build_model
+
+    monkeypatch.setenv("NFDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    model, cpu = build_model("deeplabv3_resnet_tiny", 5), torch.device("cpu")
+    choose = lambda: amp.amp_choice("auto", cpu, bf16_units=("avx512_bf16",), model=model,  # noqa: E731
+                                    batch_shape=(2, 3, 32, 32))
+    amp._probe_memo.clear()
+    timer, calls = _stand_in_timer(1.0, 0.5)  # bf16 2x faster at the first timing
+    monkeypatch.setattr(amp, "_time_step", timer)
+    first = choose()
+    assert first[0] == torch.bfloat16 and calls
+    assert json.loads((tmp_path / "cache" / amp.AMP_CHOICE_FILE).read_text())
+    amp._probe_memo.clear()  # a new process, on a machine now so busy that fp32 would time faster
+    timer, calls = _stand_in_timer(0.5, 1.0)
+    monkeypatch.setattr(amp, "_time_step", timer)
+    kept = choose()
+    assert kept[0] == torch.bfloat16 and not calls and "kept from" in kept[1]
+    (tmp_path / "cache" / amp.AMP_CHOICE_FILE).unlink()
+    amp._probe_memo.clear()
+    assert choose()[0] is None and calls, "without the file it times again"
+    amp._probe_memo.clear()
+
+
 def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path, monkeypatch):
     """last.pt records the precision; a resume whose probe would now answer otherwise keeps the recorded one."""
     import nfdseg.distill.trainer as trainer
