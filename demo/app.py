@@ -47,7 +47,7 @@ def _layout_images(gr, h: ImageHandlers, res: DemoResources, info: dict) -> None
             image = _path_image(gr, label="Image", sources=["upload", "clipboard"], elem_id="nfd-image")
             files = gr.File(label="…or several images", file_count="multiple", file_types=["image"],
                             elem_id="nfd-files")
-            alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity", elem_id="nfd-alpha")
+            alpha = gr.Slider(0.0, 1.0, value=DEMO_ALPHA, step=0.05, label="Overlay opacity", elem_id="nfd-alpha")
             run = gr.Button("Segment", variant="primary", elem_id="nfd-run")
             if res.examples:
                 gr.Examples(examples=[[p] for p in res.examples], inputs=[image],
@@ -70,7 +70,7 @@ def _layout_webcam(gr, h: StreamHandlers) -> None:
     with gr.Row():
         with gr.Column():
             cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", elem_id="nfd-webcam")
-            alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity", elem_id="nfd-cam-alpha")
+            alpha = gr.Slider(0.0, 1.0, value=DEMO_ALPHA, step=0.05, label="Overlay opacity", elem_id="nfd-cam-alpha")
         with gr.Column():
             shown = gr.Image(label="Live segmentation", elem_id="nfd-cam-out", format="jpeg")
             status = gr.Markdown("Start the webcam to segment it live.", elem_id="nfd-cam-status")
@@ -84,7 +84,7 @@ def _layout_video(gr, h: StreamHandlers) -> None:
     with gr.Row():
         with gr.Column():
             clip = gr.Video(sources=["upload"], label="Video", elem_id="nfd-video")
-            alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity", elem_id="nfd-video-alpha")
+            alpha = gr.Slider(0.0, 1.0, value=DEMO_ALPHA, step=0.05, label="Overlay opacity", elem_id="nfd-video-alpha")
             run = gr.Button("Segment video", variant="primary", elem_id="nfd-video-run")
         with gr.Column():
             shown = gr.Video(label="Segmented video", elem_id="nfd-video-out")
@@ -102,6 +102,8 @@ DEFAULT_PORT = 7860  # Gradio's own default, which its docs and users expect; `n
 # hundreds of images. Neither value was tuned by measurement.
 DEMO_MAX_WAIT_MS = 10.0
 DEMO_MAX_QUEUE = 128
+# The sliders' starting opacity: a touch above predict's OVERLAY_ALPHA, so the classes read on a laptop screen
+DEMO_ALPHA = 0.55
 
 
 def _resources(segmenter, batcher, examples, max_age_s: float) -> DemoResources:

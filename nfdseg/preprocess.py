@@ -205,7 +205,11 @@ def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray
     return lut[np.clip(labels, 0, 255).astype(np.uint8)]
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
+OVERLAY_ALPHA = 0.5  # the overlay's opacity: predict's images and videos (--alpha)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]],
+            alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """Blend a colourised label map over an RGB image; alpha in [0, 1] is the mask opacity."""
     alpha = float(min(max(alpha, 0.0), 1.0))
     color = colorize(labels, palette).astype(np.float32)

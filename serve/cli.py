@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nfdseg.data.sources import FORMATS
+from nfdseg.preprocess import OVERLAY_ALPHA
 
 from .backends import BACKENDS, PRECISIONS
 from .batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
@@ -223,7 +224,7 @@ def register(sub) -> None:
     p.add_argument("images", nargs="+", metavar="source",
                    help="image files, video files, camera indices (0) or stream URLs")
     p.add_argument("--out", default="predictions", help="output directory (default predictions/)")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0-1 (default 0.5)")
+    p.add_argument("--alpha", type=float, default=OVERLAY_ALPHA, help=f"overlay opacity 0-1 (default {OVERLAY_ALPHA})")
     p.add_argument("--labels-every", type=int, default=0, metavar="N",
                    help="streams: also write the label map of every Nth frame to <stem>_labels/frameNNNNNN.png "
                         "(1 = every frame; default 0 = none)")

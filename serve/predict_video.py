@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from nfdseg.errors import InputError
+from nfdseg.preprocess import OVERLAY_ALPHA
 
 from .stream import STAGES, StreamStats, percentiles
 from .video import FrameSource, VideoWriter, open_source
@@ -34,7 +35,7 @@ class VideoJob:
     frames the model cannot keep up with."""
 
     out_dir: Path
-    alpha: float = 0.5
+    alpha: float = OVERLAY_ALPHA
     labels_every: int = 0
     max_frames: int = 0
     overlay: bool = True
