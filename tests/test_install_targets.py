@@ -120,7 +120,16 @@ TARGETS = [  # (extra, the onnxruntime build it must bring, its CUDA major)
 ]
 IMAGE_PYTHONS = ["3.10", "3.12"]  # all-cu12 on the 24.08 image's Python and on the default image's Python
 JETSON_ORT = "onnxruntime-gpu==1.23.0"  # what the Jetson AI Lab's wheel is built from
-WHEEL_RUNS = ("all-cu12", "jetson", "jetson-without-index")  # runs that install nfdseg from its built wheel
+WHEEL_RUNS = ("all-cu12", "jetson", "jetson-without-index", "openvino-aarch64")  # runs that install nfdseg from its built wheel
+
+
+def _aarch64(glibc_minor: int) -> list[str]:
+    """pip's platform tags for a Linux aarch64 machine with glibc 2.<glibc_minor>: every manylinux tag it accepts,
+    as pip lists them on such a machine (pip does not expand one --platform tag to the older ones)."""
+    tags = ["linux_aarch64", "manylinux2014_aarch64",
+            *(f"manylinux_2_{m}_aarch64" for m in range(glibc_minor, 16, -1))]
+    return ["--only-binary=:all:", *(a for t in tags for a in ("--platform", t)),
+            "--python-version", "3.10", "--implementation", "cp"]
 
 
 class Resolver:
@@ -174,6 +183,10 @@ class Resolver:
             _stub_wheel(index, "onnxruntime-gpu", JETSON_ORT.split("==")[1], "cp310-cp310-linux_aarch64",
                         tuple(meta.get("requires_dist") or ()), meta.get("requires_python") or "")
             return [*JETSON, *target, "--find-links", str(index), f"nfdseg[jetson] @ {self.wheel().as_uri()}"], None
+        if kind == "openvino-aarch64":  # glibc 2.<arg>; "2014": only the manylinux2014 tag (glibc 2.17)
+            tags = (["--only-binary=:all:", "--platform", "manylinux2014_aarch64", "--python-version", "3.10",
+                     "--implementation", "cp"] if arg == "2014" else _aarch64(int(arg)))
+            return [*tags, *target, f"nfdseg[openvino] @ {self.wheel().as_uri()}"], None
         if kind == "jetson-without-index":
             return [*JETSON, *target, f"nfdseg[jetson] @ {self.wheel().as_uri()}"], None
         raise KeyError(name)
@@ -230,6 +243,7 @@ NEEDS = {  # the runs each test waits for: started together before the first of 
     "test_the_tensorrt_hint_installs_the_build_for_the_drivers_cuda":
         lambda: [f"meta-any:{s}" for s in _tensorrt_specs().values()] + ["meta-any:tensorrt>=10,<11"],
     "test_jetson_without_its_index_fails_instead_of_taking_a_cpu_build": lambda: ["jetson-without-index"],
+    "test_openvino_extra_resolves_on_aarch64_without_torch": lambda: ["openvino-aarch64:35", "openvino-aarch64:2014"],
 }
 
 
@@ -300,23 +314,12 @@ def test_jetson_without_its_index_fails_instead_of_taking_a_cpu_build(resolver):
     assert r.returncode != 0 and "onnxruntime-gpu" in r.stderr and "No matching distribution" in r.stderr, r.stderr
 
 
-def _aarch64(glibc_minor: int) -> list[str]:
-    """pip's platform tags for a Linux aarch64 machine with glibc 2.<glibc_minor>: every manylinux tag it accepts,
-    as pip lists them on such a machine (pip does not expand one --platform tag to the older ones)."""
-    tags = ["linux_aarch64", "manylinux2014_aarch64",
-            *(f"manylinux_2_{m}_aarch64" for m in range(glibc_minor, 16, -1))]
-    return ["--only-binary=:all:", *(a for t in tags for a in ("--platform", t)),
-            "--python-version", "3.10", "--implementation", "cp"]
-
-
-def test_openvino_extra_resolves_on_aarch64_without_torch(tmp_path, nfdseg_wheel):
+def test_openvino_extra_resolves_on_aarch64_without_torch(resolver):
     """`nfdseg[openvino]` on an ARM board (Python 3.10): OpenVINO's aarch64 wheels need glibc 2.31 or newer, so it
     resolves on Ubuntu 22.04 / JetPack 6 (glibc 2.35) with no torch and no onnxruntime, and on a glibc-2.17
     (manylinux2014-only) system it stops with a clear resolver error instead of an old OpenVINO."""
-    wheel = f"nfdseg[openvino] @ {nfdseg_wheel.as_uri()}"
-    dists = _resolve([*_aarch64(35), "--target", str(tmp_path / "t"), wheel], tmp_path)
+    dists = resolver.dists("openvino-aarch64:35")
     assert "openvino" in dists and int(dists["openvino"]["version"].split(".")[0]) >= 2024
     assert "torch" not in dists and onnxruntime_builds(dists) == [], sorted(dists)
-    r = _pip(["--only-binary=:all:", "--platform", "manylinux2014_aarch64", "--python-version", "3.10",
-              "--implementation", "cp", "--target", str(tmp_path / "t2"), wheel])
+    r, _ = resolver.result("openvino-aarch64:2014")
     assert r.returncode != 0 and "openvino>=2024.0" in r.stderr, r.stderr[-2000:]
