@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -109,7 +110,9 @@ def test_parity_budget_failure_names_images(exported, trained_run):
     assert "pixel agreement" in fail["rule"]
 
 
-def test_check_command_exit_codes(exported, trained_run):
+def test_check_command_exit_codes(exported, trained_run, tmp_path):
+    # on a copy: `check` rewrites parity.json, and the session's export must keep its own record for other tests
+    exported = Path(shutil.copytree(exported, tmp_path / "export"))
     ok = subprocess.run([sys.executable, "-m", "nfdseg.app.cli", "check", str(exported), "--parity-images", "8"],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
