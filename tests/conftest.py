@@ -60,3 +60,17 @@ def tensorrt_like():
         return import_tensorrt(allow_rtx=True)
     except MissingDependencyError:
         return None
+
+
+def block_openvino(monkeypatch) -> None:
+    """Make `import openvino` fail for the rest of a test, as on a machine without it."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)

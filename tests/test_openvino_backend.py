@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from conftest import block_openvino
 from nfdseg.errors import ConfigError, MissingDependencyError
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'nfdseg[openvino]')")
@@ -117,14 +118,7 @@ def test_a_device_that_is_not_there_lists_the_devices_found(exported):
 
 
 def test_missing_openvino_names_the_extra(exported, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_openvino(name, *args, **kwargs):
-        if name == "openvino" or name.startswith("openvino."):
-            raise ImportError("No module named 'openvino'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    block_openvino(monkeypatch)
     with pytest.raises(MissingDependencyError) as e:
         Segmenter(exported, backend="openvino")
     assert "pip install 'nfdseg[openvino]'" in e.value.fix

@@ -4,7 +4,6 @@ by `nfdseg check` without torch, and a "skipped: OpenVINO not installed" row whe
 
 from __future__ import annotations
 
-import builtins
 import json
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ import sys
 
 import pytest
 
+from conftest import block_openvino
 from nfdseg.errors import ArtifactError
 from nfdseg.export.parity import ParityBudget, run_parity
 
@@ -20,17 +20,6 @@ OV_FP32, OV_INT8 = "model.onnx (OpenVINO CPU)", "model.int8.onnx (OpenVINO CPU)"
 
 def _rows(report):
     return {r["artifact"]: r for r in report["results"]}
-
-
-def _block_openvino(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_openvino(name, *args, **kwargs):
-        if name == "openvino" or name.startswith("openvino."):
-            raise ImportError("No module named 'openvino'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_openvino)
 
 
 def test_export_writes_openvino_rows_for_fp32_and_int8(trained_run, tmp_path):
@@ -88,7 +77,7 @@ def test_an_openvino_row_over_budget_refuses_openvino_for_that_file_not_the_expo
 
 
 def test_without_openvino_the_rows_say_skipped(exported, trained_run, monkeypatch):
-    _block_openvino(monkeypatch)
+    block_openvino(monkeypatch)
     report = run_parity(exported, trained_run / "student", ParityBudget(max_images=2))
     assert report["openvino"] == "skipped: OpenVINO not installed"
     skipped = {n["artifact"]: n["reason"] for n in report["not_run"]}

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from test_layers import find_cycle  # one cycle finder for both import checks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,38 +36,16 @@ def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
     return {m for m in found if m in modules and m != name}
 
 
-def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str] | None:
-        state[n] = 1
-        stack.append(n)
-        for m in sorted(graph[n]):
-            if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
-            if m not in state and (found := visit(m)):
-                return found
-        stack.pop()
-        state[n] = 2
-        return None
-
-    for n in sorted(graph):
-        if n not in state and (found := visit(n)):
-            return found
-    return None
-
-
 def test_distill_modules_import_each_other_in_one_direction():
     files = {_module_name(p): p for p in sorted((ROOT / "distill").rglob("*.py"))}
     graph = {name: _imports(path, name, set(files)) for name, path in files.items()}
     assert "nfdseg.distill.trainer" in graph["nfdseg.distill.stage"], "the stage decides, then calls the trainer"
-    assert _cycle(graph) is None, f"import circle: {' -> '.join(_cycle(graph))}"
+    assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph))}"
 
 
 def test_the_cycle_finder_finds_a_planted_circle():
-    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert _cycle({"a": {"b"}, "b": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
 class _Recorder:
