@@ -17,7 +17,6 @@ A resumed run keeps the precision it started with (last.pt records it).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ from typing import Callable
 import torch
 
 from nfdseg.cpu import cpu_bf16_units, read_cpu_info
-from nfdseg.fsutil import write_json_atomic
+from nfdseg.fsutil import read_json_object, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +90,10 @@ def user_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nfdseg"
 
 
-def _read_choices(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _remember(key: str, dtype: torch.dtype | None, reason: str) -> None:
     """Best effort: a cache that cannot be written only means timing again next time."""
     path = user_cache_dir() / AMP_CHOICE_FILE
-    data = _read_choices(path)
+    data = read_json_object(path)
     data[key] = {"amp": amp_label(dtype), "reason": reason, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +144,7 @@ def amp_choice(mode: str, device: torch.device, bf16_units: tuple[str, ...] | No
         cpu = read_cpu_info()
         disk_key = (f"{cpu.model}|{cpu.onednn_cap or 'no ISA cap'}|{torch.get_num_threads()} threads|torch "
                     f"{torch.__version__}|{key}")
-        hit = _read_choices(user_cache_dir() / AMP_CHOICE_FILE).get(disk_key)
+        hit = read_json_object(user_cache_dir() / AMP_CHOICE_FILE).get(disk_key)
         if isinstance(hit, dict) and hit.get("amp") in ("bf16", "off"):
             _probe_memo[key] = (DTYPE_OF_LABEL[hit["amp"]], f"{hit.get('reason', '')} (kept from {hit.get('when')}, "
                                                             f"{user_cache_dir() / AMP_CHOICE_FILE})")

@@ -47,6 +47,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object kept between runs (a cache of measurements), or {} when it is missing, unreadable or not an
+    object: such a file only means measuring again."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Every JSON file nfdseg writes (reports, summaries, manifests): a stream URL's password is redacted first."""
     from .redact import redact

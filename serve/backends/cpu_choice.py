@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nfdseg.errors import NfdsegError
+from nfdseg.fsutil import read_json_object
 
 from .base import Backend
 from .parity_record import parity_refusal
@@ -75,7 +76,7 @@ def prefer_faster_cpu_runtime(ort_backend: Backend, kwargs: dict) -> Backend:
     key = f"{_machine()}|onnxruntime {ort.__version__}|openvino {openvino.__version__}|{f.name}|" \
           f"{ort_backend.manifest.sha256[:16]}|threads {kwargs.get('threads', 0)}"
     cache_file = f.parent / CHOICE_FILE
-    cache = _read(cache_file)
+    cache = read_json_object(cache_file)
     hit = cache.get(key)
     if hit is not None and hit.get("backend") == "onnxruntime":
         log.info("backend auto -> onnxruntime on cpu (%s)", hit.get("reason", "cached"))
@@ -115,14 +116,6 @@ def prefer_faster_cpu_runtime(ort_backend: Backend, kwargs: dict) -> Backend:
     keep, drop = (ov_b, ort_backend) if pick == "openvino" else (ort_backend, ov_b)
     drop.close()
     return keep
-
-
-def _read(p: Path) -> dict:
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _write(p: Path, data: dict) -> None:
