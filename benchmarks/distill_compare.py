@@ -25,6 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, git_rev, machine  # noqa: E402
 
 
+def method_overrides(method: str, kd_weight: float) -> dict:
+    """distill overrides of a method: a loss name, or `nfd+kd` / `cwd+kd` (that loss with logits KD on top, at kd's
+    default weight)."""
+    loss, plus, extra = method.partition("+")
+    if plus and extra != "kd":
+        raise SystemExit(f"unknown method {method!r}: a loss name (none, kd, cwd, nfd) or LOSS+kd")
+    return {"loss": loss, **({"logits_kd_weight": kd_weight} if plus else {})}
+
+
 def summarize(runs: list[dict], methods: list[str]) -> dict:
     summary = {}
     for method in methods:
@@ -52,7 +61,7 @@ def gains(summary: dict, teacher_miou: float) -> dict:
     none, nfd = summary["none"]["miou_mean"], summary["nfd"]["miou_mean"]
     out = {"nfd_gain_over_none": round(nfd - none, 3),
            "gap_share_closed_by_nfd": round((nfd - none) / (teacher_miou - none), 4) if teacher_miou > none else None}
-    for other in ("kd", "cwd"):
+    for other in [m for m in summary if m not in ("none", "nfd")]:
         if other in summary:
             out[f"nfd_minus_{other}"] = round(nfd - summary[other]["miou_mean"], 3)
             out[f"{other}_gain_over_none"] = round(summary[other]["miou_mean"] - none, 3)
@@ -63,7 +72,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="quick")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--methods", default="none,kd,cwd,nfd")
+    ap.add_argument("--methods", default="none,kd,cwd,nfd", help="losses, and LOSS+kd for logits KD on top")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--data-seeds", default="0,1",
                     help="draws of the built-in synthetic data (data.seed); each gets its own teacher")
@@ -114,7 +123,8 @@ def main() -> int:
         result["draws"].append(draw)
         for seed in seeds:
             for method in methods:
-                over = deep_update(base_over, {"distill": {"loss": method}, "student": {"train": {"seed": seed}}})
+                over = deep_update(base_over, {"distill": method_overrides(method, DEFAULT_WEIGHTS["kd"]),
+                                                "student": {"train": {"seed": seed}}})
                 run_cfg = load_run_config(args.config, over)
                 out = work / f"{method}_seed{seed}"
                 if (out / "checkpoint.json").is_file():

@@ -90,6 +90,22 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+CHOICE_RULE = ("the distilling variant (not none, kd or cwd) with the highest mean tune mIoU over the seeds every "
+               "variant finished; the camvid_cpu preset's distill section is this variant's overrides")
+
+
+def choose(runs: list[dict], variants: list[str]) -> dict | None:
+    done = {v: {r["seed"] for r in runs if r["variant"] == v and "tune_miou" in r} for v in variants}
+    seeds = set.intersection(*done.values()) if done else set()
+    if len(seeds) < 2:
+        return None
+    mean = {v: statistics.mean(r["tune_miou"] for r in runs if r["variant"] == v and r["seed"] in seeds)
+            for v in variants if v not in ("none", "kd", "cwd")}
+    best = max(mean, key=mean.get)
+    return {"variant": best, "distill": VARIANTS[best], "seeds": sorted(seeds), "tune_miou_mean": round(mean[best], 3),
+            "rule": CHOICE_RULE}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="camvid_cpu")
@@ -126,6 +142,7 @@ def main() -> int:
         for r in pool.map(lambda vs: run_one(args, *vs), todo):
             result["runs"].append(r)
             result["summary"] = summarize(result["runs"])
+            result["chosen"] = choose(result["runs"], variants)
             result["wall_time_s"] = round(time.perf_counter() - t0, 1)
             result["load_average"] = list(os.getloadavg())
             path.write_text(json.dumps(result, indent=2) + "\n")
