@@ -26,10 +26,17 @@ def _suggest(key: str, valid: list[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
 
 
+# YAML 1.1 reads bare off/no/false as False and on/yes/true as True; a choice field that offers "off" or "on" takes
+# them back as those words, so `train.amp: off` in a file or `--set train.amp=off` means what it says.
+YAML_BOOL_WORDS = {False: "off", True: "on"}
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Literal:  # a field with a fixed set of values: the message lists them
+        if isinstance(value, bool) and YAML_BOOL_WORDS[value] in args:
+            value = YAML_BOOL_WORDS[value]  # YAML reads a bare `off` (`train.amp=off`) as false
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'? " if close else ""

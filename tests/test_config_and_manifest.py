@@ -48,6 +48,19 @@ def test_overrides_parse_yaml_scalars():
         parse_overrides(["nokey"])
 
 
+def test_a_bare_off_means_off_in_a_file_and_on_the_command_line(tmp_path):
+    # YAML reads a bare `off` as false; train.amp offers "off", so both spellings the docs use must work
+    p = tmp_path / "c.yaml"
+    p.write_text("teacher:\n  train:\n    amp: off\n")
+    cfg = load_run_config(p, parse_overrides(["student.train.amp=off"]))
+    assert (cfg.teacher.train.amp, cfg.student.train.amp) == ("off", "off")
+    # a true/false where the field has no such word is still refused, with the choices
+    with pytest.raises(ConfigError, match="train.amp' must be one of"):
+        load_run_config("quick", parse_overrides(["student.train.amp=yes"]))
+    with pytest.raises(ConfigError, match="distill.loss"):
+        load_run_config("quick", parse_overrides(["distill.loss=off"]))
+
+
 def _manifest(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"weights")
     m = Manifest(kind="onnx", artifact="model.bin", architecture="x",
