@@ -93,6 +93,18 @@ def zero_classes(per_class: dict[str, dict[str, float | None]],
             for model, ious in per_class.items()}
 
 
+LOSS_NAMES = {"nfd": "NFD", "kd": "KD", "cwd": "CWD", "none": "undistilled"}
+
+
+def distillation_label(distill: dict | None) -> str:
+    """What the student stage distilled with, as the report names it: 'NFD', 'NFD + logits KD', 'KD', ..."""
+    distill = distill or {"loss": "nfd"}
+    label = LOSS_NAMES.get(distill.get("loss", "nfd"), str(distill.get("loss")))
+    if (distill.get("logits_kd_weight") or 0) > 0 and distill.get("loss") not in ("kd", "none"):
+        label += " + logits KD"
+    return label
+
+
 def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Manifest | None, export: dict,
                  bench: dict, status: list[dict], wall_s: float, choice=None,
                  deployed_dir: Path | None = None) -> dict[str, Any]:
@@ -108,10 +120,11 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
     for r in parity["results"]:
         if r["artifact"].endswith(ENGINE_SUFFIX):
             miou["engine"], miou["engine_delta"] = r["miou"], r["delta_miou"]
-    per_class = {"teacher": teacher.metrics["per_class_iou"], "student (NFD)": student.metrics["per_class_iou"]}
+    label = distillation_label((student.config or {}).get("distill"))
+    per_class = {"teacher": teacher.metrics["per_class_iou"], f"student ({label})": student.metrics["per_class_iou"]}
     if baseline:
         per_class["baseline"] = baseline.metrics["per_class_iou"]
-    runs = {"student (NFD)": out / STUDENT_DIR} | ({"baseline": out / BASELINE_DIR} if baseline else {})
+    runs = {f"student ({label})": out / STUDENT_DIR} | ({"baseline": out / BASELINE_DIR} if baseline else {})
     plots = _plots(out, runs, per_class, bench["rows"])
     deployed_dir = deployed_dir or out / STUDENT_DIR
     deployed_m = baseline if deployed_dir.name == BASELINE_DIR and baseline is not None else student
@@ -121,7 +134,7 @@ def write_report(out: Path, teacher: Manifest, student: Manifest, baseline: Mani
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
         "versions": runtime_versions("torch", "onnx", "onnxruntime", "openvino", "numpy"),
-        "wall_time_s": round(wall_s, 1), "stages": status, "miou": miou,
+        "wall_time_s": round(wall_s, 1), "stages": status, "miou": miou, "distillation": label,
         "nfd_gain_over_baseline": round(miou["student_nfd"] - miou["baseline"], 3) if baseline else None,
         "teacher_lead": teacher_lead(miou["teacher"], miou["baseline"]).to_json() if baseline else None,
         "per_class_iou": per_class, "zero_iou_classes": zero_classes(per_class, teacher.metrics.get("gt_pixels")),
@@ -160,10 +173,11 @@ def _markdown(r: dict[str, Any]) -> str:
         text = lead["message"][0].upper() + lead["message"][1:]
         lines += [f"> **{text}.**" if lead["small"] else f"> {text}.", ""]
     lines += [f"Teacher `{r['architectures']['teacher']}`, student `{r['architectures']['student']}`. "
-              f"NFD gain over the baseline student: **{_fmt(gain)} mIoU points**." if gain is not None else "", "",
+              f"{r['distillation']} student's gain over the baseline student: **{_fmt(gain)} mIoU points**."
+              if gain is not None else "", "",
               "## Accuracy (validation split, mIoU %)", "", "| model | mIoU | Δ vs the deployed student (torch) |", "|---|---|---|",
               f"| teacher | {_fmt(m['teacher'])} | |", f"| baseline student (no distillation) | {_fmt(m['baseline'])} | |",
-              f"| NFD student (torch) | {_fmt(m['student_nfd'])} | |"]
+              f"| {r['distillation']} student (torch) | {_fmt(m['student_nfd'])} | |"]
     deployed = "baseline" if choice and choice.get("deployed") == "baseline" else "distilled"
     for key, label in (("onnx_fp32", "ONNX fp32 (onnxruntime)"), ("onnx_fp16", "ONNX fp16 (onnxruntime)"),
                        ("onnx_int8", "ONNX INT8 Q/DQ (onnxruntime)"), ("engine", "TensorRT engine")):

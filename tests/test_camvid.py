@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,6 +199,12 @@ def test_camvid_presets_describe_their_protocols():
     cpu = load_run_config("camvid_cpu")
     assert cpu.data.format == "camvid" and tuple(cpu.data.input_size) == (120, 160)
     assert cpu.teacher.train.class_weights == cpu.student.train.class_weights == "median_frequency"
+    # the distillation settings are the tune split's choice (benchmarks/nfd_ablation.py), not typed in by hand
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    chosen = json.loads((results / "nfd_ablation_cpu2_camvid_tune.json").read_text())["chosen"]
+    written = {k: v for k, v in cpu.to_dict()["distill"].items() if k in chosen["distill"]}
+    assert written == {k: (list(v) if isinstance(v, tuple) else v) for k, v in chosen["distill"].items()}
+    assert cpu.distill.logits_kd_weight > 0 and cpu.distill.loss == "nfd"
     full = load_run_config("camvid_r101_r18")
     assert tuple(full.data.crop_size) == (360, 480) == tuple(full.data.input_size)
     assert (full.teacher.model.arch, full.student.model.arch) == ("deeplabv3_resnet101", "deeplabv3_resnet18")

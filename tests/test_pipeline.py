@@ -39,6 +39,16 @@ STDOUT: dict = {}
 STDERR: dict = {}
 
 
+def test_the_report_names_the_distillation_that_ran():
+    from nfdseg.app.report import distillation_label
+
+    assert distillation_label({"loss": "nfd", "logits_kd_weight": 0.0}) == "NFD"
+    assert distillation_label({"loss": "nfd", "logits_kd_weight": 3.0}) == "NFD + logits KD"  # the camvid_cpu preset
+    assert distillation_label({"loss": "cwd", "logits_kd_weight": 1.0}) == "CWD + logits KD"
+    assert distillation_label({"loss": "kd", "logits_kd_weight": 3.0}) == "KD"
+    assert distillation_label(None) == "NFD"
+
+
 def test_report_matches_manifests(run_dir):
     rep = json.loads((run_dir / "report.json").read_text())
     t = read_manifest(run_dir / "teacher/checkpoint.json")
@@ -48,6 +58,8 @@ def test_report_matches_manifests(run_dir):
     assert rep["miou"]["baseline"] == b.metrics["miou"]
     assert rep["nfd_gain_over_baseline"] == pytest.approx(s.metrics["miou"] - b.metrics["miou"], abs=1e-3)
     assert b.config["distill"]["loss"] == "none" and s.config["distill"]["loss"] == "nfd"
+    assert rep["distillation"] == "NFD" and "student (NFD)" in rep["per_class_iou"]
+    assert "| NFD student (torch) |" in (run_dir / "report.md").read_text()
     lead = rep["teacher_lead"]
     assert lead["lead"] == pytest.approx(t.metrics["miou"] - b.metrics["miou"], abs=1e-3)
     assert lead["small"] == (lead["lead"] < 3.0)
