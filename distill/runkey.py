@@ -25,15 +25,15 @@ from nfdseg.fsutil import sha256_json
 from nfdseg.models import resolved_pretrained
 
 from .config import RunConfig, identity_dict
-from .losses import LOSS_FIELDS
+from .losses import LOSS_FIELDS, adds_logits_kd
 
 
 def distill_identity(d) -> dict[str, Any]:
     """The distillation settings that shape a student: its loss and the fields that loss reads, plus logits KD
-    (logits_kd_weight, temperature) where logits_kd_weight > 0 adds it to a loss other than kd. So nfd's settings
+    (logits_kd_weight, temperature) where logits_kd_weight > 0 adds it to nfd or cwd. So nfd's settings
     do not retrain a kd, cwd or baseline ('none') student, and the guard's thresholds retrain none."""
     out = {"loss": d.loss} | {k: to_dict(getattr(d, k)) for k in LOSS_FIELDS[d.loss]}
-    if d.logits_kd_weight > 0 and d.loss != "kd":  # the trainer adds logits KD on top of every loss but kd
+    if adds_logits_kd(d):  # the trainer adds logits KD on top of nfd and cwd only
         out |= {"logits_kd_weight": d.logits_kd_weight, "temperature": d.temperature}
     return out
 

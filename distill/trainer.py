@@ -35,7 +35,7 @@ from .amp import DTYPE_OF_LABEL, amp_choice, amp_label
 from .config import RunConfig, StageConfig
 from .curves import Curves
 from .dataset import SegDataset
-from .losses import KDLoss, build_loss
+from .losses import KDLoss, adds_logits_kd, build_loss
 from .losses.ce import SegCrossEntropy
 from .losses.guard import RunawayGuard
 from .runkey import saved_config_text, stage_run_key, stale_error
@@ -287,7 +287,7 @@ def _setup_nets(cfg: RunConfig, sc: StageConfig, stage: str, data: _Data, proc: 
                              student_family=model.family, teacher_family=teacher.family).to(device)
         guard = RunawayGuard(cfg.distill, distill)
         extra_kd = (KDLoss(cfg.distill.logits_kd_weight, cfg.distill.temperature)
-                    if cfg.distill.logits_kd_weight > 0 and cfg.distill.loss != "kd" else None)
+                    if adds_logits_kd(cfg.distill) else None)
     # the baseline ('none') keeps the teacher only as its recorded parent: no forward pass is spent on it
     teacher_forward = teacher is not None and (cfg.distill.loss != "none" or extra_kd is not None)
     if sc.train.channels_last:

@@ -61,9 +61,9 @@ def test_keys_depend_only_on_each_stages_inputs():
 CHANGES = {"weight": 0.5, "layers": ("layer4",), "norm": "euclidean", "reduction": "spatial", "temperature": 2.0,
            "cwd_tau": 1.0, "logits_kd_weight": 0.5, "max_ratio": 7.0, "guard_iters": 3, "max_abs_logit": 99.0}
 # the fields whose change must give another student, per loss: what that loss reads (build_loss), plus logits KD
-# on top where the trainer adds it (every loss but kd); never the runaway guard's thresholds
+# on top where the trainer adds it (nfd and cwd; the baseline 'none' stays undistilled); never the guard's thresholds
 SHAPES = {"nfd": {"weight", "layers", "norm", "reduction", "logits_kd_weight"}, "kd": {"weight", "temperature"},
-          "cwd": {"weight", "cwd_tau", "logits_kd_weight"}, "none": {"logits_kd_weight"}}
+          "cwd": {"weight", "cwd_tau", "logits_kd_weight"}, "none": set()}
 
 
 @pytest.mark.parametrize("loss", sorted(SHAPES))
@@ -80,8 +80,8 @@ def test_student_identity_holds_only_what_its_loss_reads(loss):
     changed = {name for name, value in CHANGES.items() if key(base, **{name: value}) != k}
     assert changed == SHAPES[loss]
     with_kd = dataclasses.replace(base, distill=dataclasses.replace(base.distill, logits_kd_weight=0.5))
-    # the temperature shapes logits KD wherever it runs: as the loss (kd) or on top of another one
-    assert key(with_kd, temperature=2.0) != key(with_kd)
+    # the temperature shapes logits KD wherever it runs: as the loss (kd) or on top of nfd / cwd
+    assert (key(with_kd, temperature=2.0) != key(with_kd)) == (loss != "none")
     assert key(with_kd, max_ratio=7.0, guard_iters=3, max_abs_logit=99.0) == key(with_kd)
     assert stage_run_key(base, "teacher") == stage_run_key(with_kd, "teacher")
 
@@ -92,6 +92,21 @@ def run(tmp_path_factory):
     r = cli("distill", "--out", out, "--quiet", *SETS)
     assert r.returncode == 0, r.stderr
     return out
+
+
+def test_the_baseline_stays_undistilled_when_the_distill_section_adds_logits_kd(run, tmp_path):
+    """camvid_cpu sets logits_kd_weight for its NFD student; the pipeline's baseline (loss none, same section) once
+    trained as a KD student from it. Its weights must be those of a baseline without logits KD."""
+    from nfdseg.distill.trainer import train_stage
+    from nfdseg.fsutil import sha256_file
+
+    shas = []
+    for weight in (0.0, 3.0):
+        cfg = load_run_config("quick", over({"distill": {"loss": "none", "logits_kd_weight": weight},
+                                             "student": {"train": {"iters": 3, "eval_every": 3, "amp": "off"}}}))
+        m = train_stage(cfg, "student", tmp_path / f"baseline_{weight}", teacher_dir=run / "teacher")
+        shas.append(sha256_file(tmp_path / f"baseline_{weight}" / m.artifact))
+    assert shas[0] == shas[1]
 
 
 def test_student_change_keeps_the_teacher_and_restart_reruns_only_the_student(run):
