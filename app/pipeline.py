@@ -171,7 +171,8 @@ class Pipeline:
         student = self._train(2, STUDENT_DIR, "student", self.cfg, self.out / TEACHER_DIR)
         baseline = None
         if self.baseline:
-            base_cfg = dataclasses.replace(self.cfg, distill=dataclasses.replace(self.cfg.distill, loss="none"))
+            undistilled = dataclasses.replace(self.cfg.distill, loss="none", logits_kd_weight=0.0)
+            base_cfg = dataclasses.replace(self.cfg, distill=undistilled)
             baseline = self._train(3, BASELINE_DIR, "student", base_cfg, self.out / TEACHER_DIR)
             lead = teacher_lead(teacher.metrics["miou"], baseline.metrics["miou"])
             if lead.small:

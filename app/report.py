@@ -98,9 +98,12 @@ LOSS_NAMES = {"nfd": "NFD", "kd": "KD", "cwd": "CWD", "none": "undistilled"}
 
 def distillation_label(distill: dict | None) -> str:
     """What the student stage distilled with, as the report names it: 'NFD', 'NFD + logits KD', 'KD', ..."""
+    from nfdseg.distill.config import DistillConfig, adds_logits_kd  # the trainer's own rule (no torch)
+
     distill = distill or {"loss": "nfd"}
     label = LOSS_NAMES.get(distill.get("loss", "nfd"), str(distill.get("loss")))
-    if (distill.get("logits_kd_weight") or 0) > 0 and distill.get("loss") not in ("kd", "none"):
+    ran = DistillConfig(loss=distill.get("loss", "nfd"), logits_kd_weight=distill.get("logits_kd_weight") or 0.0)
+    if adds_logits_kd(ran):
         label += " + logits KD"
     return label
 

@@ -31,7 +31,22 @@ def method_overrides(method: str, kd_weight: float) -> dict:
     loss, plus, extra = method.partition("+")
     if plus and extra != "kd":
         raise SystemExit(f"unknown method {method!r}: a loss name (none, kd, cwd, nfd) or LOSS+kd")
-    return {"loss": loss, **({"logits_kd_weight": kd_weight} if plus else {})}
+    # set either way: a preset may add logits KD (camvid_cpu does), and a plain `nfd` must stay plain NFD
+    return {"loss": loss, "logits_kd_weight": kd_weight if plus else 0.0}
+
+
+def stale_run(recorded: dict, cfg) -> str:
+    """What differs between a finished run's recorded config and this run's (the student's schedule and the
+    distillation fields the trainer reads), or '' when it can be reused."""
+    want = cfg.to_dict()
+    diffs = []
+    for key in ("iters", "batch_size", "seed"):
+        if recorded["student"]["train"][key] != want["student"]["train"][key]:
+            diffs.append(f"student.train.{key} {recorded['student']['train'][key]} != {want['student']['train'][key]}")
+    for key in ("loss", "layers", "weight", "norm", "reduction", "logits_kd_weight", "temperature", "cwd_tau"):
+        if recorded["distill"].get(key) != want["distill"].get(key) and (key != "logits_kd_weight" or want["distill"]["loss"] in ("nfd", "cwd")):
+            diffs.append(f"distill.{key} {recorded['distill'].get(key)!r} != {want['distill'].get(key)!r}")
+    return "; ".join(diffs)
 
 
 def summarize(runs: list[dict], methods: list[str]) -> dict:
@@ -129,6 +144,10 @@ def main() -> int:
                 out = work / f"{method}_seed{seed}"
                 if (out / "checkpoint.json").is_file():
                     m = read_manifest(out / "checkpoint.json")
+                    stale = stale_run(m.config, run_cfg)
+                    if stale:
+                        raise SystemExit(f"{out} was trained with other settings ({stale}): move it away or use "
+                                         "another --work")
                 else:
                     m = train_stage(run_cfg, "student", out, teacher_dir=teacher_dir)
                 draw["runs"].append({"method": method, "seed": seed, "miou": m.metrics["miou"],

@@ -25,9 +25,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, git_rev, machine  # noqa: E402
 
+# the distill fields each loss reads (logits KD on top only for nfd and cwd): what must match to reuse a run
+LOSS_READS = {"nfd": ("loss", "layers", "weight", "logits_kd_weight"), "cwd": ("loss", "weight", "logits_kd_weight"),
+              "kd": ("loss", "weight"), "none": ("loss",)}
+
 TUNE_SPLIT = {"data": {"train_split": "trainfit", "val_split": "tune"}}
 
-# name -> distill overrides (student.train.seed is added per run)
+# Every variant is its overrides over this base, so a preset's own distill section (camvid_cpu adds logits KD)
+# cannot leak into a variant that does not name it.
+BASE = {"layers": ["layer2", "layer3", "layer4", "head"], "weight": None, "logits_kd_weight": 0.0}
+
+# name -> distill overrides over BASE (student.train.seed is added per run)
 VARIANTS = {
     "none": {"loss": "none"},
     "kd": {"loss": "kd"},
@@ -58,6 +66,11 @@ def run_one(args, variant: str, seed: int) -> dict:
         if rc != 0:
             return {"variant": variant, "seed": seed, "error": f"exit {rc}, see {log}"}
     m = json.loads((out / "checkpoint.json").read_text())
+    want = {**BASE, **VARIANTS[variant]}
+    differs = {k: (m["config"]["distill"].get(k), v) for k, v in want.items()
+               if k in LOSS_READS.get(want["loss"], ()) and m["config"]["distill"].get(k) != v}
+    if differs:
+        return {"variant": variant, "seed": seed, "error": f"{out} was trained with other settings {differs}"}
     metrics = m["metrics"]
     return {"variant": variant, "seed": seed, "tune_miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"],
             "train_time_s": metrics["train_time_s"], "distill": m["config"].get("distill"),
@@ -70,7 +83,8 @@ def train_one(args) -> int:
     from nfdseg.distill.trainer import train_stage
 
     over = deep_update(parse_overrides(args.overrides), TUNE_SPLIT)
-    over = deep_update(over, {"distill": VARIANTS[args.one], "student": {"train": {"seed": args.seed, "amp": "off"}}})
+    over = deep_update(over, {"distill": {**BASE, **VARIANTS[args.one]},
+                              "student": {"train": {"seed": args.seed, "amp": "off"}}})
     cfg = load_run_config(args.config, over)
     train_stage(cfg, "student", Path(args.work) / f"{args.one}_seed{args.seed}", teacher_dir=Path(args.teacher))
     return 0
@@ -101,8 +115,10 @@ def choose(runs: list[dict], variants: list[str]) -> dict | None:
         return None
     mean = {v: statistics.mean(r["tune_miou"] for r in runs if r["variant"] == v and r["seed"] in seeds)
             for v in variants if v not in ("none", "kd", "cwd")}
+    if not mean:
+        return None
     best = max(mean, key=mean.get)
-    return {"variant": best, "distill": VARIANTS[best], "seeds": sorted(seeds), "tune_miou_mean": round(mean[best], 3),
+    return {"variant": best, "distill": VARIANTS[best], "distill_with_base": {**BASE, **VARIANTS[best]}, "seeds": sorted(seeds), "tune_miou_mean": round(mean[best], 3),
             "rule": CHOICE_RULE}
 
 

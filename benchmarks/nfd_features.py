@@ -174,7 +174,6 @@ def main() -> int:
                 w = connectors[key].float().numpy()[:, :, 0, 0]  # C_t x C_s
                 how = "the student's trained connector"
             else:
-                xs = positions(f_tr)
                 # least squares on the normalised target: fit W to N(F_t) from F_s (the normalisation after W is
                 # per-channel affine, so a linear fit on standardised inputs is a fair stand-in)
                 xs_n = positions(nfd_normalize(f_tr))
@@ -184,7 +183,7 @@ def main() -> int:
             mapped = np.einsum("tc,nchw->nthw", w, f_va)
             ns_va = positions(nfd_normalize(mapped))
             rank = min(f_va.shape[1], nt_tr.shape[1])
-            sv = np.linalg.svd(nt_tr[:20000], compute_uv=False) ** 2
+            sv = np.linalg.svd(nt_tr[:20000], compute_uv=False) ** 2  # the first 20,000 train positions
             rows[name] = {"channels": int(s_va[name].shape[1]), "connector": how,
                           "probe": linear_probe(s_tr[name], labels_at(m_tr, s_tr[name].shape[-2:]), s_va[name],
                                                 labels_at(m_va, s_va[name].shape[-2:]), k),

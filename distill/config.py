@@ -15,6 +15,14 @@ from nfdseg.data.config import DataConfig
 # The fixed value sets of the run config, defined once: the loader checks them (Literal fields) and the CLI
 # offers them as choices.
 LOSSES = ("nfd", "kd", "cwd", "none")  # distill/losses/ has one module per name
+# Logits KD on top (distill.logits_kd_weight > 0) applies to these losses only: kd already is logits KD, and
+# 'none' is the undistilled baseline, which must stay undistilled whatever the distill section says.
+LOGITS_KD_ON_TOP = ("nfd", "cwd")
+
+
+def adds_logits_kd(cfg) -> bool:
+    """Whether the student stage adds logits KD on top of cfg.loss (a DistillConfig)."""
+    return cfg.logits_kd_weight > 0 and cfg.loss in LOGITS_KD_ON_TOP
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 NORMS = ("squared", "euclidean")  # NFD's two readings of "L2 distance" (distill/losses/nfd.py)

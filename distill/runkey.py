@@ -24,8 +24,8 @@ from nfdseg.errors import ArtifactError
 from nfdseg.fsutil import sha256_json
 from nfdseg.models import resolved_pretrained
 
-from .config import RunConfig, identity_dict
-from .losses import LOSS_FIELDS, adds_logits_kd
+from .config import RunConfig, adds_logits_kd, identity_dict
+from .losses import LOSS_FIELDS
 
 
 def distill_identity(d) -> dict[str, Any]:

@@ -32,10 +32,10 @@ from nfdseg.models import build_model, count_parameters
 from nfdseg.models.checkpoint import CHECKPOINT_FORMAT, load_model_from_dir, rng_state, save_torch_atomic, set_rng_state
 
 from .amp import DTYPE_OF_LABEL, amp_choice, amp_label
-from .config import RunConfig, StageConfig
+from .config import RunConfig, StageConfig, adds_logits_kd
 from .curves import Curves
 from .dataset import SegDataset
-from .losses import KDLoss, adds_logits_kd, build_loss
+from .losses import KDLoss, build_loss
 from .losses.ce import SegCrossEntropy
 from .losses.guard import RunawayGuard
 from .runkey import saved_config_text, stage_run_key, stale_error

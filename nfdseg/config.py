@@ -93,6 +93,10 @@ def check_choices(obj: Any, where: str = "") -> None:
         if dataclasses.is_dataclass(value):
             check_choices(value, full)
         elif typing.get_origin(hints[f.name]) is typing.Literal:
+            choices = typing.get_args(hints[f.name])
+            if isinstance(value, bool):  # only YAML text turns a bare off/on into a choice; in code it is a slip
+                raise ConfigError(f"'{full}' must be one of {', '.join(map(str, choices))}", seen=repr(value),
+                                  fix=f"write the word, e.g. {full}={YAML_BOOL_WORDS[value]!r}")
             _coerce(hints[f.name], value, full)
 
 

@@ -201,9 +201,9 @@ def test_camvid_presets_describe_their_protocols():
     assert cpu.teacher.train.class_weights == cpu.student.train.class_weights == "median_frequency"
     # the distillation settings are the tune split's choice (benchmarks/nfd_ablation.py), not typed in by hand
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    chosen = json.loads((results / "nfd_ablation_cpu2_camvid_tune.json").read_text())["chosen"]
-    written = {k: v for k, v in cpu.to_dict()["distill"].items() if k in chosen["distill"]}
-    assert written == {k: (list(v) if isinstance(v, tuple) else v) for k, v in chosen["distill"].items()}
+    chosen = json.loads((results / "nfd_ablation_cpu2_camvid_tune.json").read_text())["chosen"]["distill_with_base"]
+    written = cpu.to_dict()["distill"]
+    assert {k: written[k] for k in chosen} == chosen  # loss, layers, weight and logits KD, as tuned
     assert cpu.distill.logits_kd_weight > 0 and cpu.distill.loss == "nfd"
     full = load_run_config("camvid_r101_r18")
     assert tuple(full.data.crop_size) == (360, 480) == tuple(full.data.input_size)

@@ -59,6 +59,16 @@ def test_a_bare_off_means_off_in_a_file_and_on_the_command_line(tmp_path):
         load_run_config("quick", parse_overrides(["student.train.amp=yes"]))
     with pytest.raises(ConfigError, match="distill.loss"):
         load_run_config("quick", parse_overrides(["distill.loss=off"]))
+    # in code a bool is a slip, not YAML: a config built there is refused by check_choices
+    import dataclasses
+
+    from nfdseg.config import check_choices
+    from nfdseg.export.run import ExportConfig
+
+    with pytest.raises(ConfigError, match="train.amp"):
+        check_choices(dataclasses.replace(cfg.student.train, amp=False), "train")
+    with pytest.raises(ConfigError, match="engine"):
+        check_choices(ExportConfig(engine=False))
 
 
 def _manifest(tmp_path):

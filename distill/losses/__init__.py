@@ -16,16 +16,6 @@ from .none import NoDistillLoss
 # a student's run key holds of the distillation settings (distill/runkey.py). The runaway guard's thresholds
 # (max_ratio, guard_iters, max_abs_logit) are in none of them: they can only stop a run, never change a finished
 # student.
-# Logits KD on top (distill.logits_kd_weight > 0) applies to these losses only: kd already is logits KD, and
-# 'none' is the undistilled baseline, which must stay undistilled whatever the distill section says.
-LOGITS_KD_ON_TOP = ("nfd", "cwd")
-
-
-def adds_logits_kd(cfg) -> bool:
-    """Whether the student stage adds logits KD on top of cfg.loss (a DistillConfig)."""
-    return cfg.logits_kd_weight > 0 and cfg.loss in LOGITS_KD_ON_TOP
-
-
 LOSS_FIELDS = {"nfd": ("weight", "layers", "norm", "reduction"), "kd": ("weight", "temperature"),
                "cwd": ("weight", "cwd_tau"), "none": ()}
 
