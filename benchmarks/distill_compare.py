@@ -36,16 +36,19 @@ def method_overrides(method: str, kd_weight: float) -> dict:
 
 
 def stale_run(recorded: dict, cfg) -> str:
-    """What differs between a finished run's recorded config and this run's (the student's schedule and the
-    distillation fields the trainer reads), or '' when it can be reused."""
+    """What differs between a finished run's recorded config and this run's: the student's schedule and what the
+    run key says shapes a student (distill_identity), or '' when it can be reused."""
+    from nfdseg.config import from_dict
+    from nfdseg.distill.config import DistillConfig
+    from nfdseg.distill.runkey import distill_identity
+
     want = cfg.to_dict()
-    diffs = []
-    for key in ("iters", "batch_size", "seed"):
-        if recorded["student"]["train"][key] != want["student"]["train"][key]:
-            diffs.append(f"student.train.{key} {recorded['student']['train'][key]} != {want['student']['train'][key]}")
-    for key in ("loss", "layers", "weight", "norm", "reduction", "logits_kd_weight", "temperature", "cwd_tau"):
-        if recorded["distill"].get(key) != want["distill"].get(key) and (key != "logits_kd_weight" or want["distill"]["loss"] in ("nfd", "cwd")):
-            diffs.append(f"distill.{key} {recorded['distill'].get(key)!r} != {want['distill'].get(key)!r}")
+    diffs = [f"student.train.{k} {recorded['student']['train'][k]} != {want['student']['train'][k]}"
+             for k in ("iters", "batch_size", "seed") if recorded["student"]["train"][k] != want["student"]["train"][k]]
+    was = distill_identity(from_dict(DistillConfig, recorded["distill"]))
+    now = distill_identity(cfg.distill)
+    if was != now:
+        diffs.append(f"distill {was} != {now}")
     return "; ".join(diffs)
 
 

@@ -25,10 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, git_rev, machine  # noqa: E402
 
-# the distill fields each loss reads (logits KD on top only for nfd and cwd): what must match to reuse a run
-LOSS_READS = {"nfd": ("loss", "layers", "weight", "logits_kd_weight"), "cwd": ("loss", "weight", "logits_kd_weight"),
-              "kd": ("loss", "weight"), "none": ("loss",)}
-
 TUNE_SPLIT = {"data": {"train_split": "trainfit", "val_split": "tune"}}
 
 # Every variant is its overrides over this base, so a preset's own distill section (camvid_cpu adds logits KD)
@@ -66,11 +62,14 @@ def run_one(args, variant: str, seed: int) -> dict:
         if rc != 0:
             return {"variant": variant, "seed": seed, "error": f"exit {rc}, see {log}"}
     m = json.loads((out / "checkpoint.json").read_text())
-    want = {**BASE, **VARIANTS[variant]}
-    differs = {k: (m["config"]["distill"].get(k), v) for k, v in want.items()
-               if k in LOSS_READS.get(want["loss"], ()) and m["config"]["distill"].get(k) != v}
-    if differs:
-        return {"variant": variant, "seed": seed, "error": f"{out} was trained with other settings {differs}"}
+    from nfdseg.config import from_dict
+    from nfdseg.distill.config import DistillConfig
+    from nfdseg.distill.runkey import distill_identity
+
+    was = distill_identity(from_dict(DistillConfig, m["config"]["distill"]))
+    want = distill_identity(from_dict(DistillConfig, {**m["config"]["distill"], **BASE, **VARIANTS[variant]}))
+    if was != want:
+        return {"variant": variant, "seed": seed, "error": f"{out} was trained with other settings: {was} != {want}"}
     metrics = m["metrics"]
     return {"variant": variant, "seed": seed, "tune_miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"],
             "train_time_s": metrics["train_time_s"], "distill": m["config"].get("distill"),
