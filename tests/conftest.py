@@ -62,6 +62,19 @@ def tensorrt_like():
         return None
 
 
+def auto_cpu_backend(export_dir: Path, onnx: str = "model.onnx", threads: int = 0) -> str:
+    """What `backend="auto"` picked on this CPU for `onnx`: OpenVINO's timed probe against onnxruntime is cached in
+    the export's backend_choice.json (serve/backends/cpu_choice.py); no entry (OpenVINO absent, or not probed)
+    means onnxruntime. The pick depends on the machine's timing, so a test compares with it, never with a name."""
+    import json
+
+    choice = Path(export_dir) / "backend_choice.json"
+    entries = json.loads(choice.read_text()) if choice.is_file() else {}
+    picks = {v["backend"] for k, v in entries.items() if f"|{onnx}|" in k and k.endswith(f"|threads {threads}")}
+    assert len(picks) <= 1, f"{choice} holds conflicting picks for {onnx}: {entries}"
+    return picks.pop() if picks else "onnxruntime"
+
+
 def block_openvino(monkeypatch) -> None:
     """Make `import openvino` fail for the rest of a test, as on a machine without it."""
     import builtins

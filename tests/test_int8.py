@@ -156,8 +156,9 @@ def test_segmenter_serves_int8(int8_export):
     assert seg32.describe()["precision"] == "fp32"  # auto never picks INT8
     a, b = seg8.predict(img), seg32.predict(img)
     assert a.labels.shape == (40, 56) and (a.labels == b.labels).mean() > 0.8
-    auto = Segmenter(int8_export, precision="int8")  # auto backend: no engine here, onnxruntime serves it
-    assert auto.backend.name == "onnxruntime" and auto.describe()["precision"] == "int8"
+    auto = Segmenter(int8_export, precision="int8")  # auto: no engine here; onnxruntime, or OpenVINO if it probed faster
+    assert auto.backend.name in ("onnxruntime", "openvino") and auto.backend.path.name == "model.int8.onnx"
+    assert auto.describe()["precision"] == "int8" and auto.describe()["device"] == "cpu"
 
 
 def test_cli_predict_eval_with_int8(int8_export, tmp_path):

@@ -95,6 +95,13 @@ class _Compiled:
             self._free.append(request)
 
 
+def project_device(execution_devices: str) -> str:
+    """OpenVINO's execution device(s) in the vocabulary every backend reports: "cpu" when only the CPU plugin ran
+    (as onnxruntime and torch say), otherwise OpenVINO's own string ("GPU.0", "GPU.0,CPU", ...)."""
+    names = [d.strip() for d in execution_devices.split(",") if d.strip()]
+    return "cpu" if names and all(d.upper() == "CPU" for d in names) else execution_devices
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
 
@@ -126,8 +133,9 @@ class OpenVinoBackend(Backend):
         self.compiles = 0
         shape = self._default_shape()
         first = self._compiled(shape) if shape else None  # compile now: a model OpenVINO cannot compile fails here
-        self.device = self._ran_on(first) if first else self.ov_device
-        log.info("openvino %s on %s (%s, hint %s%s)", self.version, self.device, path.name, hint,
+        self.execution_devices = self._ran_on(first) if first else self.ov_device
+        self.device = project_device(self.execution_devices)
+        log.info("openvino %s on %s (%s, hint %s%s)", self.version, self.execution_devices, path.name, hint,
                  f", {threads} threads" if threads else "")
 
     def _default_shape(self) -> tuple | None:
@@ -192,6 +200,7 @@ class OpenVinoBackend(Backend):
 
     def describe(self) -> dict:
         return {**super().describe(), "openvino": self.version, "openvino_device": self.ov_device,
+                "execution_devices": self.execution_devices,
                 "devices_found": self.found, "hint": self.hint, "threads": self.threads,
                 "inference_precision": self.inference_precision or "device default"}
 
