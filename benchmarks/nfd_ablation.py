@@ -45,6 +45,11 @@ VARIANTS = {
     "nfd_head_w1": {"loss": "nfd", "layers": ["head"], "weight": 1.0},
     "nfd_kd": {"loss": "nfd", "logits_kd_weight": 3.0},
     "nfd_head_kd": {"loss": "nfd", "layers": ["head"], "logits_kd_weight": 3.0},
+    # with logits KD on top: the head left to the KD term (the head probe lost to none, nfd_features.py), a lighter
+    # feature term, a heavier logits term
+    "nfd_backbone_kd": {"loss": "nfd", "layers": ["layer2", "layer3", "layer4"], "logits_kd_weight": 3.0},
+    "nfd_w3_kd": {"loss": "nfd", "weight": 3.0, "logits_kd_weight": 3.0},
+    "nfd_kd6": {"loss": "nfd", "logits_kd_weight": 6.0},
 }
 
 

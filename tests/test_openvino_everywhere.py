@@ -34,7 +34,7 @@ def test_cli_predict_eval_bench_with_backend_openvino(exported, ov_seg, tmp_path
     labels = np.asarray(Image.open(tmp_path / "p/frame_labels.png"))
     np.testing.assert_array_equal(labels, ov_seg.predict(np.asarray(Image.open(img).convert("RGB"))).labels)
     assert main(["eval", str(exported), "--backend", "openvino", "--limit", "4", "--quiet"]) == 0
-    assert "openvino on CPU (fp32): mIoU" in capsys.readouterr().out
+    assert "openvino on cpu (fp32): mIoU" in capsys.readouterr().out
     report = tmp_path / "bench.json"
     assert main(["bench", str(exported), "--backend", "openvino", "--batch", "1,2", "--concurrency", "2",
                  "--duration", "0", "--min-iters", "2", "--requests", "4", "--warmup", "1", "--quiet",
@@ -90,7 +90,7 @@ def test_demo_handlers_serve_openvino(ov_seg, tmp_path):
     try:
         img = _scene(tmp_path / "upload.png", seed=9, size=(48, 64))
         gallery, _, status, files, state = ImageHandlers(demo.nfdseg).segment(str(img), None, 0.5, None)
-        assert len(gallery) == 1 and "`openvino` on `CPU`" in status
+        assert len(gallery) == 1 and "`openvino` on `cpu`" in status
         rgb = np.asarray(Image.open(img).convert("RGB"))
         np.testing.assert_array_equal(state[0][2], ov_seg.predict(rgb).labels)
         shown, line = StreamHandlers(demo.nfdseg).webcam_frame(rgb, 0.5)
