@@ -278,3 +278,31 @@ def test_zero_iou_classes_need_ground_truth_pixels():
     ious = {"m": {"a": 0.0, "b": 0.0, "c": 50.0, "d": None}}
     assert zero_classes(ious, {"a": 10, "b": 0, "c": 5, "d": 0}) == {"m": ["a"]}, "b is only predicted, not missed"
     assert zero_classes(ious) == {"m": ["a", "b"]}, "without counts every 0 is listed"
+
+
+def _ablation_module():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import nfd_ablation
+
+    return nfd_ablation
+
+
+def test_ablation_choice_is_the_rule_applied_to_its_own_runs():
+    """The stored `chosen` is recomputed from the stored runs (nothing edited by hand), and the rule keeps an
+    earlier variant against a later one that is higher only within seed noise, but not against a clear win."""
+    na = _ablation_module()
+    stored = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" /
+                         "nfd_ablation_cpu2_camvid_tune.json").read_text())
+    assert na.choose(stored["runs"], list(stored["variants"])) == stored["chosen"]
+
+    def runs(**means):  # two seeds per variant, +-spread around each mean
+        return [{"variant": v, "seed": s, "tune_miou": m + (0.3 if s else -0.3)} for v, m in means.items()
+                for s in (0, 1)]
+
+    order = ["none", "kd", "nfd", "nfd_kd", "nfd_kd6"]
+    tie = na.choose(runs(none=30, kd=33, nfd=31, nfd_kd=32, nfd_kd6=32.2), order)  # std 0.42 > 0.2
+    assert tie["variant"] == "nfd_kd" and [x["variant"] for x in tie["higher_within_noise"]] == ["nfd_kd6"]
+    clear = na.choose(runs(none=30, kd=33, nfd=31, nfd_kd=32, nfd_kd6=33), order)
+    assert clear["variant"] == "nfd_kd6" and clear["higher_within_noise"] == []
+    unfinished = runs(none=30, kd=33, nfd=31, nfd_kd=32, nfd_kd6=33)[:-1]  # nfd_kd6's seed 1 missing
+    assert na.choose(unfinished, order) is None  # only seeds every variant finished count: one is too few
