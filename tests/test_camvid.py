@@ -205,6 +205,9 @@ def test_camvid_presets_describe_their_protocols():
     written = cpu.to_dict()["distill"]
     assert {k: written[k] for k in chosen} == chosen  # loss, layers, weight and logits KD, as tuned
     assert cpu.distill.logits_kd_weight > 0 and cpu.distill.loss == "nfd"
+    # bf16 cost the CamVid student accuracy beyond seed noise (amp_accuracy_cpu2_camvid_cpu.json): students fp32
+    amp = json.loads((results / "amp_accuracy_cpu2_camvid_cpu.json").read_text())["check"]["student"]
+    assert amp["within_one_std"] is False and cpu.student.train.amp == "off" and cpu.teacher.train.amp == "auto"
     full = load_run_config("camvid_r101_r18")
     assert tuple(full.data.crop_size) == (360, 480) == tuple(full.data.input_size)
     assert (full.teacher.model.arch, full.student.model.arch) == ("deeplabv3_resnet101", "deeplabv3_resnet18")
